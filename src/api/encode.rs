@@ -1,0 +1,278 @@
+//! JSON bodies, written directly into a buffer: the hot answers (submit,
+//! poll, complete) are built without an intermediate `Value` tree.
+//!
+//! Payload encoding (SPEC §2): bytes that parse as JSON are embedded as that
+//! value; other UTF-8 as a string; anything else as base64 with a sibling
+//! `"payload_encoding": "base64"`.
+
+use base64::Engine as _;
+
+use crate::broker::Stats;
+use crate::job::{Job, Status, Timestamp};
+
+/// A JSON object under construction.
+pub struct Obj {
+    buf: Vec<u8>,
+    first: bool,
+}
+
+impl Obj {
+    /// An empty object with room for `cap` bytes.
+    pub fn with_capacity(cap: usize) -> Self {
+        let mut buf = Vec::with_capacity(cap + 2);
+        buf.push(b'{');
+        Obj { buf, first: true }
+    }
+
+    fn key(&mut self, k: &str) -> &mut Vec<u8> {
+        if !self.first {
+            self.buf.push(b',');
+        }
+        self.first = false;
+        push_str(&mut self.buf, k);
+        self.buf.push(b':');
+        &mut self.buf
+    }
+
+    /// `"k": "v"`.
+    pub fn str(mut self, k: &str, v: &str) -> Self {
+        push_str(self.key(k), v);
+        self
+    }
+
+    /// `"k": n`.
+    pub fn num(mut self, k: &str, v: impl itoa_like::Int) -> Self {
+        v.write(self.key(k));
+        self
+    }
+
+    /// `"k": true|false`.
+    pub fn bool(mut self, k: &str, v: bool) -> Self {
+        self.key(k)
+            .extend_from_slice(if v { b"true" } else { b"false" });
+        self
+    }
+
+    /// `"k": "<RFC 3339>"` or `null`.
+    pub fn time(mut self, k: &str, v: Option<Timestamp>) -> Self {
+        let out = self.key(k);
+        match v {
+            Some(t) => {
+                out.push(b'"');
+                out.extend_from_slice(t.to_rfc3339().as_bytes());
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        self
+    }
+
+    /// `"k": <raw JSON text>` (the caller guarantees it is valid JSON).
+    pub fn raw(mut self, k: &str, json: &[u8]) -> Self {
+        self.key(k).extend_from_slice(json);
+        self
+    }
+
+    /// `"k": <payload>` with the payload encoding rules; adds
+    /// `"<k>_encoding": "base64"` for non-UTF-8 bytes.
+    pub fn payload(mut self, k: &str, bytes: &[u8]) -> Self {
+        match classify(bytes) {
+            Kind::Json => self.key(k).extend_from_slice(bytes),
+            Kind::Text(s) => push_str(self.key(k), s),
+            Kind::Binary => {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+                push_str(self.key(k), &b64);
+                let enc_key = format!("{k}_encoding");
+                push_str(self.key(&enc_key), "base64");
+            }
+        }
+        self
+    }
+
+    /// Closes the object.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.buf.push(b'}');
+        self.buf
+    }
+}
+
+enum Kind<'a> {
+    Json,
+    Text(&'a str),
+    Binary,
+}
+
+fn classify(bytes: &[u8]) -> Kind<'_> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) if serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok() => Kind::Json,
+        Ok(s) => Kind::Text(s),
+        Err(_) => Kind::Binary,
+    }
+}
+
+/// Appends `s` as a JSON string.
+pub fn push_str(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Integer formatting for [`Obj::num`].
+pub mod itoa_like {
+    /// An integer that can be written as JSON.
+    pub trait Int {
+        /// Appends the decimal form.
+        fn write(self, out: &mut Vec<u8>);
+    }
+    macro_rules! int {
+        ($($t:ty),*) => {$(
+            impl Int for $t {
+                fn write(self, out: &mut Vec<u8>) {
+                    use std::io::Write as _;
+                    let _ = write!(out, "{}", self);
+                }
+            }
+        )*};
+    }
+    int!(u32, u64, i32, i64, usize);
+}
+
+/// The job view of `GET /api/jobs/{id}` and the admin list:
+/// `payload` is the result once completed.
+pub fn job_view(job: &Job, position: Option<u64>) -> Obj {
+    let mut o = Obj::with_capacity(256 + job.result.as_ref().map_or(0, |r| r.len()))
+        .str("job_id", &job.id.to_string())
+        .str("queue", job.queue.as_str())
+        .str("status", job.status.as_str())
+        .num("attempts", job.attempts)
+        .num("priority", job.priority)
+        .time("created_at", Some(job.created_at))
+        .time("started_at", job.started_at)
+        .time("completed_at", job.ended_at);
+    if job.status == Status::Completed {
+        if let Some(r) = &job.result {
+            o = o.payload("payload", r);
+        }
+    }
+    if let Some(e) = &job.error {
+        o = o.str("error", e);
+    }
+    if let Some(p) = position {
+        o = o.num("position", p);
+    }
+    o
+}
+
+/// `/api/admin/next`: the job view plus its submitted payload and headers.
+pub fn job_with_input(job: &Job, position: Option<u64>) -> Vec<u8> {
+    job_view(job, position)
+        .payload("payload", &job.payload)
+        .raw("headers", &job.headers)
+        .finish()
+}
+
+/// `200` of a sync submit.
+pub fn submit_done(job: &Job) -> Vec<u8> {
+    let result = job.result.as_deref().unwrap_or(b"{}");
+    Obj::with_capacity(160 + result.len())
+        .str("job_id", &job.id.to_string())
+        .payload("payload", result)
+        .time("created_at", Some(job.created_at))
+        .time("completed_at", job.ended_at)
+        .finish()
+}
+
+/// `202` of a submit that is not (or no longer) waited for.
+pub fn accepted(job: &Job, location: &str) -> Vec<u8> {
+    Obj::with_capacity(160)
+        .str("job_id", &job.id.to_string())
+        .str("status", job.status.as_str())
+        .str("location", location)
+        .finish()
+}
+
+/// `200` of a poll: the hand-out.
+pub fn handout(job: &Job) -> Vec<u8> {
+    Obj::with_capacity(256 + job.payload.len() + job.headers.len())
+        .str("job_id", &job.id.to_string())
+        .payload("payload", &job.payload)
+        .raw("headers", &job.headers)
+        .str("queue", job.queue.as_str())
+        .num("attempt", job.attempts)
+        .num("priority", job.priority)
+        .str(
+            "lease_id",
+            &job.lease_id.map(|l| l.to_string()).unwrap_or_default(),
+        )
+        .time("lease_expires_at", job.lease_expires_at)
+        .time("created_at", Some(job.created_at))
+        .finish()
+}
+
+/// `/api/admin/stats`.
+pub fn stats(s: &Stats) -> Vec<u8> {
+    let t = &s.counts.total;
+    let mut o = Obj::with_capacity(256).num("total", t.iter().sum::<u64>());
+    for st in Status::ALL {
+        o = o.num(st.as_str(), t[st.index()]);
+    }
+    let mut queues = Obj::with_capacity(64 * s.counts.queues.len());
+    for (name, c) in &s.counts.queues {
+        let mut q = Obj::with_capacity(96).num("total", c.iter().sum::<u64>());
+        for st in Status::ALL {
+            q = q.num(st.as_str(), c[st.index()]);
+        }
+        queues = queues.raw(name, &q.finish());
+    }
+    o.num("waiting_clients", s.waiting_clients)
+        .num("polling_workers", s.polling_workers)
+        .raw("queues", &queues.finish())
+        .num("uptime_s", s.uptime_s)
+        .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: Vec<u8>) -> serde_json::Value {
+        serde_json::from_slice(&v).expect("valid JSON")
+    }
+
+    #[test]
+    fn payload_encodings() {
+        let o = parse(
+            Obj::with_capacity(0)
+                .payload("payload", br#"{"a":[1,2]}"#)
+                .finish(),
+        );
+        assert_eq!(o, serde_json::json!({"payload": {"a": [1, 2]}}));
+        let o = parse(
+            Obj::with_capacity(0)
+                .payload("payload", b"hello \"you\"")
+                .finish(),
+        );
+        assert_eq!(o, serde_json::json!({"payload": "hello \"you\""}));
+        let o = parse(
+            Obj::with_capacity(0)
+                .payload("payload", &[0xff, 0x00, 0x10])
+                .finish(),
+        );
+        assert_eq!(
+            o,
+            serde_json::json!({"payload": "/wAQ", "payload_encoding": "base64"})
+        );
+        let o = parse(Obj::with_capacity(0).payload("payload", b"").finish());
+        assert_eq!(o, serde_json::json!({"payload": ""}));
+    }
+
+    #[test]
+    fn strings_are_escaped() {
+        let o = parse(
+            Obj::with_capacity(0)
+                .str("a\"b", "line\nbreak")
+                .num("n", -3i32)
+                .finish(),
+        );
+        assert_eq!(o, serde_json::json!({"a\"b": "line\nbreak", "n": -3}));
+    }
+}

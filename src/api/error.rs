@@ -1,0 +1,181 @@
+//! The API's error type and the one place that picks a status code for it.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::encode::Obj;
+use crate::broker;
+use crate::job::{JobId, Status, TransitionError};
+use crate::store;
+
+/// Every way an API call can end other than success.
+#[derive(Debug)]
+pub enum ApiError {
+    /// A malformed path id, query value, header or body.
+    BadRequest(String),
+    /// No such route.
+    NoRoute,
+    /// The route exists, the method does not.
+    MethodNotAllowed,
+    /// A method this server does not know at all.
+    NotImplemented(String),
+    /// No such job (or forgotten after `--result-ttl`).
+    JobNotFound(JobId),
+    /// Something else named in the request does not exist.
+    NotFound(String),
+    /// The job is not in a state that allows this call.
+    Conflict(Option<JobId>, TransitionError),
+    /// Body over `--max-body`.
+    TooLarge(usize),
+    /// Idempotency key reused for a different request.
+    IdempotencyMismatch(Option<JobId>),
+    /// Back-pressure: too many pending jobs.
+    QueueFull(u64),
+    /// The server is shutting down.
+    ShuttingDown(Option<JobId>),
+    /// The store cannot serve right now.
+    Unavailable(String),
+    /// The job failed: `502` to its waiting client.
+    JobFailed {
+        /// The job.
+        job_id: JobId,
+        /// Hand-outs it had.
+        attempts: u32,
+        /// The worker's (or the lease rescuer's) error.
+        error: String,
+    },
+    /// The job was cancelled or its queue cleared: `410` to its waiting client.
+    JobCancelled(JobId),
+}
+
+/// `Result` with [`ApiError`].
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    /// Maps a broker error about job `id`.
+    pub fn for_job(id: JobId) -> impl FnOnce(broker::Error) -> ApiError {
+        move |e| match e {
+            broker::Error::Store(store::Error::NotFound) => ApiError::JobNotFound(id),
+            broker::Error::Store(store::Error::Transition(t)) => ApiError::Conflict(Some(id), t),
+            broker::Error::ShuttingDown => ApiError::ShuttingDown(Some(id)),
+            other => other.into(),
+        }
+    }
+
+    /// The answer a waiting client gets for a job that ended without a result.
+    pub fn for_ended(job: &crate::job::Job) -> Option<ApiError> {
+        match job.status {
+            Status::Failed => Some(ApiError::JobFailed {
+                job_id: job.id,
+                attempts: job.attempts,
+                error: job.error.clone().unwrap_or_else(|| "job failed".into()),
+            }),
+            Status::Cancelled => Some(ApiError::JobCancelled(job.id)),
+            _ => None,
+        }
+    }
+}
+
+impl From<broker::Error> for ApiError {
+    fn from(e: broker::Error) -> Self {
+        match e {
+            broker::Error::ShuttingDown => ApiError::ShuttingDown(None),
+            broker::Error::Store(s) => match s {
+                store::Error::NotFound => ApiError::NotFound("job not found".into()),
+                store::Error::Transition(t) => ApiError::Conflict(None, t),
+                store::Error::QueueFull(n) => ApiError::QueueFull(n),
+                store::Error::IdempotencyMismatch => ApiError::IdempotencyMismatch(None),
+                store::Error::Unavailable(msg) => ApiError::Unavailable(msg),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message, job_id, retry_after) = match &self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone(), None, None),
+            ApiError::NoRoute => (StatusCode::NOT_FOUND, "no such route".into(), None, None),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route".into(),
+                None,
+                None,
+            ),
+            ApiError::NotImplemented(m) => (
+                StatusCode::NOT_IMPLEMENTED,
+                format!("method {m} is not implemented"),
+                None,
+                None,
+            ),
+            ApiError::JobNotFound(id) => (
+                StatusCode::NOT_FOUND,
+                format!("job {id} not found"),
+                Some(*id),
+                None,
+            ),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone(), None, None),
+            ApiError::Conflict(id, t) => (StatusCode::CONFLICT, t.to_string(), *id, None),
+            ApiError::TooLarge(max) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than the limit of {max} bytes"),
+                None,
+                None,
+            ),
+            ApiError::IdempotencyMismatch(id) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                store::Error::IdempotencyMismatch.to_string(),
+                *id,
+                None,
+            ),
+            ApiError::QueueFull(n) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("queue is full ({n} jobs pending); retry later"),
+                None,
+                Some(1),
+            ),
+            ApiError::ShuttingDown(id) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server is shutting down".into(),
+                *id,
+                Some(5),
+            ),
+            ApiError::Unavailable(m) => {
+                tracing::error!(error = %m, "storage unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage is unavailable; retry later".into(),
+                    None,
+                    Some(1),
+                )
+            }
+            ApiError::JobFailed { job_id, error, .. } => {
+                (StatusCode::BAD_GATEWAY, error.clone(), Some(*job_id), None)
+            }
+            ApiError::JobCancelled(id) => (
+                StatusCode::GONE,
+                "job was cancelled".into(),
+                Some(*id),
+                None,
+            ),
+        };
+        let mut body = Obj::with_capacity(128).str("error", &message);
+        if let Some(id) = job_id {
+            body = body.str("job_id", &id.to_string());
+        }
+        if let ApiError::JobFailed { attempts, .. } = &self {
+            body = body.num("attempts", *attempts);
+        }
+        let mut resp = super::json(status, body.finish());
+        let h = resp.headers_mut();
+        if let Some(id) = job_id {
+            if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+                h.insert(super::X_JOB_ID, v);
+            }
+        }
+        if let Some(secs) = retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}

@@ -1,0 +1,285 @@
+//! The HTTP API of SPEC §3: routing, request parsing and answer shapes.
+//! Handlers only translate between HTTP and [`Broker`] calls; every error
+//! becomes an [`ApiError`], whose `IntoResponse` picks the status code.
+
+pub mod admin;
+pub mod encode;
+pub mod error;
+pub mod jobs;
+pub mod workers;
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use bytes::Bytes;
+
+use crate::broker::Broker;
+use crate::job::{JobId, Queue};
+pub use error::{ApiError, ApiResult};
+
+/// The header naming the job an answer is about.
+pub const X_JOB_ID: HeaderName = HeaderName::from_static("x-job-id");
+
+/// Longest wait a request may ask for (`timeout`, `wait`, `Prefer: wait`).
+/// Longer values are clamped: timers need a finite deadline.
+pub const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Shared state of all handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The job lifecycle.
+    pub broker: Broker,
+    /// `--max-body`, for the 413 message.
+    pub max_body: usize,
+}
+
+/// All routes of SPEC §3.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.max_body;
+    Router::new()
+        .route("/api/submit", post(jobs::submit))
+        .route("/api/jobs", post(jobs::submit_async))
+        .route("/api/jobs/{id}", get(jobs::get_job).delete(jobs::cancel))
+        .route("/api/worker/poll", get(workers::poll))
+        .route("/api/worker/complete/{id}", post(workers::complete))
+        .route("/api/worker/fail/{id}", post(workers::fail))
+        .route("/api/worker/heartbeat/{id}", post(workers::heartbeat))
+        .route("/api/admin/stats", get(admin::stats))
+        .route("/api/admin/clear", delete(admin::clear))
+        .route("/api/admin/next", get(admin::next))
+        .route("/api/admin/jobs", get(admin::jobs))
+        .route("/health", get(admin::health))
+        .fallback(|| async { ApiError::NoRoute })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// A JSON answer.
+pub fn json(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A JSON answer about job `id` (carries `X-Job-Id`).
+pub fn job_json(status: StatusCode, id: JobId, body: Vec<u8>) -> Response {
+    let mut resp = json(status, body);
+    if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+        resp.headers_mut().insert(X_JOB_ID, v);
+    }
+    resp
+}
+
+/// The request body, limited to `--max-body` (413 beyond).
+pub struct Body(pub Bytes);
+
+impl FromRequest<AppState> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(Body(b)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::TooLarge(state.max_body))
+            }
+            Err(e) => Err(ApiError::BadRequest(format!(
+                "could not read the request body: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
+/// The `{id}` path segment, parsed as a job id (400 if it is not a UUID).
+pub struct PathId(pub JobId);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::BadRequest(format!("malformed path: {}", e.body_text())))?;
+        raw.parse()
+            .map(PathId)
+            .map_err(|_| ApiError::BadRequest(format!("malformed job id {raw:?}: expected a UUID")))
+    }
+}
+
+/// The query string as name/value pairs.
+pub struct Params(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let pairs = parts
+            .uri
+            .query()
+            .map(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Params(pairs))
+    }
+}
+
+impl Params {
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `name` as a number of seconds (`None` when absent).
+    pub fn secs(&self, name: &str) -> ApiResult<Option<Duration>> {
+        self.get(name).map(|v| parse_secs(name, v)).transpose()
+    }
+
+    /// `name` as a list of queues (`a,b`), or `[default]` when absent.
+    pub fn queues(&self, name: &str) -> ApiResult<Vec<Queue>> {
+        let Some(v) = self.get(name) else {
+            return Ok(vec![Queue::default_queue()]);
+        };
+        let mut out: Vec<Queue> = Vec::new();
+        for part in v.split(',') {
+            let q = Queue::parse(part.trim())
+                .map_err(|e| ApiError::BadRequest(format!("bad {name}: {e}")))?;
+            if !out.contains(&q) {
+                out.push(q);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `name` as one queue name (`None` when absent).
+    pub fn queue(&self, name: &str) -> ApiResult<Option<Queue>> {
+        self.get(name)
+            .map(|v| Queue::parse(v).map_err(|e| ApiError::BadRequest(format!("bad {name}: {e}"))))
+            .transpose()
+    }
+}
+
+/// A non-negative number of seconds (fractions allowed), clamped to [`MAX_WAIT`].
+pub fn parse_secs(name: &str, v: &str) -> ApiResult<Duration> {
+    match v.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => {
+            Ok(Duration::from_secs_f64(s.min(MAX_WAIT.as_secs_f64())))
+        }
+        _ => Err(ApiError::BadRequest(format!(
+            "bad {name} {v:?}: expected a non-negative number of seconds"
+        ))),
+    }
+}
+
+/// A header's value as text (400 if it is not visible ASCII).
+pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> ApiResult<Option<&'a str>> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str().map_err(|_| {
+                ApiError::BadRequest(format!("header {name} is not valid visible ASCII"))
+            })
+        })
+        .transpose()
+}
+
+/// Headers never passed to workers: hop-by-hop ones, the body length, and
+/// credentials (a client's token must never reach a worker).
+fn is_private_header(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "te"
+            | "upgrade"
+            | "content-length"
+            | "authorization"
+            | "cookie"
+    ) || name.starts_with("proxy-")
+}
+
+/// The headers a worker sees, as a JSON object (`name: value`; repeated
+/// headers joined with `, `).
+pub fn worker_headers(headers: &HeaderMap) -> Bytes {
+    let mut obj = encode::Obj::with_capacity(32 * headers.len());
+    for name in headers.keys() {
+        if is_private_header(name.as_str()) {
+            continue;
+        }
+        let mut values = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()));
+        let joined: Cow<'_, str> = match (values.next(), values.next()) {
+            (Some(one), None) => one,
+            (Some(a), Some(b)) => {
+                let mut s = format!("{a}, {b}");
+                for v in values {
+                    s.push_str(", ");
+                    s.push_str(&v);
+                }
+                Cow::Owned(s)
+            }
+            (None, _) => continue,
+        };
+        obj = obj.str(name.as_str(), &joined);
+    }
+    Bytes::from(obj.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_headers_never_reach_workers() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer secret"),
+            ("cookie", "a=b"),
+            ("proxy-authorization", "x"),
+            ("connection", "keep-alive"),
+            ("content-length", "3"),
+            ("te", "trailers"),
+            ("content-type", "text/plain"),
+            ("x-trace", "1"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h.append("x-trace", HeaderValue::from_static("2"));
+        let v: serde_json::Value = serde_json::from_slice(&worker_headers(&h)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"content-type": "text/plain", "x-trace": "1, 2"})
+        );
+    }
+
+    #[test]
+    fn seconds_are_validated() {
+        assert_eq!(
+            parse_secs("wait", "1.5").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(parse_secs("wait", "1e300").unwrap(), MAX_WAIT);
+        for bad in ["-1", "abc", "NaN", "inf", ""] {
+            assert!(parse_secs("wait", bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Worker endpoints: poll, complete, fail, heartbeat.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::{encode, header_str, job_json, ApiError, ApiResult, AppState, Body, Params, PathId};
+use crate::job::LeaseId;
+
+/// `GET /api/worker/poll[?queue=a,b][&wait=N]`.
+pub async fn poll(State(st): State<AppState>, params: Params) -> ApiResult<Response> {
+    let queues = params.queues("queue")?;
+    let wait = params.secs("wait")?.unwrap_or_default();
+    match st.broker.poll(&queues, wait).await? {
+        Some(job) => Ok(job_json(StatusCode::OK, job.id, encode::handout(&job))),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+/// The fencing token: `?lease=` or `X-Lease-Id`.
+fn lease(params: &Params, headers: &HeaderMap) -> ApiResult<Option<LeaseId>> {
+    let raw = match params.get("lease") {
+        Some(v) => Some(v),
+        None => header_str(headers, "x-lease-id")?,
+    };
+    raw.map(|v| {
+        v.trim()
+            .parse()
+            .map_err(|_| ApiError::BadRequest(format!("malformed lease id {v:?}: expected a UUID")))
+    })
+    .transpose()
+}
+
+/// `POST /api/worker/complete/{id}`: the body is the result.
+pub async fn complete(
+    State(st): State<AppState>,
+    PathId(id): PathId,
+    params: Params,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let lease = lease(&params, &headers)?;
+    let result = if body.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        body
+    };
+    st.broker
+        .complete(id, lease, result)
+        .await
+        .map_err(ApiError::for_job(id))?;
+    let body = encode::Obj::with_capacity(80)
+        .str("message", "Job completed")
+        .str("job_id", &id.to_string())
+        .finish();
+    Ok(job_json(StatusCode::OK, id, body))
+}
+
+#[derive(Deserialize)]
+struct FailBody {
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+    #[serde(default)]
+    retry: Option<bool>,
+}
+
+/// `POST /api/worker/fail/{id}` with `{"error": "...", "retry": true}`.
+pub async fn fail(
+    State(st): State<AppState>,
+    PathId(id): PathId,
+    params: Params,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let lease = lease(&params, &headers)?;
+    let parsed: FailBody = if body.iter().all(u8::is_ascii_whitespace) {
+        FailBody {
+            error: None,
+            retry: None,
+        }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "fail body must be a JSON object like {{\"error\": \"...\", \"retry\": true}}: {e}"
+            ))
+        })?
+    };
+    let error = match parsed.error {
+        None | Some(serde_json::Value::Null) => "worker reported failure".to_owned(),
+        Some(serde_json::Value::String(s)) => s,
+        Some(other) => other.to_string(),
+    };
+    let job = st
+        .broker
+        .fail(id, lease, error, parsed.retry.unwrap_or(true))
+        .await
+        .map_err(ApiError::for_job(id))?;
+    let body = encode::Obj::with_capacity(80)
+        .str("job_id", &id.to_string())
+        .str("status", job.status.as_str())
+        .num("attempts", job.attempts)
+        .finish();
+    Ok(job_json(StatusCode::OK, id, body))
+}
+
+/// `POST /api/worker/heartbeat/{id}`: extend the lease.
+pub async fn heartbeat(
+    State(st): State<AppState>,
+    PathId(id): PathId,
+    params: Params,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let lease = lease(&params, &headers)?;
+    let job = st
+        .broker
+        .heartbeat(id, lease)
+        .await
+        .map_err(ApiError::for_job(id))?;
+    let body = encode::Obj::with_capacity(96)
+        .str("job_id", &id.to_string())
+        .time("lease_expires_at", job.lease_expires_at)
+        .finish();
+    Ok(job_json(StatusCode::OK, id, body))
+}

@@ -1,0 +1,209 @@
+//! Command line and environment: every `serve` flag of SPEC §1 also reads
+//! `JOBQ_<FLAG>`; `PORT` is honoured for compatibility.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::broker::BrokerConfig;
+use crate::server::ServerConfig;
+
+/// Default `--listen`.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:3000";
+
+/// jobq: a synchronous job queue. A client's HTTP request is held open until
+/// a worker finishes its job; the worker's result is the response.
+#[derive(Parser, Debug)]
+#[command(name = "jobq", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to run; without one, `serve`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `serve` flags, accepted without the subcommand too.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+}
+
+/// Where jobs are kept.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// The embedded database in `--data-dir` (durable).
+    Embedded,
+    /// In memory only: nothing survives a restart.
+    Memory,
+}
+
+/// Log line format.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A non-negative number of seconds (fractions allowed).
+fn secs(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=1e9).contains(&v) => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 1e9"
+        )),
+    }
+}
+
+/// A positive number of seconds.
+fn positive_secs(s: &str) -> Result<Duration, String> {
+    secs(s).and_then(|d| {
+        if d.is_zero() {
+            Err("must be greater than 0".into())
+        } else {
+            Ok(d)
+        }
+    })
+}
+
+/// `jobq serve` flags.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:3000, or 0.0.0.0:$PORT when PORT is set].
+    #[arg(long, env = "JOBQ_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// Directory of the embedded store.
+    #[arg(long, env = "JOBQ_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Where jobs are kept.
+    #[arg(long, env = "JOBQ_STORAGE", value_enum, default_value_t = Storage::Embedded)]
+    pub storage: Storage,
+
+    /// How long a sync submit waits for its result, in seconds (0 = forever).
+    #[arg(long, env = "JOBQ_WAIT_TIMEOUT", default_value = "60", value_parser = secs)]
+    pub wait_timeout: Duration,
+
+    /// Seconds a polled job stays with its worker without a heartbeat or result.
+    #[arg(long, env = "JOBQ_LEASE", default_value = "60", value_parser = positive_secs)]
+    pub lease: Duration,
+
+    /// Hand-outs after which a job that keeps failing is failed for good.
+    #[arg(long, env = "JOBQ_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+
+    /// Seconds an ended job (and its result) stays readable.
+    #[arg(long, env = "JOBQ_RESULT_TTL", default_value = "3600", value_parser = secs)]
+    pub result_ttl: Duration,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "JOBQ_MAX_BODY", default_value_t = 10 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=(1 << 32)))]
+    pub max_body: u64,
+
+    /// Submits are refused (503) while this many jobs are pending.
+    #[arg(long, env = "JOBQ_MAX_QUEUED", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queued: u64,
+
+    /// Seconds running jobs get to finish on SIGTERM/SIGINT.
+    #[arg(long, env = "JOBQ_SHUTDOWN_GRACE", default_value = "30", value_parser = secs)]
+    pub shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(long, env = "JOBQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    /// The address to listen on: `--listen`/`JOBQ_LISTEN`, else `0.0.0.0:$PORT`,
+    /// else the default.
+    ///
+    /// # Errors
+    /// `PORT` is set but not a port number.
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        if let Some(a) = self.listen {
+            return Ok(a);
+        }
+        match std::env::var("PORT") {
+            Ok(p) => p
+                .trim()
+                .parse::<u16>()
+                .map(|port| SocketAddr::from(([0, 0, 0, 0], port)))
+                .map_err(|_| format!("PORT={p:?} is not a port number")),
+            Err(_) => Ok(LISTEN_DEFAULT.parse().expect("valid default")),
+        }
+    }
+
+    /// The broker's policy.
+    pub fn broker_config(&self) -> BrokerConfig {
+        BrokerConfig {
+            wait_timeout: (!self.wait_timeout.is_zero()).then_some(self.wait_timeout),
+            lease: self.lease,
+            max_attempts: self.max_attempts,
+            result_ttl: self.result_ttl,
+            max_queued: self.max_queued,
+            // Rescue expired leases well within one lease, at most every second.
+            maintenance_interval: (self.lease / 4)
+                .clamp(Duration::from_millis(50), Duration::from_secs(1)),
+        }
+    }
+
+    /// The server's options.
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            max_body: self.max_body as usize,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let cli = Cli::try_parse_from(["jobq"]).unwrap();
+        let s = cli.serve;
+        assert_eq!(s.storage, Storage::Embedded);
+        assert_eq!(s.data_dir, PathBuf::from("./data"));
+        assert_eq!(s.wait_timeout, Duration::from_secs(60));
+        assert_eq!(s.lease, Duration::from_secs(60));
+        assert_eq!(s.max_attempts, 3);
+        assert_eq!(s.result_ttl, Duration::from_secs(3600));
+        assert_eq!(s.max_body, 10 * 1024 * 1024);
+        assert_eq!(s.max_queued, 1_000_000);
+        assert_eq!(s.shutdown_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn serve_subcommand_takes_the_same_flags() {
+        let cli = Cli::try_parse_from(["jobq", "serve", "--lease", "1.5", "--storage", "memory"])
+            .unwrap();
+        let Some(Command::Serve(s)) = cli.command else {
+            panic!("expected serve")
+        };
+        assert_eq!(s.lease, Duration::from_millis(1500));
+        assert_eq!(s.storage, Storage::Memory);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Cli::try_parse_from(["jobq", "--lease", "0"]).is_err());
+        assert!(Cli::try_parse_from(["jobq", "--wait-timeout", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["jobq", "--max-attempts", "0"]).is_err());
+        assert!(Cli::try_parse_from(["jobq", "--listen", "nowhere"]).is_err());
+    }
+}

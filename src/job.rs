@@ -1,0 +1,709 @@
+//! Domain types and the job state machine: what a job is and which transitions
+//! are legal. Pure logic, no I/O and no clocks (callers pass `now`), so every
+//! rule here is unit-tested without a server. Stores apply these rules (the
+//! in-memory ones by calling them, SQL ones by mirroring them in `WHERE`
+//! clauses checked by the shared conformance tests).
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+/// A job's identity: a random (v4) UUID, rendered in lower-case hyphenated form.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct JobId(pub Uuid);
+
+impl JobId {
+    /// A fresh random id.
+    pub fn new() -> Self {
+        JobId(Uuid::new_v4())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.as_hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::try_parse(s).map(JobId)
+    }
+}
+
+/// Identity of one hand-out of a job to a worker (the fencing token). A new
+/// one is made for every hand-out, so a worker whose lease expired cannot
+/// complete the job on behalf of the worker that holds it now.
+pub type LeaseId = JobId;
+
+/// A queue name. Cheap to clone; validated by [`Queue::parse`].
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct Queue(Arc<str>);
+
+/// The queue used when a request names none.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// Longest accepted queue name, in bytes.
+pub const MAX_QUEUE_NAME: usize = 128;
+
+impl Queue {
+    /// Validates a queue name: 1 to 128 characters of `A-Z a-z 0-9 . _ : -`.
+    /// (Commas separate names in `?queue=a,b`, so they cannot be part of one.)
+    pub fn parse(name: &str) -> Result<Self, String> {
+        if name.is_empty() {
+            return Err("queue name must not be empty".into());
+        }
+        if name.len() > MAX_QUEUE_NAME {
+            return Err(format!("queue name longer than {MAX_QUEUE_NAME} bytes"));
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+        {
+            return Err(format!(
+                "queue name {name:?} contains {c:?}; allowed are letters, digits, '.', '_', ':' and '-'"
+            ));
+        }
+        Ok(Queue(name.into()))
+    }
+
+    /// The `default` queue.
+    pub fn default_queue() -> Self {
+        Queue(DEFAULT_QUEUE.into())
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Wall-clock time in microseconds since the Unix epoch (UTC).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        Self::from_system(SystemTime::now())
+    }
+
+    /// Converts from [`SystemTime`] (times before 1970 clamp to the epoch).
+    pub fn from_system(t: SystemTime) -> Self {
+        Timestamp(
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64),
+        )
+    }
+
+    /// Converts to [`SystemTime`].
+    pub fn to_system(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_micros(self.0.max(0) as u64)
+    }
+
+    /// This time plus `d` (saturating).
+    pub fn add(self, d: Duration) -> Self {
+        Timestamp(
+            self.0
+                .saturating_add(d.as_micros().min(i64::MAX as u128) as i64),
+        )
+    }
+
+    /// This time minus `d` (saturating).
+    pub fn sub(self, d: Duration) -> Self {
+        Timestamp(
+            self.0
+                .saturating_sub(d.as_micros().min(i64::MAX as u128) as i64),
+        )
+    }
+
+    /// RFC 3339 in UTC with microseconds, e.g. `2026-11-28T14:29:07.123456Z`.
+    pub fn to_rfc3339(self) -> String {
+        humantime::format_rfc3339_micros(self.to_system()).to_string()
+    }
+}
+
+/// Where a job is in its life. See SPEC §2.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub enum Status {
+    /// Queued, waiting for a worker.
+    Pending,
+    /// Leased to a worker.
+    Running,
+    /// A worker posted its result.
+    Completed,
+    /// Out of attempts, or a worker failed it without retry.
+    Failed,
+    /// Cancelled by a client, an admin clear, or its client's disconnect.
+    Cancelled,
+}
+
+impl Status {
+    /// Every status, in display order.
+    pub const ALL: [Status; 5] = [
+        Status::Pending,
+        Status::Running,
+        Status::Completed,
+        Status::Failed,
+        Status::Cancelled,
+    ];
+
+    /// The name used on the wire and in storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the job has ended (no further transitions).
+    pub fn is_ended(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
+    }
+
+    /// Position in [`Status::ALL`], for per-status counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown status {s:?}; expected pending, running, completed, failed or cancelled")
+            })
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An `Idempotency-Key` with the fingerprint of what was submitted under it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Idempotency {
+    /// The key as the client sent it.
+    pub key: String,
+    /// SHA-256 over queue and body: a key reused for other work is refused (422).
+    pub fingerprint: [u8; 32],
+}
+
+/// A job as stored. Field names follow SPEC §2.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// Identity.
+    pub id: JobId,
+    /// The queue it was submitted to.
+    pub queue: Queue,
+    /// The submitted body, exactly as received.
+    pub payload: Bytes,
+    /// The submit request's filtered headers as a JSON object text, ready to
+    /// embed in a poll answer without re-encoding.
+    pub headers: Bytes,
+    /// Higher is handed out first.
+    pub priority: i32,
+    /// Current status.
+    pub status: Status,
+    /// Hand-outs so far (0 before the first poll).
+    pub attempts: u32,
+    /// When it was submitted.
+    pub created_at: Timestamp,
+    /// When the latest hand-out happened.
+    pub started_at: Option<Timestamp>,
+    /// When it ended (completed, failed or cancelled).
+    pub ended_at: Option<Timestamp>,
+    /// The current (while running) or last lease. Kept after completion so a
+    /// repeated complete by the same lease holder is recognised.
+    pub lease_id: Option<LeaseId>,
+    /// When the current lease runs out (only while running).
+    pub lease_expires_at: Option<Timestamp>,
+    /// The worker's result, once completed.
+    pub result: Option<Bytes>,
+    /// Why it failed (or why the last attempt failed, while retried).
+    pub error: Option<String>,
+    /// The idempotency key it was submitted under, if any.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// What a client submits; the store turns it into a [`Job`].
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    /// Chosen by the broker before insertion, so waiters can register first.
+    pub id: JobId,
+    /// Target queue.
+    pub queue: Queue,
+    /// Body bytes.
+    pub payload: Bytes,
+    /// Filtered headers as a JSON object text.
+    pub headers: Bytes,
+    /// Priority (higher first).
+    pub priority: i32,
+    /// Submission time.
+    pub created_at: Timestamp,
+    /// Optional idempotency key.
+    pub idempotency: Option<Idempotency>,
+}
+
+impl NewJob {
+    /// The pending job this submission becomes.
+    pub fn into_job(self) -> Job {
+        Job {
+            id: self.id,
+            queue: self.queue,
+            payload: self.payload,
+            headers: self.headers,
+            priority: self.priority,
+            status: Status::Pending,
+            attempts: 0,
+            created_at: self.created_at,
+            started_at: None,
+            ended_at: None,
+            lease_id: None,
+            lease_expires_at: None,
+            result: None,
+            error: None,
+            idempotency: self.idempotency,
+        }
+    }
+}
+
+/// Why a transition was refused. Each maps to one HTTP status in the API layer.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum TransitionError {
+    /// The operation needs a running job.
+    #[error("job is {0}, not running")]
+    NotRunning(Status),
+    /// The caller's lease is not the job's current lease.
+    #[error("lease is no longer current for this job")]
+    StaleLease,
+    /// The job has already ended.
+    #[error("job has already ended ({0})")]
+    AlreadyEnded(Status),
+    /// Only pending jobs can be handed out.
+    #[error("job is {0}, not pending")]
+    NotPending(Status),
+}
+
+/// Result of a complete call that was accepted.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Completion {
+    /// The job was running and is now completed.
+    Completed,
+    /// The same complete was already applied; nothing changed.
+    AlreadyCompleted,
+}
+
+impl Job {
+    fn check_lease(&self, lease: Option<&LeaseId>) -> Result<(), TransitionError> {
+        match lease {
+            Some(l) if self.lease_id.as_ref() != Some(l) => Err(TransitionError::StaleLease),
+            _ => Ok(()),
+        }
+    }
+
+    fn require_running(&self, lease: Option<&LeaseId>) -> Result<(), TransitionError> {
+        if self.status != Status::Running {
+            return Err(TransitionError::NotRunning(self.status));
+        }
+        self.check_lease(lease)
+    }
+
+    fn end(&mut self, status: Status, now: Timestamp) {
+        self.status = status;
+        self.ended_at = Some(now);
+        self.lease_expires_at = None;
+    }
+
+    /// pending → running: a hand-out under a new lease.
+    pub fn claim(
+        &mut self,
+        lease: LeaseId,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<(), TransitionError> {
+        if self.status != Status::Pending {
+            return Err(TransitionError::NotPending(self.status));
+        }
+        self.status = Status::Running;
+        self.attempts += 1;
+        self.started_at = Some(now);
+        self.lease_id = Some(lease);
+        self.lease_expires_at = Some(expires_at);
+        Ok(())
+    }
+
+    /// running → completed. Repeating a complete that succeeded (same lease,
+    /// or no lease and the same bytes) is accepted and changes nothing.
+    pub fn complete(
+        &mut self,
+        lease: Option<&LeaseId>,
+        result: &Bytes,
+        now: Timestamp,
+    ) -> Result<Completion, TransitionError> {
+        if self.status == Status::Completed {
+            let same = match lease {
+                Some(l) => self.lease_id.as_ref() == Some(l),
+                None => self.result.as_ref() == Some(result),
+            };
+            return if same {
+                Ok(Completion::AlreadyCompleted)
+            } else if lease.is_some() {
+                Err(TransitionError::StaleLease)
+            } else {
+                Err(TransitionError::NotRunning(Status::Completed))
+            };
+        }
+        self.require_running(lease)?;
+        self.result = Some(result.clone());
+        self.error = None;
+        self.end(Status::Completed, now);
+        Ok(Completion::Completed)
+    }
+
+    /// running → pending (retry) or failed. Retries while `retry` is true and
+    /// fewer than `max_attempts` hand-outs have been made. Returns the new status.
+    pub fn fail(
+        &mut self,
+        lease: Option<&LeaseId>,
+        error: &str,
+        retry: bool,
+        max_attempts: u32,
+        now: Timestamp,
+    ) -> Result<Status, TransitionError> {
+        self.require_running(lease)?;
+        self.error = Some(error.to_owned());
+        if retry && self.attempts < max_attempts {
+            self.status = Status::Pending;
+            self.lease_expires_at = None;
+        } else {
+            self.end(Status::Failed, now);
+        }
+        Ok(self.status)
+    }
+
+    /// Extends the current lease to `expires_at`.
+    pub fn heartbeat(
+        &mut self,
+        lease: Option<&LeaseId>,
+        expires_at: Timestamp,
+    ) -> Result<(), TransitionError> {
+        self.require_running(lease)?;
+        self.lease_expires_at = Some(expires_at);
+        Ok(())
+    }
+
+    /// A running job whose lease ran out by `now` goes back to pending, or to
+    /// failed once it has had `max_attempts` hand-outs. `None`: nothing to do.
+    pub fn expire_lease(&mut self, now: Timestamp, max_attempts: u32) -> Option<Status> {
+        if self.status != Status::Running || self.lease_expires_at.is_none_or(|t| t > now) {
+            return None;
+        }
+        if self.attempts >= max_attempts {
+            self.error = Some(format!(
+                "lease expired without a result after {} attempt(s)",
+                self.attempts
+            ));
+            self.end(Status::Failed, now);
+        } else {
+            self.status = Status::Pending;
+            self.lease_expires_at = None;
+        }
+        Some(self.status)
+    }
+
+    /// pending or running → cancelled.
+    pub fn cancel(&mut self, now: Timestamp) -> Result<(), TransitionError> {
+        if self.status.is_ended() {
+            return Err(TransitionError::AlreadyEnded(self.status));
+        }
+        self.end(Status::Cancelled, now);
+        Ok(())
+    }
+
+    /// Whether the job is past `--result-ttl` (counted from its end) at `now`.
+    pub fn is_expired(&self, ttl: Duration, now: Timestamp) -> bool {
+        self.status.is_ended() && self.ended_at.is_some_and(|t| t.add(ttl) <= now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        NewJob {
+            id: JobId::new(),
+            queue: Queue::default_queue(),
+            payload: Bytes::from_static(b"{}"),
+            headers: Bytes::from_static(b"{}"),
+            priority: 0,
+            created_at: Timestamp(1),
+            idempotency: None,
+        }
+        .into_job()
+    }
+
+    fn running() -> (Job, LeaseId) {
+        let mut j = job();
+        let lease = LeaseId::new();
+        j.claim(lease, Timestamp(10), Timestamp(100)).unwrap();
+        (j, lease)
+    }
+
+    #[test]
+    fn claim_moves_pending_to_running_and_counts_attempt() {
+        let (j, lease) = running();
+        assert_eq!(j.status, Status::Running);
+        assert_eq!(j.attempts, 1);
+        assert_eq!(j.lease_id, Some(lease));
+        assert_eq!(j.started_at, Some(Timestamp(10)));
+        assert_eq!(j.lease_expires_at, Some(Timestamp(100)));
+    }
+
+    #[test]
+    fn claim_refuses_non_pending() {
+        let (mut j, _) = running();
+        assert_eq!(
+            j.claim(LeaseId::new(), Timestamp(11), Timestamp(12)),
+            Err(TransitionError::NotPending(Status::Running))
+        );
+        j.cancel(Timestamp(12)).unwrap();
+        assert_eq!(
+            j.claim(LeaseId::new(), Timestamp(13), Timestamp(14)),
+            Err(TransitionError::NotPending(Status::Cancelled))
+        );
+    }
+
+    #[test]
+    fn complete_with_and_without_lease() {
+        let (mut a, lease) = running();
+        let r = Bytes::from_static(b"ok");
+        assert_eq!(
+            a.complete(Some(&lease), &r, Timestamp(20)),
+            Ok(Completion::Completed)
+        );
+        assert_eq!(a.status, Status::Completed);
+        assert_eq!(a.ended_at, Some(Timestamp(20)));
+        assert_eq!(a.lease_expires_at, None);
+
+        let (mut b, _) = running();
+        assert_eq!(
+            b.complete(None, &r, Timestamp(20)),
+            Ok(Completion::Completed)
+        );
+        assert_eq!(b.result.as_deref(), Some(&b"ok"[..]));
+    }
+
+    #[test]
+    fn complete_is_idempotent_for_the_same_lease_or_bytes() {
+        let (mut j, lease) = running();
+        let r = Bytes::from_static(b"ok");
+        j.complete(Some(&lease), &r, Timestamp(20)).unwrap();
+        assert_eq!(
+            j.complete(Some(&lease), &Bytes::from_static(b"other"), Timestamp(30)),
+            Ok(Completion::AlreadyCompleted)
+        );
+        assert_eq!(
+            j.complete(None, &r, Timestamp(30)),
+            Ok(Completion::AlreadyCompleted)
+        );
+        assert_eq!(
+            j.complete(None, &Bytes::from_static(b"other"), Timestamp(30)),
+            Err(TransitionError::NotRunning(Status::Completed))
+        );
+        assert_eq!(
+            j.complete(Some(&LeaseId::new()), &r, Timestamp(30)),
+            Err(TransitionError::StaleLease)
+        );
+        assert_eq!(j.ended_at, Some(Timestamp(20)), "a repeat changes nothing");
+        assert_eq!(j.result.as_deref(), Some(&b"ok"[..]));
+    }
+
+    #[test]
+    fn complete_refuses_stale_lease_and_non_running() {
+        let (mut j, _) = running();
+        let r = Bytes::from_static(b"ok");
+        assert_eq!(
+            j.complete(Some(&LeaseId::new()), &r, Timestamp(20)),
+            Err(TransitionError::StaleLease)
+        );
+        assert_eq!(j.status, Status::Running);
+
+        let mut p = job();
+        assert_eq!(
+            p.complete(None, &r, Timestamp(20)),
+            Err(TransitionError::NotRunning(Status::Pending))
+        );
+        p.cancel(Timestamp(21)).unwrap();
+        assert_eq!(
+            p.complete(None, &r, Timestamp(22)),
+            Err(TransitionError::NotRunning(Status::Cancelled))
+        );
+    }
+
+    #[test]
+    fn fail_retries_while_attempts_remain() {
+        let (mut j, lease) = running();
+        assert_eq!(
+            j.fail(Some(&lease), "boom", true, 3, Timestamp(20)),
+            Ok(Status::Pending)
+        );
+        assert_eq!(j.error.as_deref(), Some("boom"));
+        assert_eq!(j.lease_expires_at, None);
+        assert_eq!(j.ended_at, None);
+        // Hand-outs 2 and 3; the third failure is final.
+        for attempt in 2..=3 {
+            let lease = LeaseId::new();
+            j.claim(lease, Timestamp(30), Timestamp(40)).unwrap();
+            assert_eq!(j.attempts, attempt);
+            let expect = if attempt < 3 {
+                Status::Pending
+            } else {
+                Status::Failed
+            };
+            assert_eq!(
+                j.fail(Some(&lease), "boom", true, 3, Timestamp(41)),
+                Ok(expect)
+            );
+        }
+        assert_eq!(j.ended_at, Some(Timestamp(41)));
+    }
+
+    #[test]
+    fn fail_without_retry_is_final() {
+        let (mut j, _) = running();
+        assert_eq!(
+            j.fail(None, "bad input", false, 3, Timestamp(20)),
+            Ok(Status::Failed)
+        );
+        assert_eq!(
+            j.fail(None, "again", true, 3, Timestamp(21)),
+            Err(TransitionError::NotRunning(Status::Failed))
+        );
+    }
+
+    #[test]
+    fn fail_refuses_stale_lease() {
+        let (mut j, _) = running();
+        assert_eq!(
+            j.fail(Some(&LeaseId::new()), "x", true, 3, Timestamp(20)),
+            Err(TransitionError::StaleLease)
+        );
+    }
+
+    #[test]
+    fn heartbeat_extends_only_the_current_lease() {
+        let (mut j, lease) = running();
+        j.heartbeat(Some(&lease), Timestamp(500)).unwrap();
+        assert_eq!(j.lease_expires_at, Some(Timestamp(500)));
+        j.heartbeat(None, Timestamp(600)).unwrap();
+        assert_eq!(
+            j.heartbeat(Some(&LeaseId::new()), Timestamp(700)),
+            Err(TransitionError::StaleLease)
+        );
+        j.cancel(Timestamp(1)).unwrap();
+        assert_eq!(
+            j.heartbeat(None, Timestamp(700)),
+            Err(TransitionError::NotRunning(Status::Cancelled))
+        );
+    }
+
+    #[test]
+    fn expired_lease_returns_to_pending_then_fails_at_max_attempts() {
+        let (mut j, _) = running();
+        assert_eq!(j.expire_lease(Timestamp(99), 2), None, "lease still holds");
+        assert_eq!(j.expire_lease(Timestamp(100), 2), Some(Status::Pending));
+        assert_eq!(
+            j.expire_lease(Timestamp(200), 2),
+            None,
+            "pending jobs do not expire"
+        );
+        j.claim(LeaseId::new(), Timestamp(200), Timestamp(300))
+            .unwrap();
+        assert_eq!(j.expire_lease(Timestamp(300), 2), Some(Status::Failed));
+        assert!(j.error.as_deref().unwrap().contains("2 attempt"));
+        assert_eq!(j.ended_at, Some(Timestamp(300)));
+    }
+
+    #[test]
+    fn cancel_only_before_the_end() {
+        let mut p = job();
+        p.cancel(Timestamp(5)).unwrap();
+        assert_eq!(p.status, Status::Cancelled);
+        assert_eq!(
+            p.cancel(Timestamp(6)),
+            Err(TransitionError::AlreadyEnded(Status::Cancelled))
+        );
+
+        let (mut r, lease) = running();
+        r.cancel(Timestamp(7)).unwrap();
+        assert_eq!(
+            r.complete(Some(&lease), &Bytes::new(), Timestamp(8)),
+            Err(TransitionError::NotRunning(Status::Cancelled))
+        );
+    }
+
+    #[test]
+    fn result_ttl_counts_from_the_end() {
+        let (mut j, _) = running();
+        let ttl = Duration::from_micros(50);
+        assert!(
+            !j.is_expired(ttl, Timestamp(1_000)),
+            "running jobs never expire"
+        );
+        j.complete(None, &Bytes::new(), Timestamp(100)).unwrap();
+        assert!(!j.is_expired(ttl, Timestamp(149)));
+        assert!(j.is_expired(ttl, Timestamp(150)));
+    }
+
+    #[test]
+    fn queue_names_are_validated() {
+        assert!(Queue::parse("gpu.large_v2:eu-1").is_ok());
+        assert!(Queue::parse("").is_err());
+        assert!(Queue::parse("a,b").is_err());
+        assert!(Queue::parse("a b").is_err());
+        assert!(Queue::parse(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn timestamps_render_as_rfc3339_utc() {
+        assert_eq!(
+            Timestamp(1_500_000).to_rfc3339(),
+            "1970-01-01T00:00:01.500000Z"
+        );
+    }
+
+    #[test]
+    fn status_round_trips() {
+        for s in Status::ALL {
+            assert_eq!(s.as_str().parse::<Status>(), Ok(s));
+        }
+        assert!("done".parse::<Status>().is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! jobq: a synchronous job queue with an HTTP API (see `SPEC.md`).
+//!
+//! # Layout
+//! - [`config`]: command line and environment.
+//! - [`job`]: domain types and the state machine (pure, no I/O).
+//! - [`store`]: the storage trait and its backends.
+//! - [`broker`]: the only API for a job's lifecycle; waiters and wake-ups.
+//! - [`api`]: HTTP handlers, thin translations onto the broker.
+//! - [`server`]: accept loop, maintenance task, graceful shutdown.
+//!
+//! Dependencies point one way: `api → broker → store → job`.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod job;
+pub mod server;
+pub mod store;

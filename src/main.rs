@@ -1,0 +1,84 @@
+//! The `jobq` binary: parse flags, set up logging, open the store, serve.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use jobq::broker::Broker;
+use jobq::config::{Cli, Command, LogFormat, ServeArgs, Storage};
+use jobq::store::{memory::MemoryStore, Store};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(args)) => args,
+        None => cli.serve,
+    };
+    init_logging(args.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fatal(format!("cannot start the async runtime: {e}")),
+    };
+    match rt.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fatal(format!("{e:#}")),
+    }
+}
+
+fn fatal(msg: String) -> ExitCode {
+    eprintln!("jobq: error: {msg}");
+    ExitCode::FAILURE
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let addr = args.listen_addr().map_err(anyhow::Error::msg)?;
+    let store: Arc<dyn Store> = match args.storage {
+        Storage::Memory => Arc::new(MemoryStore::new()),
+        Storage::Embedded => anyhow::bail!("embedded storage is not available yet"),
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        storage = ?args.storage,
+        "jobq {} serving",
+        env!("CARGO_PKG_VERSION")
+    );
+    let broker = Broker::new(store, args.broker_config());
+    jobq::server::run(listener, broker, args.server_config(), shutdown_signal()).await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,133 @@
+//! Serving: the accept loop, the maintenance task, and the three-step
+//! shutdown (refuse new work → drain running jobs within the grace → close
+//! connections and the store).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+
+use axum::http::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+use crate::api::{self, ApiError, AppState};
+use crate::broker::{maintenance, Broker};
+
+/// How long open connections get to finish once the drain is over.
+const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
+
+/// A request's headers must arrive within this time (slow-loris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serving options that are not the broker's policy.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `--max-body`.
+    pub max_body: usize,
+    /// `--shutdown-grace`.
+    pub shutdown_grace: Duration,
+}
+
+fn is_known_method(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::DELETE
+            | Method::PATCH
+            | Method::OPTIONS
+            | Method::TRACE
+            | Method::CONNECT
+    )
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then shuts down
+/// gracefully: new submits and polls get 503 at once, running jobs get
+/// `shutdown_grace` to finish, then waiting clients are answered and the
+/// store is closed. Taking a bound listener lets tests pass `127.0.0.1:0`.
+///
+/// # Errors
+/// Closing the store failed (the last writes may not be durable).
+pub async fn run(
+    listener: TcpListener,
+    broker: Broker,
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let stop_maintenance = CancellationToken::new();
+    let maintenance = tokio::spawn(maintenance::run(broker.clone(), stop_maintenance.clone()));
+    let app = api::router(AppState {
+        broker: broker.clone(),
+        max_body: cfg.max_body,
+    });
+
+    let drained = CancellationToken::new();
+    {
+        let (broker, drained, grace) = (broker.clone(), drained.clone(), cfg.shutdown_grace);
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!(
+                grace_s = grace.as_secs_f64(),
+                "shutting down: no new jobs; draining running ones"
+            );
+            broker.begin_shutdown();
+            broker.drain(grace).await;
+            drained.cancel();
+        });
+    }
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = drained.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let app = app.clone();
+            async move {
+                if !is_known_method(req.method()) {
+                    let m = req.method().to_string();
+                    return Ok::<_, Infallible>(axum::response::IntoResponse::into_response(
+                        ApiError::NotImplemented(m),
+                    ));
+                }
+                let resp: Response<axum::body::Body> = app.oneshot(req).await?;
+                Ok(resp)
+            }
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(CONNECTION_DRAIN) => tracing::warn!("connections still open after the drain; closing"),
+    }
+    stop_maintenance.cancel();
+    let _ = maintenance.await;
+    broker.close().await?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}

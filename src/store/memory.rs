@@ -1,0 +1,448 @@
+//! The in-memory backend (`--storage memory`): every job lives in one
+//! [`Index`] behind a mutex that is held for a few hundred nanoseconds per
+//! operation and never across an await. Nothing survives a restart.
+//!
+//! [`Index`] is plain data plus the transition rules of [`crate::job`]; it is
+//! also the hot-path index of the embedded durable store.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use super::{
+    ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, Inserted, JobRecord,
+    ListFilter, Result, StatusCounts, Store,
+};
+use crate::job::{Completion, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp};
+
+/// Order of pending jobs inside a queue: higher priority first, then older.
+type PendingKey = (Reverse<i32>, u64);
+
+#[derive(Debug)]
+struct Entry {
+    job: Job,
+    /// Arrival order, the tie-breaker between equal priorities (and the key
+    /// a retried job goes back under, so it keeps its place).
+    seq: u64,
+}
+
+/// All jobs and the secondary indexes that make every hot operation
+/// O(log n): pending jobs ordered per queue, running jobs by lease expiry,
+/// ended jobs by end time, idempotency keys.
+#[derive(Debug, Default)]
+pub struct Index {
+    jobs: HashMap<JobId, Entry>,
+    pending: HashMap<Queue, BTreeMap<PendingKey, JobId>>,
+    leases: BTreeSet<(Timestamp, JobId)>,
+    /// Ended jobs in the order they ended, for purging after `--result-ttl`.
+    ended: VecDeque<(Timestamp, JobId)>,
+    idempotency: HashMap<String, JobId>,
+    total: StatusCounts,
+    per_queue: HashMap<Queue, StatusCounts>,
+    next_seq: u64,
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn count(&mut self, queue: &Queue, from: Option<Status>, to: Option<Status>) {
+        let q = self.per_queue.entry(queue.clone()).or_default();
+        if let Some(s) = from {
+            self.total[s.index()] -= 1;
+            q[s.index()] -= 1;
+        }
+        if let Some(s) = to {
+            self.total[s.index()] += 1;
+            q[s.index()] += 1;
+        }
+        if q.iter().all(|&n| n == 0) {
+            self.per_queue.remove(queue);
+        }
+    }
+
+    fn pending_key(job: &Job, seq: u64) -> PendingKey {
+        (Reverse(job.priority), seq)
+    }
+
+    /// Records `job` as it now stands in the secondary indexes, after a
+    /// transition away from `before`.
+    fn reindex(&mut self, id: JobId, before: Status, old_expiry: Option<Timestamp>) {
+        let Some(entry) = self.jobs.get(&id) else {
+            return;
+        };
+        let (after, new_expiry, queue, key, ended_at) = (
+            entry.job.status,
+            entry.job.lease_expires_at,
+            entry.job.queue.clone(),
+            Self::pending_key(&entry.job, entry.seq),
+            entry.job.ended_at,
+        );
+        if before == Status::Pending && after != Status::Pending {
+            if let Some(map) = self.pending.get_mut(&queue) {
+                map.remove(&key);
+                if map.is_empty() {
+                    self.pending.remove(&queue);
+                }
+            }
+        }
+        if after == Status::Pending && before != Status::Pending {
+            self.pending
+                .entry(queue.clone())
+                .or_default()
+                .insert(key, id);
+        }
+        if old_expiry != new_expiry {
+            if let Some(t) = old_expiry {
+                self.leases.remove(&(t, id));
+            }
+            if let Some(t) = new_expiry {
+                self.leases.insert((t, id));
+            }
+        }
+        if after.is_ended() && !before.is_ended() {
+            self.ended.push_back((ended_at.unwrap_or_default(), id));
+        }
+        if before != after {
+            self.count(&queue, Some(before), Some(after));
+        }
+    }
+
+    /// Applies `f` to job `id` and updates the indexes to match.
+    fn transition<T>(
+        &mut self,
+        id: JobId,
+        f: impl FnOnce(&mut Job) -> Result<T, crate::job::TransitionError>,
+    ) -> Result<(T, &Job)> {
+        let entry = self.jobs.get_mut(&id).ok_or(Error::NotFound)?;
+        let (before, old_expiry) = (entry.job.status, entry.job.lease_expires_at);
+        let out = f(&mut entry.job)?;
+        self.reindex(id, before, old_expiry);
+        Ok((out, &self.jobs[&id].job))
+    }
+
+    fn forget(&mut self, id: JobId) -> Option<Job> {
+        let entry = self.jobs.remove(&id)?;
+        let job = entry.job;
+        if let Some(idem) = &job.idempotency {
+            if self.idempotency.get(&idem.key) == Some(&id) {
+                self.idempotency.remove(&idem.key);
+            }
+        }
+        let before = job.status;
+        if before == Status::Pending {
+            if let Some(map) = self.pending.get_mut(&job.queue) {
+                map.remove(&Self::pending_key(&job, entry.seq));
+                if map.is_empty() {
+                    self.pending.remove(&job.queue);
+                }
+            }
+        }
+        if let Some(t) = job.lease_expires_at {
+            self.leases.remove(&(t, id));
+        }
+        self.count(&job.queue, Some(before), None);
+        Some(job)
+    }
+
+    /// Adds a job as it stands (used when loading from durable storage).
+    pub fn restore(&mut self, job: Job) {
+        let id = job.id;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(idem) = &job.idempotency {
+            self.idempotency.insert(idem.key.clone(), id);
+        }
+        let status = job.status;
+        let queue = job.queue.clone();
+        if status == Status::Pending {
+            self.pending
+                .entry(queue.clone())
+                .or_default()
+                .insert(Self::pending_key(&job, seq), id);
+        }
+        if let Some(t) = job.lease_expires_at {
+            self.leases.insert((t, id));
+        }
+        if status.is_ended() {
+            self.ended.push_back((job.ended_at.unwrap_or_default(), id));
+        }
+        self.jobs.insert(id, Entry { job, seq });
+        self.count(&queue, None, Some(status));
+    }
+
+    /// See [`Store::insert`].
+    pub fn insert(&mut self, new: NewJob, max_pending: u64) -> Result<Inserted> {
+        if let Some(idem) = &new.idempotency {
+            if let Some(existing) = self
+                .idempotency
+                .get(&idem.key)
+                .and_then(|id| self.jobs.get(id))
+            {
+                let same = existing.job.idempotency.as_ref().map(|i| i.fingerprint)
+                    == Some(idem.fingerprint);
+                return if same {
+                    Ok(Inserted::Existing(existing.job.clone()))
+                } else {
+                    Err(Error::IdempotencyMismatch)
+                };
+            }
+        }
+        let pending = self.total[Status::Pending.index()];
+        if pending >= max_pending {
+            return Err(Error::QueueFull(pending));
+        }
+        let job = new.into_job();
+        self.restore(job.clone());
+        Ok(Inserted::Created(job))
+    }
+
+    /// See [`Store::claim`].
+    pub fn claim(&mut self, p: &ClaimParams) -> Result<Option<Claimed>> {
+        let Some(id) = p.queues.iter().find_map(|q| {
+            self.pending
+                .get(q)
+                .and_then(|m| m.first_key_value())
+                .map(|(_, id)| *id)
+        }) else {
+            return Ok(None);
+        };
+        let (_, job) = self.transition(id, |j| j.claim(p.lease_id, p.now, p.expires_at))?;
+        let job = job.clone();
+        let more_pending = p.queues.iter().any(|q| self.pending.contains_key(q));
+        Ok(Some(Claimed { job, more_pending }))
+    }
+
+    /// See [`Store::peek`].
+    pub fn peek(&self, queues: &[Queue]) -> Option<Job> {
+        queues
+            .iter()
+            .find_map(|q| self.pending.get(q).and_then(|m| m.first_key_value()))
+            .map(|(_, id)| self.jobs[id].job.clone())
+    }
+
+    /// See [`Store::complete`].
+    pub fn complete(&mut self, p: &CompleteParams) -> Result<(Job, Completion)> {
+        let (done, job) =
+            self.transition(p.id, |j| j.complete(p.lease_id.as_ref(), &p.result, p.now))?;
+        Ok((job.clone(), done))
+    }
+
+    /// See [`Store::fail`].
+    pub fn fail(&mut self, p: &FailParams) -> Result<Job> {
+        let (_, job) = self.transition(p.id, |j| {
+            j.fail(
+                p.lease_id.as_ref(),
+                &p.error,
+                p.retry,
+                p.max_attempts,
+                p.now,
+            )
+        })?;
+        Ok(job.clone())
+    }
+
+    /// See [`Store::heartbeat`].
+    pub fn heartbeat(
+        &mut self,
+        id: JobId,
+        lease_id: Option<LeaseId>,
+        expires_at: Timestamp,
+    ) -> Result<Job> {
+        let (_, job) = self.transition(id, |j| j.heartbeat(lease_id.as_ref(), expires_at))?;
+        Ok(job.clone())
+    }
+
+    /// See [`Store::cancel`].
+    pub fn cancel(&mut self, id: JobId, only_pending: bool, now: Timestamp) -> Result<Job> {
+        let (_, job) = self.transition(id, |j| {
+            if only_pending && j.status != Status::Pending {
+                return Err(crate::job::TransitionError::NotPending(j.status));
+            }
+            j.cancel(now)
+        })?;
+        Ok(job.clone())
+    }
+
+    /// See [`Store::clear`]. Returns the cancelled ids and the forgotten ones.
+    pub fn clear(&mut self, queue: Option<&Queue>, now: Timestamp) -> (Vec<JobId>, Vec<JobId>) {
+        let ids: Vec<(JobId, Status)> = self
+            .jobs
+            .values()
+            .filter(|e| queue.is_none_or(|q| *q == e.job.queue))
+            .map(|e| (e.job.id, e.job.status))
+            .collect();
+        let (mut cancelled, mut forgotten) = (Vec::new(), Vec::new());
+        for (id, status) in ids {
+            if status.is_ended() {
+                self.forget(id);
+                forgotten.push(id);
+            } else if self.transition(id, |j| j.cancel(now)).is_ok() {
+                cancelled.push(id);
+            }
+        }
+        (cancelled, forgotten)
+    }
+
+    /// See [`Store::get`].
+    pub fn get(&self, id: JobId) -> Option<JobRecord> {
+        let entry = self.jobs.get(&id)?;
+        let position = (entry.job.status == Status::Pending).then(|| {
+            self.pending.get(&entry.job.queue).map_or(0, |m| {
+                m.range(..Self::pending_key(&entry.job, entry.seq)).count() as u64
+            })
+        });
+        Some(JobRecord {
+            job: entry.job.clone(),
+            position,
+        })
+    }
+
+    /// Whether job `id` is known.
+    pub fn contains(&self, id: JobId) -> bool {
+        self.jobs.contains_key(&id)
+    }
+
+    /// See [`Store::list`].
+    pub fn list(&self, f: &ListFilter) -> Vec<Job> {
+        let mut hits: Vec<&Entry> = self
+            .jobs
+            .values()
+            .filter(|e| f.status.is_none_or(|s| s == e.job.status))
+            .filter(|e| f.queue.as_ref().is_none_or(|q| *q == e.job.queue))
+            .collect();
+        let newest_first =
+            |a: &&Entry, b: &&Entry| (b.job.created_at, b.seq).cmp(&(a.job.created_at, a.seq));
+        if hits.len() > f.limit && f.limit > 0 {
+            hits.select_nth_unstable_by(f.limit - 1, newest_first);
+        }
+        hits.truncate(f.limit);
+        hits.sort_unstable_by(newest_first);
+        hits.into_iter().map(|e| e.job.clone()).collect()
+    }
+
+    /// See [`Store::counts`].
+    pub fn counts(&self) -> Counts {
+        Counts {
+            total: self.total,
+            queues: self
+                .per_queue
+                .iter()
+                .map(|(q, c)| (q.as_str().to_owned(), *c))
+                .collect(),
+        }
+    }
+
+    /// See [`Store::rescue_expired`].
+    pub fn rescue_expired(&mut self, now: Timestamp, max_attempts: u32) -> Vec<Job> {
+        let mut changed = Vec::new();
+        while let Some(&(t, id)) = self.leases.first() {
+            if t > now {
+                break;
+            }
+            match self.transition(id, |j| Ok(j.expire_lease(now, max_attempts))) {
+                Ok((Some(_), job)) => changed.push(job.clone()),
+                // Not running any more: drop the stale lease entry.
+                _ => {
+                    self.leases.remove(&(t, id));
+                }
+            }
+        }
+        changed
+    }
+
+    /// Forgets jobs ended at least `ttl` before `now`; returns their ids.
+    pub fn purge_expired(&mut self, ttl: Duration, now: Timestamp) -> Vec<JobId> {
+        let mut purged = Vec::new();
+        while let Some(&(ended_at, id)) = self.ended.front() {
+            if ended_at.add(ttl) > now {
+                break;
+            }
+            self.ended.pop_front();
+            // Skip entries of jobs already forgotten (by clear).
+            if self
+                .jobs
+                .get(&id)
+                .is_some_and(|e| e.job.is_expired(ttl, now))
+            {
+                self.forget(id);
+                purged.push(id);
+            }
+        }
+        purged
+    }
+
+    /// Pending jobs over all queues.
+    pub fn pending_count(&self) -> u64 {
+        self.total[Status::Pending.index()]
+    }
+}
+
+/// `--storage memory`: an [`Index`] behind a mutex.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    index: Mutex<Index>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn insert(&self, job: NewJob, max_pending: u64) -> Result<Inserted> {
+        self.index.lock().insert(job, max_pending)
+    }
+    async fn claim(&self, p: &ClaimParams) -> Result<Option<Claimed>> {
+        self.index.lock().claim(p)
+    }
+    async fn peek(&self, queues: &[Queue]) -> Result<Option<Job>> {
+        Ok(self.index.lock().peek(queues))
+    }
+    async fn complete(&self, p: &CompleteParams) -> Result<(Job, Completion)> {
+        self.index.lock().complete(p)
+    }
+    async fn fail(&self, p: &FailParams) -> Result<Job> {
+        self.index.lock().fail(p)
+    }
+    async fn heartbeat(
+        &self,
+        id: JobId,
+        lease_id: Option<LeaseId>,
+        expires_at: Timestamp,
+    ) -> Result<Job> {
+        self.index.lock().heartbeat(id, lease_id, expires_at)
+    }
+    async fn cancel(&self, id: JobId, only_pending: bool, now: Timestamp) -> Result<Job> {
+        self.index.lock().cancel(id, only_pending, now)
+    }
+    async fn clear(&self, queue: Option<&Queue>, now: Timestamp) -> Result<Vec<JobId>> {
+        Ok(self.index.lock().clear(queue, now).0)
+    }
+    async fn get(&self, id: JobId) -> Result<Option<JobRecord>> {
+        Ok(self.index.lock().get(id))
+    }
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<Job>> {
+        Ok(self.index.lock().list(filter))
+    }
+    async fn counts(&self) -> Result<Counts> {
+        Ok(self.index.lock().counts())
+    }
+    async fn rescue_expired(&self, now: Timestamp, max_attempts: u32) -> Result<Vec<Job>> {
+        Ok(self.index.lock().rescue_expired(now, max_attempts))
+    }
+    async fn purge_expired(&self, ttl: Duration, now: Timestamp) -> Result<u64> {
+        Ok(self.index.lock().purge_expired(ttl, now).len() as u64)
+    }
+    fn pending_count(&self) -> u64 {
+        self.index.lock().pending_count()
+    }
+}

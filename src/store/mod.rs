@@ -1,0 +1,206 @@
+//! The storage seam: one trait, one implementation per backend. The broker is
+//! the only caller. Every state-changing method is conditional (it applies a
+//! transition of [`crate::job`] only if the job is still in the state the
+//! transition needs) and reports a refusal as a typed [`Error`], never as a
+//! silent overwrite. Stores hold no policy: limits and attempt counts come in
+//! as parameters, and `now` is passed in so tests control time.
+
+pub mod memory;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::job::{
+    Completion, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp, TransitionError,
+};
+
+/// Store errors. `Unavailable` is the only one that is not the caller's doing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No job with this id (never existed, or forgotten after `--result-ttl`).
+    #[error("job not found")]
+    NotFound,
+    /// The job is not in a state that allows this operation.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// `--max-queued` pending jobs already.
+    #[error("queue is full ({0} jobs pending)")]
+    QueueFull(u64),
+    /// The idempotency key is already used for a different body or queue.
+    #[error("Idempotency-Key was already used for a different request (other body or queue)")]
+    IdempotencyMismatch,
+    /// The backend cannot serve requests right now (I/O error, disk full,
+    /// lost database connection). Nothing was changed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// `Result` with this module's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What `insert` did.
+#[derive(Debug, Clone)]
+pub enum Inserted {
+    /// A new pending job was stored.
+    Created(Job),
+    /// The idempotency key matched an existing job; nothing was stored.
+    Existing(Job),
+}
+
+/// Parameters of a hand-out.
+#[derive(Debug, Clone)]
+pub struct ClaimParams {
+    /// Queues in order of preference: the first non-empty one wins.
+    pub queues: Vec<Queue>,
+    /// The new lease's id.
+    pub lease_id: LeaseId,
+    /// Hand-out time.
+    pub now: Timestamp,
+    /// When the lease runs out unless extended.
+    pub expires_at: Timestamp,
+}
+
+/// A hand-out.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The job, now running under the new lease.
+    pub job: Job,
+    /// Whether any of the polled queues still holds a pending job, so the
+    /// broker can pass the wake-up on to another waiting worker.
+    pub more_pending: bool,
+}
+
+/// Parameters of a worker's complete.
+#[derive(Debug, Clone)]
+pub struct CompleteParams {
+    /// The job.
+    pub id: JobId,
+    /// The worker's lease, when it sent one (fencing); `None` applies to the current lease.
+    pub lease_id: Option<LeaseId>,
+    /// The result bytes.
+    pub result: Bytes,
+    /// Completion time.
+    pub now: Timestamp,
+}
+
+/// Parameters of a worker's fail.
+#[derive(Debug, Clone)]
+pub struct FailParams {
+    /// The job.
+    pub id: JobId,
+    /// The worker's lease, if sent.
+    pub lease_id: Option<LeaseId>,
+    /// The worker's error text.
+    pub error: String,
+    /// Whether the worker allows a retry.
+    pub retry: bool,
+    /// `--max-attempts`.
+    pub max_attempts: u32,
+    /// Failure time.
+    pub now: Timestamp,
+}
+
+/// Filter for [`Store::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only jobs in this status.
+    pub status: Option<Status>,
+    /// Only jobs of this queue.
+    pub queue: Option<Queue>,
+    /// At most this many (newest first by `created_at`).
+    pub limit: usize,
+}
+
+/// Counts per status.
+pub type StatusCounts = [u64; 5];
+
+/// Job counts, total and per queue.
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    /// Per status over all queues, indexed by [`Status::index`].
+    pub total: StatusCounts,
+    /// Per queue, per status.
+    pub queues: BTreeMap<String, StatusCounts>,
+}
+
+/// A job with the facts about it that only the store knows.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    /// The job.
+    pub job: Job,
+    /// Jobs ahead of it in its queue, while pending.
+    pub position: Option<u64>,
+}
+
+/// Persistence for jobs. Cheap operations are still `async` so that backends
+/// doing I/O (group commit, network) fit behind the same seam.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new pending job, unless its idempotency key is already taken
+    /// (then returns that job) or `max_pending` jobs are pending.
+    /// The job must be durable, as far as the backend promises durability,
+    /// before this returns and before any worker can claim it.
+    async fn insert(&self, job: NewJob, max_pending: u64) -> Result<Inserted>;
+
+    /// Hands out the best pending job of the first non-empty queue
+    /// (highest priority, then oldest), or `None`.
+    async fn claim(&self, p: &ClaimParams) -> Result<Option<Claimed>>;
+
+    /// The job `claim` would hand out now, without taking it.
+    async fn peek(&self, queues: &[Queue]) -> Result<Option<Job>>;
+
+    /// Applies [`Job::complete`]. Returns the job as it now stands.
+    async fn complete(&self, p: &CompleteParams) -> Result<(Job, Completion)>;
+
+    /// Applies [`Job::fail`]. Returns the job as it now stands.
+    async fn fail(&self, p: &FailParams) -> Result<Job>;
+
+    /// Applies [`Job::heartbeat`]. Returns the job as it now stands.
+    async fn heartbeat(
+        &self,
+        id: JobId,
+        lease_id: Option<LeaseId>,
+        expires_at: Timestamp,
+    ) -> Result<Job>;
+
+    /// Applies [`Job::cancel`]; with `only_pending`, refuses running jobs too
+    /// (a disconnected client cancels only what no worker has started).
+    async fn cancel(&self, id: JobId, only_pending: bool, now: Timestamp) -> Result<Job>;
+
+    /// Cancels every pending and running job (of one queue, if given) and
+    /// forgets every ended one. Returns the ids of the jobs it cancelled.
+    async fn clear(&self, queue: Option<&Queue>, now: Timestamp) -> Result<Vec<JobId>>;
+
+    /// One job, with its queue position while pending.
+    async fn get(&self, id: JobId) -> Result<Option<JobRecord>>;
+
+    /// Jobs, newest first.
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<Job>>;
+
+    /// Counts per status and queue.
+    async fn counts(&self) -> Result<Counts>;
+
+    /// Applies [`Job::expire_lease`] to every running job whose lease ran out
+    /// by `now`. Returns the jobs it changed, as they now stand.
+    async fn rescue_expired(&self, now: Timestamp, max_attempts: u32) -> Result<Vec<Job>>;
+
+    /// Forgets jobs that ended more than `ttl` before `now`. Returns how many.
+    async fn purge_expired(&self, ttl: Duration, now: Timestamp) -> Result<u64>;
+
+    /// Pending jobs, for back-pressure. May be approximate for shared stores.
+    fn pending_count(&self) -> u64;
+
+    /// Whether the store can serve requests (for `/health`).
+    async fn healthy(&self) -> bool {
+        true
+    }
+
+    /// Makes everything written so far durable and releases resources.
+    /// Called once at shutdown; later calls may fail.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
