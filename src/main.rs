@@ -1,12 +1,11 @@
 //! The `jobq` binary: parse flags, set up logging, open the store, serve.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
 use jobq::broker::Broker;
 use jobq::config::{Cli, Command, LogFormat, ServeArgs, Storage};
-use jobq::store::{memory::MemoryStore, Store};
+use jobq::store::Backend;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -47,10 +46,11 @@ fn init_logging(format: LogFormat) {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = args.listen_addr().map_err(anyhow::Error::msg)?;
-    let store: Arc<dyn Store> = match args.storage {
-        Storage::Memory => Arc::new(MemoryStore::new()),
+    let backend = match args.storage {
+        Storage::Memory => Backend::Memory,
         Storage::Embedded => anyhow::bail!("embedded storage is not available yet"),
     };
+    let store = jobq::store::open(&backend).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::job::{Completion, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp};
 use crate::store::{
     self, ClaimParams, CompleteParams, Counts, FailParams, Inserted, JobRecord, ListFilter, Store,
+    StoreEvent,
 };
 use waiters::{AnyNotified, JobWaiters, QueueSignals, Waiter, Wake};
 
@@ -141,8 +142,12 @@ pub struct Stats {
 
 impl Broker {
     /// A broker over `store`.
+    ///
+    /// Must be called inside a Tokio runtime when the store emits events
+    /// (a task relays them to local waiters).
     pub fn new(store: Arc<dyn Store>, cfg: BrokerConfig) -> Self {
-        Broker {
+        let events = store.subscribe();
+        let broker = Broker {
             inner: Arc::new(Inner {
                 store,
                 cfg,
@@ -154,6 +159,32 @@ impl Broker {
                 released: Notify::new(),
                 started: Instant::now(),
             }),
+        };
+        if let Some(mut events) = events {
+            // Holds only a weak handle, so the relay ends with the broker.
+            let weak = Arc::downgrade(&broker.inner);
+            tokio::spawn(async move {
+                while let Some(ev) = events.recv().await {
+                    let Some(inner) = weak.upgrade() else { break };
+                    Broker { inner }.on_store_event(ev);
+                }
+            });
+        }
+        broker
+    }
+
+    /// Relays a change made by another process to local waiters.
+    fn on_store_event(&self, ev: StoreEvent) {
+        match ev {
+            StoreEvent::JobReady(q) => self.inner.signals.job_ready(&q),
+            StoreEvent::JobEnded(id) => {
+                self.inner.waiters.wake(id, None);
+                self.inner.released.notify_waiters();
+            }
+            StoreEvent::Cleared => {
+                self.inner.waiters.wake_all();
+                self.inner.released.notify_waiters();
+            }
         }
     }
 

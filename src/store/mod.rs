@@ -135,6 +135,19 @@ pub struct JobRecord {
     pub position: Option<u64>,
 }
 
+/// A change made elsewhere (another node on a shared database) that local
+/// waiters must hear about. In-process changes are signalled by the broker
+/// itself; only stores shared between processes emit these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// A job became pending in this queue (submitted, retried, rescued).
+    JobReady(Queue),
+    /// This job ended (completed, failed, cancelled).
+    JobEnded(JobId),
+    /// Many jobs changed at once (a clear): every waiter re-reads its job.
+    Cleared,
+}
+
 /// Persistence for jobs. Cheap operations are still `async` so that backends
 /// doing I/O (group commit, network) fit behind the same seam.
 #[async_trait]
@@ -193,6 +206,13 @@ pub trait Store: Send + Sync + 'static {
     /// Pending jobs, for back-pressure. May be approximate for shared stores.
     fn pending_count(&self) -> u64;
 
+    /// Changes made by other processes sharing this store, for the broker to
+    /// relay to local waiters. Called once, by the broker; `None` for stores
+    /// that only this process writes.
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<StoreEvent>> {
+        None
+    }
+
     /// Whether the store can serve requests (for `/health`).
     async fn healthy(&self) -> bool {
         true
@@ -202,5 +222,30 @@ pub trait Store: Send + Sync + 'static {
     /// Called once at shutdown; later calls may fail.
     async fn close(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// Which backend to open, and where.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// In memory, nothing survives a restart.
+    Memory,
+}
+
+/// Why a store could not be opened (start-up errors: one clear line each).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The backend refused to start; the text names the path or address.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Opens (and for durable backends, recovers) the store.
+///
+/// # Errors
+/// [`OpenError`] naming the path or address that failed.
+pub async fn open(backend: &Backend) -> Result<std::sync::Arc<dyn Store>, OpenError> {
+    match backend {
+        Backend::Memory => Ok(std::sync::Arc::new(memory::MemoryStore::new())),
     }
 }
