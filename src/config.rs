@@ -42,6 +42,15 @@ pub enum Storage {
     Memory,
 }
 
+/// When the embedded store's commits reach the disk.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    /// fsync at every commit: acknowledged writes survive power loss.
+    Full,
+    /// No fsync at commit: acknowledged writes survive a crash of jobq, not of the machine.
+    Normal,
+}
+
 /// Log line format.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -86,6 +95,11 @@ pub struct ServeArgs {
     /// Where jobs are kept.
     #[arg(long, env = "JOBQ_STORAGE", value_enum, default_value_t = Storage::Embedded)]
     pub storage: Storage,
+
+    /// Embedded store: `full` fsyncs every group commit (survives power loss);
+    /// `normal` leaves that to the OS (survives `kill -9`, not a power cut).
+    #[arg(long, env = "JOBQ_SYNC", value_enum, default_value_t = SyncMode::Full)]
+    pub sync: SyncMode,
 
     /// How long a sync submit waits for its result, in seconds (0 = forever).
     #[arg(long, env = "JOBQ_WAIT_TIMEOUT", default_value = "60", value_parser = secs)]
@@ -137,6 +151,21 @@ impl ServeArgs {
                 .map(|port| SocketAddr::from(([0, 0, 0, 0], port)))
                 .map_err(|_| format!("PORT={p:?} is not a port number")),
             Err(_) => Ok(LISTEN_DEFAULT.parse().expect("valid default")),
+        }
+    }
+
+    /// The storage backend these flags select.
+    pub fn backend(&self) -> crate::store::Backend {
+        use crate::store::{embedded, Backend};
+        match self.storage {
+            Storage::Memory => Backend::Memory,
+            Storage::Embedded => Backend::Embedded {
+                data_dir: self.data_dir.clone(),
+                sync: match self.sync {
+                    SyncMode::Full => embedded::Sync::Full,
+                    SyncMode::Normal => embedded::Sync::Normal,
+                },
+            },
         }
     }
 

@@ -4,8 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use jobq::broker::Broker;
-use jobq::config::{Cli, Command, LogFormat, ServeArgs, Storage};
-use jobq::store::Backend;
+use jobq::config::{Cli, Command, LogFormat, ServeArgs};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -46,11 +45,7 @@ fn init_logging(format: LogFormat) {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = args.listen_addr().map_err(anyhow::Error::msg)?;
-    let backend = match args.storage {
-        Storage::Memory => Backend::Memory,
-        Storage::Embedded => anyhow::bail!("embedded storage is not available yet"),
-    };
-    let store = jobq::store::open(&backend).await?;
+    let store = jobq::store::open(&args.backend()).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;

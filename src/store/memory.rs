@@ -152,6 +152,10 @@ impl Index {
 
     /// Adds a job as it stands (used when loading from durable storage).
     pub fn restore(&mut self, job: Job) {
+        self.add(job, true)
+    }
+
+    fn add(&mut self, job: Job, visible: bool) {
         let id = job.id;
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -160,7 +164,7 @@ impl Index {
         }
         let status = job.status;
         let queue = job.queue.clone();
-        if status == Status::Pending {
+        if status == Status::Pending && visible {
             self.pending
                 .entry(queue.clone())
                 .or_default()
@@ -176,8 +180,10 @@ impl Index {
         self.count(&queue, None, Some(status));
     }
 
-    /// See [`Store::insert`].
-    pub fn insert(&mut self, new: NewJob, max_pending: u64) -> Result<Inserted> {
+    /// See [`Store::insert`]. With `visible` false the job is stored and
+    /// counted but cannot be claimed until [`Index::publish`] (a durable
+    /// store publishes it once it is on disk).
+    pub fn insert(&mut self, new: NewJob, max_pending: u64, visible: bool) -> Result<Inserted> {
         if let Some(idem) = &new.idempotency {
             if let Some(existing) = self
                 .idempotency
@@ -198,8 +204,27 @@ impl Index {
             return Err(Error::QueueFull(pending));
         }
         let job = new.into_job();
-        self.restore(job.clone());
+        self.add(job.clone(), visible);
         Ok(Inserted::Created(job))
+    }
+
+    /// Makes a job inserted invisible claimable, if it is still pending.
+    pub fn publish(&mut self, id: JobId) {
+        let Some(entry) = self.jobs.get(&id) else {
+            return;
+        };
+        if entry.job.status == Status::Pending {
+            let key = Self::pending_key(&entry.job, entry.seq);
+            self.pending
+                .entry(entry.job.queue.clone())
+                .or_default()
+                .insert(key, id);
+        }
+    }
+
+    /// Forgets job `id` (an insert that could not be made durable).
+    pub fn remove(&mut self, id: JobId) -> Option<Job> {
+        self.forget(id)
     }
 
     /// See [`Store::claim`].
@@ -399,7 +424,7 @@ impl MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn insert(&self, job: NewJob, max_pending: u64) -> Result<Inserted> {
-        self.index.lock().insert(job, max_pending)
+        self.index.lock().insert(job, max_pending, true)
     }
     async fn claim(&self, p: &ClaimParams) -> Result<Option<Claimed>> {
         self.index.lock().claim(p)

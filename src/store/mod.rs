@@ -5,6 +5,7 @@
 //! silent overwrite. Stores hold no policy: limits and attempt counts come in
 //! as parameters, and `now` is passed in so tests control time.
 
+pub mod embedded;
 pub mod memory;
 
 use std::collections::BTreeMap;
@@ -230,6 +231,13 @@ pub trait Store: Send + Sync + 'static {
 pub enum Backend {
     /// In memory, nothing survives a restart.
     Memory,
+    /// SQLite in `data_dir`.
+    Embedded {
+        /// `--data-dir`.
+        data_dir: std::path::PathBuf,
+        /// `--sync`.
+        sync: embedded::Sync,
+    },
 }
 
 /// Why a store could not be opened (start-up errors: one clear line each).
@@ -247,5 +255,16 @@ pub enum OpenError {
 pub async fn open(backend: &Backend) -> Result<std::sync::Arc<dyn Store>, OpenError> {
     match backend {
         Backend::Memory => Ok(std::sync::Arc::new(memory::MemoryStore::new())),
+        Backend::Embedded { data_dir, sync } => {
+            let (dir, sync) = (data_dir.clone(), *sync);
+            // Opening reads every job into memory: keep it off the async threads.
+            let store =
+                tokio::task::spawn_blocking(move || embedded::EmbeddedStore::open(&dir, sync))
+                    .await
+                    .map_err(|e| {
+                        OpenError::Failed(format!("opening the embedded store panicked: {e}"))
+                    })??;
+            Ok(std::sync::Arc::new(store))
+        }
     }
 }

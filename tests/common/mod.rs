@@ -45,7 +45,9 @@ impl TestServer {
         let mut argv = vec!["jobq", "serve"];
         argv.extend_from_slice(flags);
         let cli = Cli::try_parse_from(&argv).expect("valid test flags");
-        let Some(jobq::config::Command::Serve(args)) = cli.command else { unreachable!() };
+        let Some(jobq::config::Command::Serve(args)) = cli.command else {
+            unreachable!()
+        };
         let (backend, guards): (Backend, Vec<Box<dyn std::any::Any + Send>>) = match kind {
             Kind::Memory => (Backend::Memory, Vec::new()),
         };
@@ -54,9 +56,14 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let broker = Broker::new(store, args.broker_config());
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(jobq::server::run(listener, broker, args.server_config(), async move {
-            let _ = rx.await;
-        }));
+        let handle = tokio::spawn(jobq::server::run(
+            listener,
+            broker,
+            args.server_config(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
         TestServer {
             base: format!("http://{addr}"),
             addr,

@@ -1,0 +1,21 @@
+-- jobq embedded store, schema version 1.
+-- One row per job not yet forgotten. Times are microseconds since the Unix
+-- epoch (UTC); ids are UUIDs as 16-byte blobs.
+CREATE TABLE jobs (
+    seq         INTEGER PRIMARY KEY,          -- arrival order (FIFO tie-breaker)
+    id          BLOB    NOT NULL UNIQUE,
+    queue       TEXT    NOT NULL,
+    priority    INTEGER NOT NULL,
+    status      TEXT    NOT NULL CHECK (status IN ('pending','running','completed','failed','cancelled')),
+    attempts    INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    started_at  INTEGER,
+    ended_at    INTEGER,
+    lease_id    BLOB,
+    payload     BLOB    NOT NULL,             -- emptied once the job ends
+    headers     BLOB    NOT NULL,             -- JSON object text, emptied once the job ends
+    result      BLOB,
+    error       TEXT,
+    idem_key    TEXT UNIQUE,
+    idem_fp     BLOB
+);

@@ -1,0 +1,644 @@
+//! The default backend (`--storage embedded`): SQLite in WAL mode in
+//! `--data-dir`, with every job also held in an in-memory [`Index`] that
+//! serves all reads and hand-outs.
+//!
+//! Writes go through one writer thread that commits them in batches (group
+//! commit): whatever arrived while the previous batch was being written goes
+//! into the next transaction, so one fsync covers many requests. Changes are
+//! applied to the index and queued for the writer under the index lock, so
+//! the log order is the order in which they happened.
+//!
+//! What waits for the disk (see `docs/storage.md`): a submit (before any
+//! worker can see the job), a complete, a fail, a cancel, a clear and a
+//! lease rescue. A hand-out is written lazily, with the next batch: a restart
+//! returns running jobs to pending anyway. Heartbeats are not written.
+//!
+//! When a batch cannot be committed (disk full), the store turns read-only:
+//! writes answer `Unavailable` (503) at once, reads go on, and the writer
+//! retries the batch until it commits, then takes writes again.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::oneshot;
+
+use super::memory::Index;
+use super::{
+    ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, Inserted, JobRecord,
+    ListFilter, OpenError, Result, Store,
+};
+use crate::job::{Completion, Idempotency, Job, JobId, LeaseId, NewJob, Queue, Timestamp};
+
+/// File name of the database inside `--data-dir`.
+pub const DB_FILE: &str = "jobq.db";
+
+/// `PRAGMA application_id` of a jobq database ("jobq" in ASCII), so a file
+/// that is not ours is recognised instead of being written into.
+const APPLICATION_ID: i32 = 0x6a6f_6271;
+
+/// Schema migrations; `PRAGMA user_version` is how many have been applied.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_jobs.sql")];
+
+/// Most commands folded into one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// Pause between retries of a batch that failed to commit.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// How commits reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sync {
+    /// fsync the WAL at every commit: an acknowledged write survives power loss.
+    Full,
+    /// No fsync at commit: survives a crash of jobq (`kill -9`), not of the machine.
+    Normal,
+}
+
+enum Op {
+    Insert(Job),
+    Update(Job),
+    Delete(JobId),
+}
+
+/// Ops to write in order; `done` (if any) hears when they are durable.
+struct Cmd {
+    ops: Vec<Op>,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+enum Msg {
+    Write(Cmd),
+    Close(oneshot::Sender<Result<(), String>>),
+}
+
+/// `--storage embedded`.
+pub struct EmbeddedStore {
+    index: Mutex<Index>,
+    tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    /// Set while the writer cannot commit; writes are refused meanwhile.
+    read_only: Arc<AtomicBool>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    path: PathBuf,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(e.to_string())
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the database in `data_dir`, migrates it,
+    /// returns running jobs to pending and loads every job into memory.
+    ///
+    /// # Errors
+    /// One line naming the path: the directory cannot be created or written,
+    /// the file is not a jobq database or is corrupt, its schema is newer
+    /// than this binary, or another process holds it.
+    pub fn open(data_dir: &Path, sync: Sync) -> Result<Self, OpenError> {
+        let fail =
+            |what: &str, e: &dyn std::fmt::Display| OpenError::Failed(format!("{what}: {e}"));
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            fail(
+                &format!("cannot create data dir {}", data_dir.display()),
+                &e,
+            )
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let shown = path.display().to_string();
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| fail(&format!("cannot open {shown}"), &e))?;
+        let index = prepare(&conn, &shown, sync)?;
+        let read_only = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let writer = {
+            let read_only = read_only.clone();
+            std::thread::Builder::new()
+                .name("jobq-writer".into())
+                .spawn(move || writer_loop(conn, rx, read_only))
+                .map_err(|e| fail("cannot start the writer thread", &e))?
+        };
+        Ok(EmbeddedStore {
+            index: Mutex::new(index),
+            tx: Mutex::new(Some(tx)),
+            read_only,
+            writer: Mutex::new(Some(writer)),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only.load(Ordering::Acquire) {
+            Err(Error::Unavailable(format!(
+                "{} cannot be written (disk full?); retrying in the background",
+                self.path.display()
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Queues `ops`; with `durable`, returns a receiver that hears when they
+    /// (and everything queued before them) are on disk. Call under the index
+    /// lock so the log keeps the order of the changes.
+    fn send(
+        &self,
+        ops: Vec<Op>,
+        durable: bool,
+    ) -> Result<Option<oneshot::Receiver<Result<(), String>>>> {
+        let (done, rx) = if durable {
+            let (t, r) = oneshot::channel();
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        let tx = self.tx.lock();
+        let tx = tx.as_ref().ok_or_else(|| unavailable("store is closed"))?;
+        tx.send(Msg::Write(Cmd { ops, done }))
+            .map_err(|_| unavailable("writer thread stopped"))?;
+        Ok(rx)
+    }
+
+    async fn durable(rx: Option<oneshot::Receiver<Result<(), String>>>) -> Result<()> {
+        match rx {
+            None => Ok(()),
+            Some(rx) => match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(Error::Unavailable(e)),
+                Err(_) => Err(unavailable("writer thread stopped")),
+            },
+        }
+    }
+
+    /// Applies `f` to the index, logs the job it returns, and waits for the disk.
+    async fn write_one<T>(
+        &self,
+        f: impl FnOnce(&mut Index) -> Result<(Job, T)>,
+    ) -> Result<(Job, T)> {
+        let (out, rx) = {
+            let mut index = self.index.lock();
+            self.check_writable()?;
+            let (job, extra) = f(&mut index)?;
+            let rx = self.send(vec![Op::Update(job.clone())], true)?;
+            ((job, extra), rx)
+        };
+        Self::durable(rx).await?;
+        Ok(out)
+    }
+}
+
+/// Checks, migrates and loads the database.
+fn prepare(conn: &Connection, shown: &str, sync: Sync) -> Result<Index, OpenError> {
+    let fail = |what: &str, e: &rusqlite::Error| {
+        if is_busy(e) {
+            OpenError::Failed(format!("{shown} is in use by another jobq process"))
+        } else {
+            OpenError::Failed(format!("{shown}: {what}: {e}"))
+        }
+    };
+    // One process per data dir: an exclusive lock, taken by the first write below.
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+        .map_err(|e| fail("cannot set locking mode", &e))?;
+    let app_id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(|e| fail("not a readable SQLite database", &e))?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| fail("not a readable SQLite database", &e))?;
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(|e| fail("not a readable SQLite database", &e))?;
+    if app_id != APPLICATION_ID && (tables > 0 || version != 0 || app_id != 0) {
+        return Err(OpenError::Failed(format!(
+            "{shown} is not a jobq database (application id {app_id:#x}); move it away or choose another --data-dir"
+        )));
+    }
+    if version > MIGRATIONS.len() as i64 {
+        return Err(OpenError::Failed(format!(
+            "{shown} has schema version {version}, newer than this jobq understands ({}); run a newer jobq",
+            MIGRATIONS.len()
+        )));
+    }
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(|e| fail("cannot enable WAL", &e))?;
+    let sync_mode = match sync {
+        Sync::Full => "FULL",
+        Sync::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync_mode)
+        .map_err(|e| fail("cannot set synchronous", &e))?;
+    let write = |sql: &str| {
+        conn.execute_batch(sql)
+            .map_err(|e| fail("cannot write", &e))
+    };
+    write("BEGIN IMMEDIATE")?;
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        write(m)?;
+        write(&format!("PRAGMA user_version = {}", i + 1))?;
+    }
+    write(&format!("PRAGMA application_id = {APPLICATION_ID}"))?;
+    // A restart returns running jobs to pending; their attempts stay counted.
+    write("UPDATE jobs SET status = 'pending' WHERE status = 'running'")?;
+    write("COMMIT")?;
+    load(conn).map_err(|e| fail("cannot load jobs", &e))
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+const COLUMNS: &str =
+    "id, queue, priority, status, attempts, created_at, started_at, ended_at, lease_id, \
+     CASE WHEN status IN ('pending','running') THEN payload END, \
+     CASE WHEN status IN ('pending','running') THEN headers END, \
+     result, error, idem_key, idem_fp";
+
+fn load(conn: &Connection) -> rusqlite::Result<Index> {
+    let mut index = Index::new();
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM jobs ORDER BY seq"))?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        index.restore(row_to_job(r)?);
+    }
+    Ok(index)
+}
+
+fn bad_data(what: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Null,
+        what.to_owned().into(),
+    )
+}
+
+fn uuid_col(b: Option<Vec<u8>>) -> rusqlite::Result<Option<JobId>> {
+    b.map(|b| {
+        uuid::Uuid::from_slice(&b)
+            .map(JobId)
+            .map_err(|_| bad_data("bad uuid"))
+    })
+    .transpose()
+}
+
+fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+    let status: String = r.get(3)?;
+    let queue: String = r.get(1)?;
+    let idem_key: Option<String> = r.get(13)?;
+    let idem_fp: Option<Vec<u8>> = r.get(14)?;
+    Ok(Job {
+        id: uuid_col(Some(r.get(0)?))?.ok_or_else(|| bad_data("no id"))?,
+        queue: Queue::parse(&queue).map_err(|e| bad_data(&e))?,
+        priority: r.get(2)?,
+        status: status.parse().map_err(|e: String| bad_data(&e))?,
+        attempts: r.get(4)?,
+        created_at: Timestamp(r.get(5)?),
+        started_at: r.get::<_, Option<i64>>(6)?.map(Timestamp),
+        ended_at: r.get::<_, Option<i64>>(7)?.map(Timestamp),
+        lease_id: uuid_col(r.get(8)?)?,
+        lease_expires_at: None,
+        payload: r
+            .get::<_, Option<Vec<u8>>>(9)?
+            .map(Bytes::from)
+            .unwrap_or_default(),
+        headers: r
+            .get::<_, Option<Vec<u8>>>(10)?
+            .map(Bytes::from)
+            .unwrap_or_default(),
+        result: r.get::<_, Option<Vec<u8>>>(11)?.map(Bytes::from),
+        error: r.get(12)?,
+        idempotency: match (idem_key, idem_fp) {
+            (Some(key), Some(fp)) => Some(Idempotency {
+                key,
+                fingerprint: fp.try_into().map_err(|_| bad_data("bad fingerprint"))?,
+            }),
+            _ => None,
+        },
+    })
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, read_only: Arc<AtomicBool>) {
+    let mut batch: Vec<Cmd> = Vec::new();
+    let mut close: Option<oneshot::Sender<Result<(), String>>> = None;
+    loop {
+        if batch.is_empty() && close.is_none() {
+            match rx.recv() {
+                Ok(Msg::Write(c)) => batch.push(c),
+                Ok(Msg::Close(done)) => close = Some(done),
+                Err(_) => return,
+            }
+        }
+        while batch.len() < MAX_BATCH && close.is_none() {
+            match rx.try_recv() {
+                Ok(Msg::Write(c)) => batch.push(c),
+                Ok(Msg::Close(done)) => close = Some(done),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            if let Some(done) = close.take() {
+                let r = conn
+                    .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .map_err(|e| e.to_string());
+                let _ = done.send(r);
+                return;
+            }
+            continue;
+        }
+        match commit(&mut conn, &batch) {
+            Ok(()) => {
+                if read_only.swap(false, Ordering::AcqRel) {
+                    tracing::info!("storage writable again");
+                }
+                for cmd in batch.drain(..) {
+                    if let Some(done) = cmd.done {
+                        let _ = done.send(Ok(()));
+                    }
+                }
+            }
+            Err(e) => {
+                // Keep the batch (it is the log) and retry it; its callers
+                // are told now, so they do not hang while the disk is full.
+                if !read_only.swap(true, Ordering::AcqRel) {
+                    tracing::error!(error = %e, "cannot commit to the embedded store; read-only until it can");
+                }
+                for cmd in batch.iter_mut() {
+                    if let Some(done) = cmd.done.take() {
+                        let _ = done.send(Err(format!("cannot write: {e}")));
+                    }
+                }
+                std::thread::sleep(RETRY_PAUSE);
+            }
+        }
+    }
+}
+
+fn commit(conn: &mut Connection, batch: &[Cmd]) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO jobs (id, queue, priority, status, attempts, created_at, payload, headers, idem_key, idem_fp) \
+             VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let mut update = tx.prepare_cached(
+            "UPDATE jobs SET status = ?2, attempts = ?3, started_at = ?4, ended_at = ?5, lease_id = ?6, \
+             result = ?7, error = ?8, \
+             payload = CASE WHEN ?2 IN ('pending','running') THEN payload ELSE x'' END, \
+             headers = CASE WHEN ?2 IN ('pending','running') THEN headers ELSE x'' END \
+             WHERE id = ?1",
+        )?;
+        let mut delete = tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?;
+        for op in batch.iter().flat_map(|c| &c.ops) {
+            match op {
+                Op::Insert(j) => {
+                    insert.execute(params![
+                        j.id.0.as_bytes(),
+                        j.queue.as_str(),
+                        j.priority,
+                        j.created_at.0,
+                        &j.payload[..],
+                        &j.headers[..],
+                        j.idempotency.as_ref().map(|i| i.key.as_str()),
+                        j.idempotency.as_ref().map(|i| &i.fingerprint[..]),
+                    ])?;
+                }
+                Op::Update(j) => {
+                    update.execute(params![
+                        j.id.0.as_bytes(),
+                        j.status.as_str(),
+                        j.attempts,
+                        j.started_at.map(|t| t.0),
+                        j.ended_at.map(|t| t.0),
+                        j.lease_id.map(|l| l.0.as_bytes().to_vec()),
+                        j.result.as_deref(),
+                        j.error.as_deref(),
+                    ])?;
+                }
+                Op::Delete(id) => {
+                    delete.execute(params![id.0.as_bytes()])?;
+                }
+            }
+        }
+    }
+    tx.commit()
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn insert(&self, job: NewJob, max_pending: u64) -> Result<Inserted> {
+        let (inserted, rx) = {
+            let mut index = self.index.lock();
+            self.check_writable()?;
+            match index.insert(job, max_pending, false)? {
+                Inserted::Created(job) => {
+                    let rx = self.send(vec![Op::Insert(job.clone())], true);
+                    match rx {
+                        Ok(rx) => (Inserted::Created(job), rx),
+                        Err(e) => {
+                            index.remove(job.id);
+                            return Err(e);
+                        }
+                    }
+                }
+                existing => return Ok(existing),
+            }
+        };
+        let Inserted::Created(job) = &inserted else {
+            unreachable!()
+        };
+        match Self::durable(rx).await {
+            Ok(()) => {
+                self.index.lock().publish(job.id);
+                Ok(inserted)
+            }
+            Err(e) => {
+                // Undo: the insert may still reach the disk when the writer
+                // recovers, so a delete follows it in the log.
+                let mut index = self.index.lock();
+                index.remove(job.id);
+                let _ = self.send(vec![Op::Delete(job.id)], false);
+                Err(e)
+            }
+        }
+    }
+
+    async fn claim(&self, p: &ClaimParams) -> Result<Option<Claimed>> {
+        let mut index = self.index.lock();
+        self.check_writable()?;
+        let claimed = index.claim(p)?;
+        if let Some(c) = &claimed {
+            // Lazily: a restart returns running jobs to pending anyway.
+            self.send(vec![Op::Update(c.job.clone())], false)?;
+        }
+        Ok(claimed)
+    }
+
+    async fn peek(&self, queues: &[Queue]) -> Result<Option<Job>> {
+        Ok(self.index.lock().peek(queues))
+    }
+
+    async fn complete(&self, p: &CompleteParams) -> Result<(Job, Completion)> {
+        let (job, how, rx) = {
+            let mut index = self.index.lock();
+            self.check_writable()?;
+            let (job, how) = index.complete(p)?;
+            // A repeat writes nothing but still waits for the earlier write.
+            let ops = if how == Completion::Completed {
+                vec![Op::Update(job.clone())]
+            } else {
+                Vec::new()
+            };
+            let rx = self.send(ops, true)?;
+            (job, how, rx)
+        };
+        Self::durable(rx).await?;
+        Ok((job, how))
+    }
+
+    async fn fail(&self, p: &FailParams) -> Result<Job> {
+        Ok(self.write_one(|i| Ok((i.fail(p)?, ()))).await?.0)
+    }
+
+    async fn heartbeat(
+        &self,
+        id: JobId,
+        lease_id: Option<LeaseId>,
+        expires_at: Timestamp,
+    ) -> Result<Job> {
+        // Leases are not stored: a restart returns running jobs to pending.
+        self.index.lock().heartbeat(id, lease_id, expires_at)
+    }
+
+    async fn cancel(&self, id: JobId, only_pending: bool, now: Timestamp) -> Result<Job> {
+        Ok(self
+            .write_one(|i| Ok((i.cancel(id, only_pending, now)?, ())))
+            .await?
+            .0)
+    }
+
+    async fn clear(&self, queue: Option<&Queue>, now: Timestamp) -> Result<Vec<JobId>> {
+        let (cancelled, rx) = {
+            let mut index = self.index.lock();
+            self.check_writable()?;
+            let (cancelled, forgotten) = index.clear(queue, now);
+            let mut ops: Vec<Op> = Vec::with_capacity(cancelled.len() + forgotten.len());
+            for id in &cancelled {
+                if let Some(rec) = index.get(*id) {
+                    ops.push(Op::Update(rec.job));
+                }
+            }
+            ops.extend(forgotten.into_iter().map(Op::Delete));
+            let rx = self.send(ops, true)?;
+            (cancelled, rx)
+        };
+        Self::durable(rx).await?;
+        Ok(cancelled)
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<JobRecord>> {
+        Ok(self.index.lock().get(id))
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<Job>> {
+        Ok(self.index.lock().list(filter))
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        Ok(self.index.lock().counts())
+    }
+
+    async fn rescue_expired(&self, now: Timestamp, max_attempts: u32) -> Result<Vec<Job>> {
+        let (changed, rx) = {
+            let mut index = self.index.lock();
+            if self.read_only.load(Ordering::Acquire) {
+                return Ok(Vec::new());
+            }
+            let changed = index.rescue_expired(now, max_attempts);
+            if changed.is_empty() {
+                return Ok(changed);
+            }
+            let rx = self.send(changed.iter().cloned().map(Op::Update).collect(), true)?;
+            (changed, rx)
+        };
+        Self::durable(rx).await?;
+        Ok(changed)
+    }
+
+    async fn purge_expired(&self, ttl: Duration, now: Timestamp) -> Result<u64> {
+        let mut index = self.index.lock();
+        let purged = index.purge_expired(ttl, now);
+        let n = purged.len() as u64;
+        if n > 0 {
+            // Lazily: a purged job that reappears after a crash is purged again.
+            self.send(purged.into_iter().map(Op::Delete).collect(), false)?;
+        }
+        Ok(n)
+    }
+
+    fn pending_count(&self) -> u64 {
+        self.index.lock().pending_count()
+    }
+
+    async fn healthy(&self) -> bool {
+        !self.read_only.load(Ordering::Acquire) && self.tx.lock().is_some()
+    }
+
+    async fn close(&self) -> Result<()> {
+        let Some(tx) = self.tx.lock().take() else {
+            return Ok(());
+        };
+        let (done, rx) = oneshot::channel();
+        tx.send(Msg::Close(done))
+            .map_err(|_| unavailable("writer thread stopped"))?;
+        let r = rx.await.map_err(|_| unavailable("writer thread stopped"))?;
+        let handle = self.writer.lock().take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        r.map_err(Error::Unavailable)
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        // Dropping the sender ends the writer after the queued batches.
+        self.tx.lock().take();
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + std::marker::Sync>() {}
+    is::<EmbeddedStore>();
+}
+
+/// Reads one job straight from the database file (for tests and tools).
+///
+/// # Errors
+/// SQLite errors as text.
+pub fn read_job(conn: &Connection, id: JobId) -> Result<Option<Job>, String> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
+        [id.0.as_bytes()],
+        row_to_job,
+    )
+    .optional()
+    .map_err(|e| e.to_string())
+}
