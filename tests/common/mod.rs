@@ -18,6 +18,8 @@ use tokio::task::JoinHandle;
 pub enum Kind {
     /// `--storage memory`.
     Memory,
+    /// `--storage embedded` in a fresh temporary data dir.
+    Embedded,
 }
 
 /// A running server.
@@ -50,6 +52,17 @@ impl TestServer {
         };
         let (backend, guards): (Backend, Vec<Box<dyn std::any::Any + Send>>) = match kind {
             Kind::Memory => (Backend::Memory, Vec::new()),
+            Kind::Embedded => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let backend = Backend::Embedded {
+                    data_dir: dir.path().to_owned(),
+                    sync: jobq::store::embedded::Sync::Full,
+                };
+                (
+                    backend,
+                    vec![Box::new(dir) as Box<dyn std::any::Any + Send>],
+                )
+            }
         };
         let store = jobq::store::open(&backend).await.expect("open store");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -114,5 +127,14 @@ macro_rules! backend_tests {
                 }
             )*
         }
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Kind::Embedded).await
+                }
+            )*
+        }
     };
 }
+pub mod binary;

@@ -1,0 +1,531 @@
+//! Durability of the embedded store (SPEC §5): the real binary is killed
+//! with SIGKILL at several points and restarted on the same data dir; every
+//! acknowledged job and result must be there, none twice.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::binary::{free_port, start_fails, Proc};
+use serde_json::Value;
+
+async fn list_all(http: &reqwest::Client, p: &Proc) -> Vec<Value> {
+    let r = http
+        .get(p.url("/api/admin/jobs?limit=1000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    v["jobs"].as_array().unwrap().clone()
+}
+
+async fn poll(http: &reqwest::Client, p: &Proc) -> Option<Value> {
+    let r = http.get(p.url("/api/worker/poll")).send().await.unwrap();
+    match r.status().as_u16() {
+        200 => Some(r.json().await.unwrap()),
+        204 => None,
+        s => panic!("poll: {s}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_mid_submit_burst_loses_no_acknowledged_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let mut p = Proc::start(&data, port, &[]).await;
+    let http = reqwest::Client::new();
+
+    // 400 async submits from 16 concurrent senders; kill -9 once 100 are acknowledged.
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let mut senders = Vec::new();
+    for s in 0..16 {
+        let (http, url, ack_tx) = (http.clone(), p.url("/api/jobs"), ack_tx.clone());
+        senders.push(tokio::spawn(async move {
+            for n in 0..25 {
+                let key = format!("k-{s}-{n}");
+                let r = http
+                    .post(&url)
+                    .header("idempotency-key", &key)
+                    .body(format!("{{\"s\":{s},\"n\":{n}}}"))
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 202 => {
+                        let v: Value = r.json().await.unwrap();
+                        let _ = ack_tx.send((key, v["job_id"].as_str().unwrap().to_owned()));
+                    }
+                    _ => return, // the server is gone
+                }
+            }
+        }));
+    }
+    drop(ack_tx);
+    let mut acked: HashMap<String, String> = HashMap::new();
+    while let Some((k, id)) = tokio::time::timeout(Duration::from_secs(20), ack_rx.recv())
+        .await
+        .unwrap()
+    {
+        acked.insert(k, id);
+        if acked.len() == 100 {
+            p.kill9();
+            break;
+        }
+    }
+    for s in senders {
+        let _ = s.await;
+    }
+    // Late acknowledgements that raced with the kill count too.
+    while let Ok(Some((k, id))) =
+        tokio::time::timeout(Duration::from_millis(100), ack_rx.recv()).await
+    {
+        acked.insert(k, id);
+    }
+    assert!(acked.len() >= 100);
+
+    let p = Proc::start(&data, free_port(), &[]).await;
+    let jobs = list_all(&http, &p).await;
+    let ids: HashSet<&str> = jobs.iter().map(|j| j["job_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), jobs.len(), "no job twice");
+    for (key, id) in &acked {
+        assert!(
+            ids.contains(id.as_str()),
+            "acknowledged job {id} ({key}) lost"
+        );
+    }
+    assert!(jobs.iter().all(|j| j["status"] == "pending"));
+    assert!(jobs.len() <= 400);
+    // Re-submitting an acknowledged key attaches to the stored job.
+    let (key, id) = acked.iter().next().unwrap();
+    let r = http
+        .post(p.url("/api/jobs"))
+        .header("idempotency-key", key)
+        .body(body_of(key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["job_id"], id.as_str());
+    assert_eq!(
+        list_all(&http, &p).await.len(),
+        jobs.len(),
+        "no new job for a known key"
+    );
+}
+
+fn body_of(key: &str) -> String {
+    let mut it = key.trim_start_matches("k-").split('-');
+    let (s, n) = (it.next().unwrap(), it.next().unwrap());
+    format!("{{\"s\":{s},\"n\":{n}}}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_with_jobs_running_returns_them_to_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut p = Proc::start(&data, free_port(), &[]).await;
+    let http = reqwest::Client::new();
+    for i in 0..20 {
+        let r = http
+            .post(p.url("/api/jobs"))
+            .body(format!("{{\"i\":{i}}}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let mut running = HashSet::new();
+    for _ in 0..5 {
+        let j = poll(&http, &p).await.expect("a job");
+        running.insert(j["job_id"].as_str().unwrap().to_owned());
+    }
+    // Let the lazy hand-out writes reach the log with a durable write behind them.
+    let r = http
+        .post(p.url("/api/jobs"))
+        .body("{\"i\":20}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    p.kill9();
+
+    let p = Proc::start(&data, free_port(), &[]).await;
+    let jobs = list_all(&http, &p).await;
+    assert_eq!(jobs.len(), 21);
+    for j in &jobs {
+        assert_eq!(j["status"], "pending", "{j}");
+        let was_running = running.contains(j["job_id"].as_str().unwrap());
+        assert_eq!(j["attempts"], if was_running { 1 } else { 0 }, "{j}");
+    }
+    // They are handed out again, attempt 2.
+    let mut seen = 0;
+    while let Some(j) = poll(&http, &p).await {
+        if running.contains(j["job_id"].as_str().unwrap()) {
+            assert_eq!(j["attempt"], 2);
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_right_after_completes_keeps_every_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut p = Proc::start(&data, free_port(), &[]).await;
+    let http = reqwest::Client::new();
+    for i in 0..50 {
+        let r = http
+            .post(p.url("/api/jobs"))
+            .header("idempotency-key", format!("key-{i}"))
+            .body(format!("{{\"i\":{i}}}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let mut done = HashMap::new();
+    while let Some(j) = poll(&http, &p).await {
+        let id = j["job_id"].as_str().unwrap().to_owned();
+        let i = j["payload"]["i"].as_u64().unwrap();
+        let r = http
+            .post(p.url(&format!("/api/worker/complete/{id}")))
+            .body(format!("{{\"result\":{}}}", i * 10))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        done.insert(id, i);
+    }
+    assert_eq!(done.len(), 50);
+    p.kill9();
+
+    let p = Proc::start(&data, free_port(), &[]).await;
+    for (id, i) in &done {
+        let r = http
+            .get(p.url(&format!("/api/jobs/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["status"], "completed");
+        assert_eq!(v["payload"]["result"], i * 10);
+    }
+    // A client re-submitting with its key gets the stored result at once.
+    let (id, i) = done.iter().next().unwrap();
+    let r = http
+        .post(p.url("/api/submit"))
+        .header("idempotency-key", format!("key-{i}"))
+        .body(format!("{{\"i\":{i}}}"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["job_id"], id.as_str());
+    assert_eq!(v["payload"]["result"], i * 10);
+    let stats: Value = http
+        .get(p.url("/api/admin/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["total"], 50);
+    assert_eq!(stats["completed"], 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_running_job_finish_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut p = Proc::start(&data, free_port(), &["--shutdown-grace", "20"]).await;
+    let http = reqwest::Client::new();
+    let client = {
+        let (http, url) = (http.clone(), p.url("/api/submit"));
+        tokio::spawn(async move { http.post(url).body("\"work\"").send().await.unwrap() })
+    };
+    let job = loop {
+        if let Some(j) = poll(&http, &p).await {
+            break j;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    p.term();
+    // New submits are refused while the running job drains.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http
+            .post(p.url("/api/jobs"))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 503 {
+            assert!(r.headers().contains_key("retry-after"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "submits still accepted after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = http
+        .post(p.url(&format!("/api/worker/complete/{id}")))
+        .body("\"done\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let resp = tokio::time::timeout(Duration::from_secs(10), client)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["payload"], "done");
+    let st = p.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(st.code(), Some(0), "{}", p.log_text());
+
+    // The result was stored.
+    let p = Proc::start(&data, free_port(), &[]).await;
+    let v: Value = http
+        .get(p.url(&format!("/api/jobs/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["status"], "completed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grace_over_answers_waiting_clients_503_and_keeps_their_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut p = Proc::start(&data, free_port(), &["--shutdown-grace", "0.5"]).await;
+    let http = reqwest::Client::new();
+    let client = {
+        let (http, url) = (http.clone(), p.url("/api/submit"));
+        tokio::spawn(async move { http.post(url).body("\"stuck\"").send().await.unwrap() })
+    };
+    let job = loop {
+        if let Some(j) = poll(&http, &p).await {
+            break j;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    p.term();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["job_id"], job["job_id"]);
+    assert!(v["error"].is_string());
+    assert_eq!(p.wait_exit(Duration::from_secs(15)).await.code(), Some(0));
+
+    let p = Proc::start(&data, free_port(), &[]).await;
+    let v: Value = http
+        .get(p.url(&format!("/api/jobs/{}", job["job_id"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["status"], "pending",
+        "unfinished work is served after restart"
+    );
+}
+
+fn assert_one_line_failure(code: Option<i32>, stderr: &str, mentions: &str) {
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(code.is_some(), "killed by a signal: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("error"))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        line.contains(mentions),
+        "{line:?} should mention {mentions:?}"
+    );
+}
+
+#[test]
+fn start_up_errors_are_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+
+    // A data dir that cannot be created (a file is in the way).
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let bad_dir = file.join("sub");
+    let (code, err) = start_fails(&["--data-dir", bad_dir.to_str().unwrap(), "--listen", &listen]);
+    assert_one_line_failure(code, &err, bad_dir.to_str().unwrap());
+
+    // A database file that is not a database at all.
+    let corrupt = dir.path().join("corrupt");
+    std::fs::create_dir(&corrupt).unwrap();
+    std::fs::write(corrupt.join("jobq.db"), vec![0x42u8; 8192]).unwrap();
+    let (code, err) = start_fails(&["--data-dir", corrupt.to_str().unwrap(), "--listen", &listen]);
+    assert_one_line_failure(code, &err, "jobq.db");
+
+    // A SQLite database of another program.
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    {
+        let c = rusqlite::Connection::open(foreign.join("jobq.db")).unwrap();
+        c.execute_batch("CREATE TABLE customers (id INTEGER PRIMARY KEY)")
+            .unwrap();
+    }
+    let (code, err) = start_fails(&["--data-dir", foreign.to_str().unwrap(), "--listen", &listen]);
+    assert_one_line_failure(code, &err, "not a jobq database");
+
+    // A schema newer than this binary.
+    let newer = dir.path().join("newer");
+    std::fs::create_dir(&newer).unwrap();
+    {
+        let c = rusqlite::Connection::open(newer.join("jobq.db")).unwrap();
+        c.execute_batch("PRAGMA application_id = 1785684593; PRAGMA user_version = 99;")
+            .unwrap();
+    }
+    let (code, err) = start_fails(&["--data-dir", newer.to_str().unwrap(), "--listen", &listen]);
+    assert_one_line_failure(code, &err, "newer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_serves_one_process_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _p = Proc::start(&data, free_port(), &[]).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (code, err) = start_fails(&["--data-dir", data.to_str().unwrap(), "--listen", &listen]);
+    assert_one_line_failure(code, &err, "in use by another jobq process");
+}
+
+#[test]
+fn malformed_flags_exit_2_naming_the_flag() {
+    let (code, err) = start_fails(&["--lease", "soon"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.lines().next().unwrap_or("").contains("--lease"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_answers_503_then_recovers_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Files may not grow past 1 MiB: the WAL fills up after a few submits.
+    let mut p = Proc::start_limited(&data, free_port(), &[], Some(1 << 20)).await;
+    let http = reqwest::Client::new();
+    let big = "x".repeat(64 * 1024);
+    let mut acked = Vec::new();
+    let mut refused = false;
+    for i in 0..64 {
+        let r = http
+            .post(p.url("/api/jobs"))
+            .body(format!("\"{i}{big}\""))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            202 => acked.push(
+                r.json::<Value>().await.unwrap()["job_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            ),
+            503 => {
+                assert!(r.headers().contains_key("retry-after"));
+                let v: Value = r.json().await.unwrap();
+                assert!(v["error"].is_string());
+                refused = true;
+                break;
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert!(refused, "the file size limit was never hit");
+    assert!(!acked.is_empty());
+    // Reads go on; health says the store is unusable; writes are refused.
+    let r = http
+        .get(p.url(&format!("/api/jobs/{}", acked[0])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        http.get(p.url("/health")).send().await.unwrap().status(),
+        503
+    );
+    assert_eq!(
+        http.post(p.url("/api/jobs"))
+            .body("small")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+
+    // Space returns: writes are taken again within a few retries.
+    p.unlimit_files();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http
+            .post(p.url("/api/jobs"))
+            .body("\"after\"")
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 202 {
+            acked.push(
+                r.json::<Value>().await.unwrap()["job_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+            break;
+        }
+        assert_eq!(r.status(), 503);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "store did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        http.get(p.url("/health")).send().await.unwrap().status(),
+        200
+    );
+    p.kill9();
+
+    let p = Proc::start(&data, free_port(), &[]).await;
+    let jobs = list_all(&http, &p).await;
+    let ids: HashSet<&str> = jobs.iter().map(|j| j["job_id"].as_str().unwrap()).collect();
+    for id in &acked {
+        assert!(ids.contains(id.as_str()), "acknowledged job {id} lost");
+    }
+    assert_eq!(
+        ids.len(),
+        acked.len(),
+        "a refused submit must not appear later"
+    );
+}
