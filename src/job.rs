@@ -118,25 +118,31 @@ impl Timestamp {
         UNIX_EPOCH + Duration::from_micros(self.0.max(0) as u64)
     }
 
-    /// This time plus `d` (saturating).
-    pub fn add(self, d: Duration) -> Self {
+    /// RFC 3339 in UTC with microseconds, e.g. `2026-11-28T14:29:07.123456Z`.
+    pub fn to_rfc3339(self) -> String {
+        humantime::format_rfc3339_micros(self.to_system()).to_string()
+    }
+}
+
+impl std::ops::Add<Duration> for Timestamp {
+    type Output = Timestamp;
+    /// Saturating.
+    fn add(self, d: Duration) -> Timestamp {
         Timestamp(
             self.0
                 .saturating_add(d.as_micros().min(i64::MAX as u128) as i64),
         )
     }
+}
 
-    /// This time minus `d` (saturating).
-    pub fn sub(self, d: Duration) -> Self {
+impl std::ops::Sub<Duration> for Timestamp {
+    type Output = Timestamp;
+    /// Saturating.
+    fn sub(self, d: Duration) -> Timestamp {
         Timestamp(
             self.0
                 .saturating_sub(d.as_micros().min(i64::MAX as u128) as i64),
         )
-    }
-
-    /// RFC 3339 in UTC with microseconds, e.g. `2026-11-28T14:29:07.123456Z`.
-    pub fn to_rfc3339(self) -> String {
-        humantime::format_rfc3339_micros(self.to_system()).to_string()
     }
 }
 
@@ -448,7 +454,7 @@ impl Job {
 
     /// Whether the job is past `--result-ttl` (counted from its end) at `now`.
     pub fn is_expired(&self, ttl: Duration, now: Timestamp) -> bool {
-        self.status.is_ended() && self.ended_at.is_some_and(|t| t.add(ttl) <= now)
+        self.status.is_ended() && self.ended_at.is_some_and(|t| t + ttl <= now)
     }
 }
 

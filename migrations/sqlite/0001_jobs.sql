@@ -12,10 +12,18 @@ CREATE TABLE jobs (
     started_at  INTEGER,
     ended_at    INTEGER,
     lease_id    BLOB,
-    payload     BLOB    NOT NULL,             -- emptied once the job ends
-    headers     BLOB    NOT NULL,             -- JSON object text, emptied once the job ends
     result      BLOB,
     error       TEXT,
     idem_key    TEXT UNIQUE,
     idem_fp     BLOB
+);
+-- Start-up returns running jobs to pending without scanning the table.
+CREATE INDEX jobs_running ON jobs (status) WHERE status = 'running';
+
+-- The input of jobs that have not ended, apart from the job rows so that
+-- loading the jobs at start-up does not read every payload.
+CREATE TABLE inputs (
+    id          BLOB    PRIMARY KEY,
+    payload     BLOB    NOT NULL,
+    headers     BLOB    NOT NULL              -- JSON object text
 );

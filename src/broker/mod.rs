@@ -118,7 +118,7 @@ pub struct Submission {
 #[derive(Debug)]
 pub enum WaitOutcome {
     /// The job ended; this is how it stands.
-    Ended(Job),
+    Ended(Box<Job>),
     /// The wait time passed first.
     TimedOut,
     /// The shutdown grace ran out first.
@@ -266,7 +266,7 @@ impl Broker {
             let job = match wake {
                 Wake::Ended(job) => job,
                 Wake::Changed => match self.store().get(id).await? {
-                    Some(rec) => rec.job,
+                    Some(rec) => Box::new(rec.job),
                     None => return Ok(WaitOutcome::Gone),
                 },
             };
@@ -277,7 +277,7 @@ impl Broker {
             waiter = self.inner.waiters.register(id);
             if let Some(rec) = self.store().get(id).await? {
                 if rec.job.status.is_ended() {
-                    return Ok(WaitOutcome::Ended(rec.job));
+                    return Ok(WaitOutcome::Ended(Box::new(rec.job)));
                 }
             }
         }
@@ -296,7 +296,7 @@ impl Broker {
         };
         match self.wait(waiter, wait).await? {
             WaitOutcome::Ended(job) => Ok(JobRecord {
-                job,
+                job: *job,
                 position: None,
             }),
             WaitOutcome::Gone => Err(store::Error::NotFound.into()),
@@ -365,7 +365,7 @@ impl Broker {
             queues: queues.to_vec(),
             lease_id: LeaseId::new(),
             now,
-            expires_at: now.add(self.inner.cfg.lease),
+            expires_at: now + self.inner.cfg.lease,
         };
         let Some(claimed) = self.store().claim(&p).await? else {
             return Ok(None);
@@ -440,7 +440,7 @@ impl Broker {
     /// # Errors
     /// As [`Broker::complete`].
     pub async fn heartbeat(&self, id: JobId, lease_id: Option<LeaseId>) -> Result<Job> {
-        let expires = Timestamp::now().add(self.inner.cfg.lease);
+        let expires = Timestamp::now() + self.inner.cfg.lease;
         Ok(self.store().heartbeat(id, lease_id, expires).await?)
     }
 

@@ -16,7 +16,7 @@ use crate::job::{Job, JobId, Queue};
 #[derive(Debug)]
 pub enum Wake {
     /// The job ended; this is how it stands.
-    Ended(Job),
+    Ended(Box<Job>),
     /// The job changed in a way the waker did not see in full (a clear, a
     /// change on another node): read it again.
     Changed,
@@ -65,7 +65,7 @@ impl JobWaiters {
         self.count.fetch_sub(slots.len(), Ordering::Relaxed);
         for (_, tx) in slots {
             let _ = tx.send(match job {
-                Some(j) => Wake::Ended(j.clone()),
+                Some(j) => Wake::Ended(Box::new(j.clone())),
                 None => Wake::Changed,
             });
         }

@@ -8,6 +8,10 @@
 //! applied to the index and queued for the writer under the index lock, so
 //! the log order is the order in which they happened.
 //!
+//! Payloads and headers live in a table of their own and are read back at
+//! hand-out for jobs loaded at start-up, so a restart with a million pending
+//! jobs reads and holds only their metadata.
+//!
 //! What waits for the disk (see `docs/storage.md`): a submit (before any
 //! worker can see the job), a complete, a fail, a cancel, a clear and a
 //! lease rescue. A hand-out is written lazily, with the next batch: a restart
@@ -26,7 +30,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use super::memory::Index;
@@ -78,9 +82,16 @@ enum Msg {
     Close(oneshot::Sender<Result<(), String>>),
 }
 
+/// Name of the lock file that keeps a second process off the data dir.
+const LOCK_FILE: &str = "jobq.lock";
+
 /// `--storage embedded`.
 pub struct EmbeddedStore {
     index: Mutex<Index>,
+    /// Reads inputs of jobs restored without them (WAL readers do not block the writer).
+    reader: Arc<Mutex<Connection>>,
+    /// Held (locked) for the store's lifetime.
+    _lock: std::fs::File,
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
     /// Set while the writer cannot commit; writes are refused meanwhile.
     read_only: Arc<AtomicBool>,
@@ -111,6 +122,24 @@ impl EmbeddedStore {
         })?;
         let path = data_dir.join(DB_FILE);
         let shown = path.display().to_string();
+        let lock_path = data_dir.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| {
+                fail(
+                    &format!("cannot write to data dir {}", data_dir.display()),
+                    &e,
+                )
+            })?;
+        if lock.try_lock().is_err() {
+            return Err(OpenError::Failed(format!(
+                "{} is in use by another jobq process",
+                data_dir.display()
+            )));
+        }
         let conn = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -119,6 +148,11 @@ impl EmbeddedStore {
         )
         .map_err(|e| fail(&format!("cannot open {shown}"), &e))?;
         let index = prepare(&conn, &shown, sync)?;
+        let reader = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| fail(&format!("cannot open {shown} for reading"), &e))?;
         let read_only = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let writer = {
@@ -130,6 +164,8 @@ impl EmbeddedStore {
         };
         Ok(EmbeddedStore {
             index: Mutex::new(index),
+            reader: Arc::new(Mutex::new(reader)),
+            _lock: lock,
             tx: Mutex::new(Some(tx)),
             read_only,
             writer: Mutex::new(Some(writer)),
@@ -185,6 +221,33 @@ impl EmbeddedStore {
         }
     }
 
+    /// Reads the payload and headers of a job restored without them.
+    async fn read_input(&self, id: JobId) -> Result<(Bytes, Bytes)> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock();
+            let mut stmt =
+                conn.prepare_cached("SELECT payload, headers FROM inputs WHERE id = ?1")?;
+            stmt.query_row([id.0.as_bytes()], |r| {
+                Ok((
+                    Bytes::from(r.get::<_, Vec<u8>>(0)?),
+                    Bytes::from(r.get::<_, Vec<u8>>(1)?),
+                ))
+            })
+        })
+        .await
+        .map_err(unavailable)?
+        .map_err(|e| unavailable(format!("cannot read the input of job {id}: {e}")))
+    }
+
+    /// Fills in the input of `job` if it was restored without it.
+    async fn warm(&self, mut job: Job, cold: bool) -> Result<Job> {
+        if cold {
+            (job.payload, job.headers) = self.read_input(job.id).await?;
+        }
+        Ok(job)
+    }
+
     /// Applies `f` to the index, logs the job it returns, and waits for the disk.
     async fn write_one<T>(
         &self,
@@ -211,9 +274,6 @@ fn prepare(conn: &Connection, shown: &str, sync: Sync) -> Result<Index, OpenErro
             OpenError::Failed(format!("{shown}: {what}: {e}"))
         }
     };
-    // One process per data dir: an exclusive lock, taken by the first write below.
-    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
-        .map_err(|e| fail("cannot set locking mode", &e))?;
     let app_id: i32 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))
         .map_err(|e| fail("not a readable SQLite database", &e))?;
@@ -267,16 +327,20 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 
 const COLUMNS: &str =
     "id, queue, priority, status, attempts, created_at, started_at, ended_at, lease_id, \
-     CASE WHEN status IN ('pending','running') THEN payload END, \
-     CASE WHEN status IN ('pending','running') THEN headers END, \
      result, error, idem_key, idem_fp";
 
 fn load(conn: &Connection) -> rusqlite::Result<Index> {
     let mut index = Index::new();
+    let mut queues: std::collections::HashMap<String, Queue> = std::collections::HashMap::new();
     let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM jobs ORDER BY seq"))?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        index.restore(row_to_job(r)?);
+        let job = row_to_job(r, &mut queues)?;
+        if job.status.is_ended() {
+            index.restore(job);
+        } else {
+            index.restore_cold(job);
+        }
     }
     Ok(index)
 }
@@ -298,14 +362,28 @@ fn uuid_col(b: Option<Vec<u8>>) -> rusqlite::Result<Option<JobId>> {
     .transpose()
 }
 
-fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
-    let status: String = r.get(3)?;
-    let queue: String = r.get(1)?;
-    let idem_key: Option<String> = r.get(13)?;
-    let idem_fp: Option<Vec<u8>> = r.get(14)?;
+/// One `jobs` row (of [`COLUMNS`]) as a job without its input. Queue names
+/// are interned in `queues`: a million jobs share a handful of names.
+fn row_to_job(
+    r: &rusqlite::Row<'_>,
+    queues: &mut std::collections::HashMap<String, Queue>,
+) -> rusqlite::Result<Job> {
+    let status: rusqlite::types::ValueRef<'_> = r.get_ref(3)?;
+    let status = status.as_str().map_err(|_| bad_data("bad status"))?;
+    let queue_name = r.get_ref(1)?.as_str().map_err(|_| bad_data("bad queue"))?;
+    let queue = match queues.get(queue_name) {
+        Some(q) => q.clone(),
+        None => {
+            let q = Queue::parse(queue_name).map_err(|e| bad_data(&e))?;
+            queues.insert(queue_name.to_owned(), q.clone());
+            q
+        }
+    };
+    let idem_key: Option<String> = r.get(11)?;
+    let idem_fp: Option<Vec<u8>> = r.get(12)?;
     Ok(Job {
         id: uuid_col(Some(r.get(0)?))?.ok_or_else(|| bad_data("no id"))?,
-        queue: Queue::parse(&queue).map_err(|e| bad_data(&e))?,
+        queue,
         priority: r.get(2)?,
         status: status.parse().map_err(|e: String| bad_data(&e))?,
         attempts: r.get(4)?,
@@ -314,16 +392,10 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         ended_at: r.get::<_, Option<i64>>(7)?.map(Timestamp),
         lease_id: uuid_col(r.get(8)?)?,
         lease_expires_at: None,
-        payload: r
-            .get::<_, Option<Vec<u8>>>(9)?
-            .map(Bytes::from)
-            .unwrap_or_default(),
-        headers: r
-            .get::<_, Option<Vec<u8>>>(10)?
-            .map(Bytes::from)
-            .unwrap_or_default(),
-        result: r.get::<_, Option<Vec<u8>>>(11)?.map(Bytes::from),
-        error: r.get(12)?,
+        payload: Bytes::new(),
+        headers: Bytes::new(),
+        result: r.get::<_, Option<Vec<u8>>>(9)?.map(Bytes::from),
+        error: r.get(10)?,
         idempotency: match (idem_key, idem_fp) {
             (Some(key), Some(fp)) => Some(Idempotency {
                 key,
@@ -354,10 +426,12 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, read_only: Arc<Ato
         }
         if batch.is_empty() {
             if let Some(done) = close.take() {
-                let r = conn
-                    .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-                    .map_err(|e| e.to_string());
-                let _ = done.send(r);
+                // Everything is committed; folding the WAL into the database
+                // file only makes the next start faster, so a failure is no error.
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "final checkpoint failed; the WAL is replayed at next start");
+                }
+                let _ = done.send(Ok(()));
                 return;
             }
             continue;
@@ -394,17 +468,17 @@ fn commit(conn: &mut Connection, batch: &[Cmd]) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO jobs (id, queue, priority, status, attempts, created_at, payload, headers, idem_key, idem_fp) \
-             VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO jobs (id, queue, priority, status, attempts, created_at, idem_key, idem_fp) \
+             VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?5, ?6)",
         )?;
+        let mut insert_input =
+            tx.prepare_cached("INSERT INTO inputs (id, payload, headers) VALUES (?1, ?2, ?3)")?;
         let mut update = tx.prepare_cached(
             "UPDATE jobs SET status = ?2, attempts = ?3, started_at = ?4, ended_at = ?5, lease_id = ?6, \
-             result = ?7, error = ?8, \
-             payload = CASE WHEN ?2 IN ('pending','running') THEN payload ELSE x'' END, \
-             headers = CASE WHEN ?2 IN ('pending','running') THEN headers ELSE x'' END \
-             WHERE id = ?1",
+             result = ?7, error = ?8 WHERE id = ?1",
         )?;
         let mut delete = tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?;
+        let mut delete_input = tx.prepare_cached("DELETE FROM inputs WHERE id = ?1")?;
         for op in batch.iter().flat_map(|c| &c.ops) {
             match op {
                 Op::Insert(j) => {
@@ -413,10 +487,13 @@ fn commit(conn: &mut Connection, batch: &[Cmd]) -> rusqlite::Result<()> {
                         j.queue.as_str(),
                         j.priority,
                         j.created_at.0,
-                        &j.payload[..],
-                        &j.headers[..],
                         j.idempotency.as_ref().map(|i| i.key.as_str()),
                         j.idempotency.as_ref().map(|i| &i.fingerprint[..]),
+                    ])?;
+                    insert_input.execute(params![
+                        j.id.0.as_bytes(),
+                        &j.payload[..],
+                        &j.headers[..]
                     ])?;
                 }
                 Op::Update(j) => {
@@ -430,9 +507,14 @@ fn commit(conn: &mut Connection, batch: &[Cmd]) -> rusqlite::Result<()> {
                         j.result.as_deref(),
                         j.error.as_deref(),
                     ])?;
+                    if j.status.is_ended() {
+                        // Nothing reads an ended job's input again.
+                        delete_input.execute(params![j.id.0.as_bytes()])?;
+                    }
                 }
                 Op::Delete(id) => {
                     delete.execute(params![id.0.as_bytes()])?;
+                    delete_input.execute(params![id.0.as_bytes()])?;
                 }
             }
         }
@@ -480,18 +562,36 @@ impl Store for EmbeddedStore {
     }
 
     async fn claim(&self, p: &ClaimParams) -> Result<Option<Claimed>> {
-        let mut index = self.index.lock();
-        self.check_writable()?;
-        let claimed = index.claim(p)?;
-        if let Some(c) = &claimed {
+        let (claimed, cold) = {
+            let mut index = self.index.lock();
+            self.check_writable()?;
+            let Some(claimed) = index.claim(p)? else {
+                return Ok(None);
+            };
             // Lazily: a restart returns running jobs to pending anyway.
-            self.send(vec![Op::Update(c.job.clone())], false)?;
-        }
-        Ok(claimed)
+            self.send(vec![Op::Update(claimed.job.clone())], false)?;
+            let cold = index.is_cold(claimed.job.id);
+            (claimed, cold)
+        };
+        // If the input cannot be read, the lease runs out and the job is
+        // handed out again.
+        let job = self.warm(claimed.job, cold).await?;
+        Ok(Some(Claimed {
+            job,
+            more_pending: claimed.more_pending,
+        }))
     }
 
     async fn peek(&self, queues: &[Queue]) -> Result<Option<Job>> {
-        Ok(self.index.lock().peek(queues))
+        let (job, cold) = {
+            let index = self.index.lock();
+            let Some(job) = index.peek(queues) else {
+                return Ok(None);
+            };
+            let cold = index.is_cold(job.id);
+            (job, cold)
+        };
+        Ok(Some(self.warm(job, cold).await?))
     }
 
     async fn complete(&self, p: &CompleteParams) -> Result<(Job, Completion)> {
@@ -627,18 +727,4 @@ impl Drop for EmbeddedStore {
 fn _assert_send_sync() {
     fn is<T: Send + std::marker::Sync>() {}
     is::<EmbeddedStore>();
-}
-
-/// Reads one job straight from the database file (for tests and tools).
-///
-/// # Errors
-/// SQLite errors as text.
-pub fn read_job(conn: &Connection, id: JobId) -> Result<Option<Job>, String> {
-    conn.query_row(
-        &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
-        [id.0.as_bytes()],
-        row_to_job,
-    )
-    .optional()
-    .map_err(|e| e.to_string())
 }

@@ -27,6 +27,9 @@ struct Entry {
     /// Arrival order, the tie-breaker between equal priorities (and the key
     /// a retried job goes back under, so it keeps its place).
     seq: u64,
+    /// The job's payload and headers are not held in memory (a durable
+    /// store loaded it without them, and reads them at hand-out).
+    cold: bool,
 }
 
 /// All jobs and the secondary indexes that make every hot operation
@@ -152,10 +155,21 @@ impl Index {
 
     /// Adds a job as it stands (used when loading from durable storage).
     pub fn restore(&mut self, job: Job) {
-        self.add(job, true)
+        self.add(job, true, false)
     }
 
-    fn add(&mut self, job: Job, visible: bool) {
+    /// As [`Index::restore`], for a job whose payload and headers stay on
+    /// disk (see [`Index::is_cold`]).
+    pub fn restore_cold(&mut self, job: Job) {
+        self.add(job, true, true)
+    }
+
+    /// Whether job `id` was restored without its payload and headers.
+    pub fn is_cold(&self, id: JobId) -> bool {
+        self.jobs.get(&id).is_some_and(|e| e.cold)
+    }
+
+    fn add(&mut self, job: Job, visible: bool, cold: bool) {
         let id = job.id;
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -176,7 +190,7 @@ impl Index {
         if status.is_ended() {
             self.ended.push_back((job.ended_at.unwrap_or_default(), id));
         }
-        self.jobs.insert(id, Entry { job, seq });
+        self.jobs.insert(id, Entry { job, seq, cold });
         self.count(&queue, None, Some(status));
     }
 
@@ -204,7 +218,7 @@ impl Index {
             return Err(Error::QueueFull(pending));
         }
         let job = new.into_job();
-        self.add(job.clone(), visible);
+        self.add(job.clone(), visible, false);
         Ok(Inserted::Created(job))
     }
 
@@ -385,7 +399,7 @@ impl Index {
     pub fn purge_expired(&mut self, ttl: Duration, now: Timestamp) -> Vec<JobId> {
         let mut purged = Vec::new();
         while let Some(&(ended_at, id)) = self.ended.front() {
-            if ended_at.add(ttl) > now {
+            if ended_at + ttl > now {
                 break;
             }
             self.ended.pop_front();

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of jobq against idealq (the protocol's ideal server)
+# with the shared load generator, rounds interleaved so that slow phases of a
+# noisy machine hit every case alike. Writes results.jsonl and table.md to $OUT.
+#
+#   scripts/bench.sh                 # idealq, jobq memory, jobq embedded (sync full and normal)
+#   CASES='idealq memory' RUNS=5 scripts/bench.sh
+#
+# Environment (defaults in brackets): RUNS [3] DURATION [10] WARMUP [2]
+# PAYLOAD [100] CLIENTS [64] WORKERS [8] LONG_POLL [5] BENCH [../shared/bench]
+# OUT [/tmp/jobq-bench/<timestamp>] CASES [idealq memory embedded embedded-normal]
+# PREFILL [0]: pending jobs stored (in a queue no worker polls) before each jobq run.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+PAYLOAD=${PAYLOAD:-100}
+CLIENTS=${CLIENTS:-64}
+WORKERS=${WORKERS:-8}
+LONG_POLL=${LONG_POLL:-5}
+PREFILL=${PREFILL:-0}
+BENCH=${BENCH:-$root/../shared/bench}
+OUT=${OUT:-/tmp/jobq-bench/$(date +%Y%m%d-%H%M%S)}
+CASES=${CASES:-idealq memory embedded embedded-normal}
+export CARGO_TARGET_DIR=${BENCH_TARGET:-/tmp/jobq-bench-target}
+
+cargo build --release -q --manifest-path "$BENCH/Cargo.toml"
+(cd "$root" && CARGO_TARGET_DIR="$root/target" cargo build --release -q)
+B=$CARGO_TARGET_DIR/release
+JOBQ=$root/target/release/jobq
+mkdir -p "$OUT/logs"
+: >>"$OUT/results.jsonl"
+
+PID=""
+DIR=""
+stop() {
+  if [[ -n $PID ]]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=""; fi
+  if [[ -n $DIR ]]; then rm -rf "$DIR"; DIR=""; fi
+}
+trap stop EXIT
+trap 'stop; exit 130' INT TERM
+
+prefill() { # PORT N: N pending jobs in queue "backlog" (1 KiB each), 64 at a time
+  local port=$1 n=$2
+  [[ $n -gt 0 ]] || return 0
+  python3 - "$port" "$n" <<'PY'
+import sys, http.client, threading
+port, n = int(sys.argv[1]), int(sys.argv[2])
+body = b'{"pad":"' + b'x' * 1000 + b'"}'
+def run(k):
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    for _ in range(k):
+        c.request("POST", "/api/jobs?queue=backlog", body)
+        r = c.getresponse(); r.read()
+        assert r.status == 202, r.status
+threads = [threading.Thread(target=run, args=(n // 64 + (1 if i < n % 64 else 0),)) for i in range(64)]
+[t.start() for t in threads]; [t.join() for t in threads]
+PY
+}
+
+for round in $(seq 1 "$RUNS"); do
+  for c in $CASES; do
+    PORT=$($B/syncbench free-port)
+    DIR=$(mktemp -d /tmp/jobq-bench-data.XXXXXX)
+    log="$OUT/logs/$c.$round.log"
+    case $c in
+      idealq) $B/idealq --addr "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      memory) $JOBQ serve --storage memory --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      embedded) $JOBQ serve --data-dir "$DIR" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      embedded-normal) $JOBQ serve --data-dir "$DIR" --sync normal --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      *) echo "unknown case $c" >&2; exit 2 ;;
+    esac
+    PID=$!
+    $B/syncbench wait-port "127.0.0.1:$PORT" --timeout 30
+    label=$c
+    if [[ $c != idealq && $PREFILL -gt 0 ]]; then
+      prefill "$PORT" "$PREFILL"
+      label="$c-prefill$PREFILL"
+    fi
+    $B/syncbench --url "http://127.0.0.1:$PORT" --clients "$CLIENTS" --workers "$WORKERS" \
+      --duration "$DURATION" --warmup "$WARMUP" --payload-bytes "$PAYLOAD" \
+      --long-poll "$LONG_POLL" --server-pid "$PID" --label "$label" >>"$OUT/results.jsonl" 2>>"$log"
+    stop
+  done
+done
+$B/syncbench summarize "$OUT/results.jsonl" | tee "$OUT/table.md"
+echo "results in $OUT"
