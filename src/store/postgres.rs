@@ -267,6 +267,11 @@ impl PostgresStore {
     /// [`OpenError`] naming the database (without password) when the URL is
     /// malformed, the server cannot be reached, or a migration fails.
     pub async fn open(url: &str, pool_size: usize) -> Result<Self, OpenError> {
+        if url.trim().is_empty() {
+            return Err(OpenError::Failed(
+                "--storage postgres needs --postgres-url".into(),
+            ));
+        }
         let mut cfg = tokio_postgres::Config::from_str(url)
             .map_err(|e| OpenError::Failed(format!("invalid --postgres-url: {e}")))?;
         if cfg.get_connect_timeout().is_none() {
