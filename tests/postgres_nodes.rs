@@ -531,3 +531,213 @@ async fn unreachable_database_is_one_clear_line() {
     assert!(!err.contains("secret"), "password leaked: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A TCP proxy in front of PostgreSQL that a test can take down (every
+/// connection cut, new ones refused) and bring back, as a database restart
+/// or a network partition of one node would look to that node.
+struct PgProxy {
+    port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl PgProxy {
+    async fn start(target: (String, u16)) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let accept = {
+            let (up, conns) = (up.clone(), conns.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if !up.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let target = target.clone();
+                    conns.lock().push(tokio::spawn(async move {
+                        if let Ok(mut outbound) =
+                            tokio::net::TcpStream::connect((target.0.as_str(), target.1)).await
+                        {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    }));
+                }
+            })
+        };
+        PgProxy {
+            port,
+            up,
+            conns,
+            accept,
+        }
+    }
+
+    fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for PgProxy {
+    fn drop(&mut self) {
+        self.down();
+        self.accept.abort();
+    }
+}
+
+/// Waits until `/health` on `s` answers `status`.
+async fn wait_for_health(s: &TestServer, status: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = s.http.get(s.url("/health")).send().await.unwrap();
+        if r.status().as_u16() == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/health never answered {status} (last {})",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_cut_off_from_postgres_answers_503_then_recovers() {
+    if !available("node_cut_off_from_postgres_answers_503_then_recovers").await {
+        return;
+    }
+    let admin: tokio_postgres::Config = common::postgres::admin_url().parse().unwrap();
+    let (Some(tokio_postgres::config::Host::Tcp(host)), Some(&port)) =
+        (admin.get_hosts().first(), admin.get_ports().first())
+    else {
+        eprintln!("skipped: JOBQ_TEST_POSTGRES_URL is not a TCP address");
+        return;
+    };
+    let db = Arc::new(TestDb::create().await);
+    let proxy = PgProxy::start((host.clone(), port)).await;
+    let mut via_proxy = format!(
+        "host=127.0.0.1 port={} dbname={} user={}",
+        proxy.port,
+        db.name,
+        admin.get_user().unwrap_or("postgres")
+    );
+    if let Some(pw) = admin.get_password() {
+        via_proxy.push_str(&format!(" password='{}'", String::from_utf8_lossy(pw)));
+    }
+    // Node A reaches PostgreSQL through the proxy, node B directly.
+    let a = TestServer::start_on(
+        jobq::store::Backend::Postgres {
+            url: via_proxy,
+            pool_size: 4,
+        },
+        vec![Box::new(db.clone()) as Box<dyn std::any::Any + Send>],
+        &[],
+    )
+    .await;
+    let b = TestServer::start_on(
+        TestServer::postgres_backend(&db),
+        vec![Box::new(db.clone()) as Box<dyn std::any::Any + Send>],
+        &[],
+    )
+    .await;
+
+    // Acknowledged before the cut: a queued job and a client waiting on A.
+    let r = a
+        .http
+        .post(a.url("/api/jobs"))
+        .body("queued")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let queued: Value = r.json().await.unwrap();
+    let waiting = submit_and_wait(&a, "waited-for");
+    wait_for_count(&b, "pending", 2).await;
+
+    proxy.down();
+    wait_for_health(&a, 503, Duration::from_secs(15)).await;
+    let r = a
+        .http
+        .post(a.url("/api/jobs"))
+        .body("refused")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "a submit A cannot store is refused");
+    assert!(r.headers().contains_key("retry-after"));
+    wait_for_health(&b, 200, Duration::from_secs(5)).await;
+
+    // While A is cut off, B's worker runs both jobs: A misses the NOTIFY.
+    let mut waited_id = None;
+    for _ in 0..2 {
+        let job = poll_job(&b, 2, Duration::from_secs(10)).await;
+        if job["payload"] == "waited-for" {
+            waited_id = Some(job["job_id"].as_str().unwrap().to_owned());
+        } else {
+            assert_eq!(job["job_id"], queued["job_id"]);
+        }
+        assert_eq!(complete(&b, &job, "\"from B\"").await, 200);
+    }
+    let waited_id = waited_id.expect("waited-for job handed out");
+
+    proxy.up();
+    wait_for_health(&a, 200, Duration::from_secs(20)).await;
+    // A re-LISTENs, tells its waiters to re-read, and the client is answered.
+    let resp = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("client on A answered after A reconnected")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["job_id"], waited_id.as_str());
+    assert_eq!(body["payload"], "from B");
+    let id = queued["job_id"].as_str().unwrap();
+    let v: Value = a
+        .http
+        .get(a.url(&format!("/api/jobs/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["status"], "completed");
+
+    // And A takes work again, woken by B's NOTIFY on its new LISTEN.
+    let worker = {
+        let (http, url) = (a.http.clone(), a.url("/api/worker/poll?wait=20"));
+        tokio::spawn(async move { http.get(url).send().await.unwrap() })
+    };
+    wait_for_polling(&a).await;
+    let client = submit_and_wait(&b, "after");
+    let r = tokio::time::timeout(Duration::from_secs(10), worker)
+        .await
+        .expect("A's worker woken")
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(complete(&a, &job, "fine").await, 200);
+    let resp = tokio::time::timeout(Duration::from_secs(10), client)
+        .await
+        .expect("client on B answered")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    a.stop().await;
+    b.stop().await;
+    drop(proxy);
+}
