@@ -512,9 +512,15 @@ async fn other_stores_hear_of_ended_jobs_and_clears() {
         );
     }
 
-    let id = insert(&*a, new_job("default", 0, 1)).await;
-    // A submit on A wakes B's pollers of that queue (via NOTIFY, or at the
-    // latest the fallback pass).
+    // A submit on A wakes B's pollers of that queue. The job is claimed at
+    // once, so the fallback pass (which reports queues that still hold
+    // pending jobs) cannot be what tells B: only the NOTIFY can.
+    let id = insert(&*a, new_job("notified", 0, 1)).await;
+    let c = a
+        .claim(&claim_params(&["notified"], 2, i64::MAX))
+        .await
+        .unwrap()
+        .unwrap();
     let ready = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             if let Some(StoreEvent::JobReady(q)) = b_rx.recv().await {
@@ -524,13 +530,8 @@ async fn other_stores_hear_of_ended_jobs_and_clears() {
     })
     .await
     .expect("B hears of the new job");
-    assert_eq!(ready.as_str(), "default");
+    assert_eq!(ready.as_str(), "notified");
 
-    let c = a
-        .claim(&claim_params(&["default"], 2, i64::MAX))
-        .await
-        .unwrap()
-        .unwrap();
     a.complete(&CompleteParams {
         id,
         lease_id: c.job.lease_id,
