@@ -532,73 +532,6 @@ async fn unreachable_database_is_one_clear_line() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// A TCP proxy in front of PostgreSQL that a test can take down (every
-/// connection cut, new ones refused) and bring back, as a database restart
-/// or a network partition of one node would look to that node.
-struct PgProxy {
-    port: u16,
-    up: Arc<std::sync::atomic::AtomicBool>,
-    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl PgProxy {
-    async fn start(target: (String, u16)) -> Self {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let conns = Arc::new(Mutex::new(Vec::new()));
-        let accept = {
-            let (up, conns) = (up.clone(), conns.clone());
-            tokio::spawn(async move {
-                loop {
-                    let Ok((mut inbound, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    if !up.load(Ordering::SeqCst) {
-                        drop(inbound);
-                        continue;
-                    }
-                    let target = target.clone();
-                    conns.lock().push(tokio::spawn(async move {
-                        if let Ok(mut outbound) =
-                            tokio::net::TcpStream::connect((target.0.as_str(), target.1)).await
-                        {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        }
-                    }));
-                }
-            })
-        };
-        PgProxy {
-            port,
-            up,
-            conns,
-            accept,
-        }
-    }
-
-    fn down(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        for c in self.conns.lock().drain(..) {
-            c.abort();
-        }
-    }
-
-    fn up(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Drop for PgProxy {
-    fn drop(&mut self) {
-        self.down();
-        self.accept.abort();
-    }
-}
-
 /// Waits until `/health` on `s` answers `status`.
 async fn wait_for_health(s: &TestServer, status: u16, within: Duration) {
     let deadline = Instant::now() + within;
@@ -621,24 +554,11 @@ async fn node_cut_off_from_postgres_answers_503_then_recovers() {
     if !available("node_cut_off_from_postgres_answers_503_then_recovers").await {
         return;
     }
-    let admin: tokio_postgres::Config = common::postgres::admin_url().parse().unwrap();
-    let (Some(tokio_postgres::config::Host::Tcp(host)), Some(&port)) =
-        (admin.get_hosts().first(), admin.get_ports().first())
-    else {
+    let db = Arc::new(TestDb::create().await);
+    let Some((proxy, via_proxy)) = common::postgres::proxied(&db).await else {
         eprintln!("skipped: JOBQ_TEST_POSTGRES_URL is not a TCP address");
         return;
     };
-    let db = Arc::new(TestDb::create().await);
-    let proxy = PgProxy::start((host.clone(), port)).await;
-    let mut via_proxy = format!(
-        "host=127.0.0.1 port={} dbname={} user={}",
-        proxy.port,
-        db.name,
-        admin.get_user().unwrap_or("postgres")
-    );
-    if let Some(pw) = admin.get_password() {
-        via_proxy.push_str(&format!(" password='{}'", String::from_utf8_lossy(pw)));
-    }
     // Node A reaches PostgreSQL through the proxy, node B directly.
     let a = TestServer::start_on(
         jobq::store::Backend::Postgres {

@@ -559,3 +559,37 @@ async fn other_stores_hear_of_ended_jobs_and_clears() {
     a.close().await.unwrap();
     assert!(!a.healthy().await, "a closed store is not healthy");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silently_dead_listen_connection_is_replaced() {
+    if !available("silently_dead_listen_connection_is_replaced").await {
+        return;
+    }
+    let db = TestDb::create().await;
+    let Some((proxy, url)) = common::postgres::proxied(&db).await else {
+        eprintln!("skipped: JOBQ_TEST_POSTGRES_URL is not a TCP address");
+        return;
+    };
+    let a = store::open(&Backend::Postgres { url, pool_size: 2 })
+        .await
+        .expect("open through the proxy");
+    let mut rx = a.subscribe().unwrap();
+    assert_eq!(
+        next_event(&mut rx, Duration::from_secs(10)).await,
+        Some(StoreEvent::Cleared)
+    );
+    // No reset, no error: only the listener's own check can notice.
+    proxy.blackhole();
+    assert_eq!(
+        next_event(&mut rx, Duration::from_secs(40)).await,
+        Some(StoreEvent::Cleared),
+        "the listener reconnected and told waiters to re-read"
+    );
+    // The new LISTEN works: another store's change arrives.
+    let b = pg_store(&db, 2).await;
+    b.clear(None, Timestamp(1)).await.unwrap();
+    assert_eq!(
+        next_event(&mut rx, Duration::from_secs(5)).await,
+        Some(StoreEvent::Cleared)
+    );
+}

@@ -75,6 +75,10 @@ const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// Longest pause between two attempts of the listener to reconnect.
 const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// How often the LISTEN connection is checked with a query (and how long
+/// the answer may take): a connection that stopped answering is replaced.
+const LISTEN_PING: Duration = Duration::from_secs(5);
+
 /// A transition that raced with another one (the re-read shows it is legal
 /// again) is retried this many times before giving up with 503.
 const RACE_RETRIES: usize = 5;
@@ -278,6 +282,12 @@ impl PostgresStore {
             cfg.connect_timeout(POOL_TIMEOUT);
         }
         cfg.application_name("jobq");
+        // Notice a silently dead connection (a partition without a reset)
+        // within about half a minute instead of the OS default of hours.
+        cfg.keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3);
         let target = describe(&cfg);
         let unreachable = |e: &dyn std::fmt::Display| {
             OpenError::Failed(format!("cannot use PostgreSQL at {target}: {e}"))
@@ -468,11 +478,24 @@ async fn listen(cfg: tokio_postgres::Config, shared: Arc<Shared>, stop: Cancella
                         tracing::debug!("listening for other nodes' changes");
                         backoff = Duration::from_millis(100);
                         let _ = shared.events.send(StoreEvent::Cleared);
+                        let mut ping = tokio::time::interval(LISTEN_PING);
+                        ping.tick().await;
                         loop {
                             tokio::select! {
                                 _ = stop.cancelled() => {
                                     driver.abort();
                                     return;
+                                }
+                                _ = ping.tick() => {
+                                    let alive = tokio::time::timeout(
+                                        LISTEN_PING,
+                                        client.simple_query("select 1"),
+                                    )
+                                    .await;
+                                    if !matches!(alive, Ok(Ok(_))) {
+                                        tracing::warn!("LISTEN connection stopped answering; reconnecting");
+                                        break;
+                                    }
                                 }
                                 msg = nrx.recv() => match msg {
                                     Some(p) => {

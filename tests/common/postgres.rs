@@ -4,6 +4,7 @@
 //! reachable server a test is skipped with one line, except under `CI=true`,
 //! where it fails.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::NoTls;
@@ -126,4 +127,111 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// A TCP proxy in front of PostgreSQL that a test can take down (every
+/// connection cut, new ones refused) and bring back, as a database restart
+/// or a network partition of one node would look to that node.
+pub struct PgProxy {
+    /// The port to connect to instead of PostgreSQL's.
+    pub port: u16,
+    /// Existing connections stop forwarding (silently) when notified.
+    hole: Arc<tokio::sync::Notify>,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl PgProxy {
+    /// Starts forwarding to `target`.
+    pub async fn start(target: (String, u16)) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let hole = Arc::new(tokio::sync::Notify::new());
+        let accept = {
+            let (up, conns, hole) = (up.clone(), conns.clone(), hole.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if !up.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let (target, hole) = (target.clone(), hole.clone());
+                    conns.lock().push(tokio::spawn(async move {
+                        let hole = hole.notified();
+                        if let Ok(mut outbound) =
+                            tokio::net::TcpStream::connect((target.0.as_str(), target.1)).await
+                        {
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                                // Keep both sockets open, forward nothing.
+                                _ = hole => std::future::pending::<()>().await,
+                            }
+                        }
+                    }));
+                }
+            })
+        };
+        PgProxy {
+            port,
+            hole,
+            up,
+            conns,
+            accept,
+        }
+    }
+
+    /// Cuts every connection and refuses new ones.
+    pub fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Existing connections go silent (no reset, nothing forwarded), as
+    /// after a network partition; new connections work.
+    pub fn blackhole(&self) {
+        self.hole.notify_waiters();
+    }
+
+    /// Accepts connections again.
+    pub fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for PgProxy {
+    fn drop(&mut self) {
+        self.down();
+        self.accept.abort();
+    }
+}
+
+/// A proxy in front of the test server and a connection string for `db`
+/// through it; `None` when the test server is not a TCP address.
+pub async fn proxied(db: &TestDb) -> Option<(PgProxy, String)> {
+    let admin: tokio_postgres::Config = admin_url().parse().ok()?;
+    let (Some(tokio_postgres::config::Host::Tcp(host)), Some(&port)) =
+        (admin.get_hosts().first(), admin.get_ports().first())
+    else {
+        return None;
+    };
+    let proxy = PgProxy::start((host.clone(), port)).await;
+    let mut url = format!(
+        "host=127.0.0.1 port={} dbname={} user={}",
+        proxy.port,
+        db.name,
+        admin.get_user().unwrap_or("postgres")
+    );
+    if let Some(pw) = admin.get_password() {
+        url.push_str(&format!(" password='{}'", String::from_utf8_lossy(pw)));
+    }
+    Some((proxy, url))
 }
