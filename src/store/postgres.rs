@@ -143,7 +143,22 @@ pub struct PostgresStore {
 /// A connection or statement failure: nothing was changed (or, for a lost
 /// connection mid-commit, the caller cannot know; it gets 503 either way).
 fn db_err(e: tokio_postgres::Error) -> Error {
-    Error::Unavailable(format!("postgres: {e}"))
+    Error::Unavailable(format!("postgres: {}", chain(&e)))
+}
+
+/// An error with its causes (`error connecting to server: Connection refused`).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 fn pool_err(e: deadpool_postgres::PoolError) -> Error {
@@ -221,7 +236,7 @@ fn describe(cfg: &tokio_postgres::Config) -> String {
 /// transaction under an advisory lock (nodes starting together wait for the
 /// first one and then find nothing to do).
 async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), String> {
-    let e = |e: tokio_postgres::Error| format!("migration failed: {e}");
+    let e = |e: tokio_postgres::Error| format!("migration failed: {}", chain(&e));
     let tx = client.transaction().await.map_err(e)?;
     tx.execute("select pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
@@ -293,7 +308,10 @@ impl PostgresStore {
             OpenError::Failed(format!("cannot use PostgreSQL at {target}: {e}"))
         };
 
-        let (mut client, conn) = cfg.connect(NoTls).await.map_err(|e| unreachable(&e))?;
+        let (mut client, conn) = cfg
+            .connect(NoTls)
+            .await
+            .map_err(|e| unreachable(&chain(&e)))?;
         let conn_task = tokio::spawn(conn);
         let migrated = migrate(&mut client).await;
         drop(client);
