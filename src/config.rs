@@ -40,6 +40,8 @@ pub enum Storage {
     Embedded,
     /// In memory only: nothing survives a restart.
     Memory,
+    /// A PostgreSQL database shared by several nodes (needs `--postgres-url`).
+    Postgres,
 }
 
 /// When the embedded store's commits reach the disk.
@@ -101,6 +103,14 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBQ_SYNC", value_enum, default_value_t = SyncMode::Full)]
     pub sync: SyncMode,
 
+    /// PostgreSQL connection URL; implies `--storage postgres`.
+    #[arg(long, env = "JOBQ_POSTGRES_URL", required_if_eq("storage", "postgres"))]
+    pub postgres_url: Option<String>,
+
+    /// Most PostgreSQL connections this node opens for requests (plus one for LISTEN).
+    #[arg(long, env = "JOBQ_POSTGRES_POOL_SIZE", default_value_t = crate::store::postgres::POOL_SIZE_DEFAULT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    pub postgres_pool_size: usize,
+
     /// How long a sync submit waits for its result, in seconds (0 = forever).
     #[arg(long, env = "JOBQ_WAIT_TIMEOUT", default_value = "60", value_parser = secs)]
     pub wait_timeout: Duration,
@@ -157,7 +167,7 @@ impl ServeArgs {
     /// The storage backend these flags select.
     pub fn backend(&self) -> crate::store::Backend {
         use crate::store::{embedded, Backend};
-        match self.storage {
+        match self.effective_storage() {
             Storage::Memory => Backend::Memory,
             Storage::Embedded => Backend::Embedded {
                 data_dir: self.data_dir.clone(),
@@ -166,6 +176,20 @@ impl ServeArgs {
                     SyncMode::Normal => embedded::Sync::Normal,
                 },
             },
+            Storage::Postgres => Backend::Postgres {
+                url: self.postgres_url.clone().unwrap_or_default(),
+                pool_size: self.postgres_pool_size,
+            },
+        }
+    }
+
+    /// The backend in use: `--postgres-url` implies `postgres` whatever
+    /// `--storage` says.
+    pub fn effective_storage(&self) -> Storage {
+        if self.postgres_url.is_some() {
+            Storage::Postgres
+        } else {
+            self.storage
         }
     }
 
@@ -226,6 +250,26 @@ mod tests {
         };
         assert_eq!(s.lease, Duration::from_millis(1500));
         assert_eq!(s.storage, Storage::Memory);
+    }
+
+    #[test]
+    fn postgres_url_implies_postgres_storage() {
+        let cli = Cli::try_parse_from(["jobq", "--postgres-url", "postgres://db/jobq"]).unwrap();
+        assert_eq!(cli.serve.effective_storage(), Storage::Postgres);
+        assert_eq!(cli.serve.postgres_pool_size, 16);
+        let cli = Cli::try_parse_from(["jobq", "serve", "--postgres-pool-size", "4"]).unwrap();
+        let Some(Command::Serve(s)) = cli.command else {
+            panic!("expected serve")
+        };
+        assert_eq!(s.postgres_pool_size, 4);
+        assert_eq!(s.effective_storage(), Storage::Embedded);
+    }
+
+    #[test]
+    fn postgres_storage_needs_a_url() {
+        let err = Cli::try_parse_from(["jobq", "--storage", "postgres"]).unwrap_err();
+        assert!(err.to_string().contains("--postgres-url"), "{err}");
+        assert!(Cli::try_parse_from(["jobq", "--postgres-pool-size", "0"]).is_err());
     }
 
     #[test]

@@ -51,7 +51,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     tracing::info!(
         listen = %listener.local_addr()?,
-        storage = ?args.storage,
+        storage = ?args.effective_storage(),
         "jobq {} serving",
         env!("CARGO_PKG_VERSION")
     );

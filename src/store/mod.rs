@@ -7,6 +7,7 @@
 
 pub mod embedded;
 pub mod memory;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -238,6 +239,13 @@ pub enum Backend {
         /// `--sync`.
         sync: embedded::Sync,
     },
+    /// A PostgreSQL database shared by any number of nodes.
+    Postgres {
+        /// `--postgres-url`, e.g. `postgres://user@host:5432/jobq`.
+        url: String,
+        /// `--postgres-pool-size`: most connections this node opens for requests.
+        pool_size: usize,
+    },
 }
 
 /// Why a store could not be opened (start-up errors: one clear line each).
@@ -266,5 +274,8 @@ pub async fn open(backend: &Backend) -> Result<std::sync::Arc<dyn Store>, OpenEr
                     })??;
             Ok(std::sync::Arc::new(store))
         }
+        Backend::Postgres { url, pool_size } => Ok(std::sync::Arc::new(
+            postgres::PostgresStore::open(url, *pool_size).await?,
+        )),
     }
 }

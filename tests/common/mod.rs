@@ -3,6 +3,8 @@
 //! through [`backend_tests!`].
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -20,6 +22,8 @@ pub enum Kind {
     Memory,
     /// `--storage embedded` in a fresh temporary data dir.
     Embedded,
+    /// `--postgres-url` on a fresh database of the test's own.
+    Postgres,
 }
 
 /// A running server.
@@ -44,12 +48,6 @@ impl TestServer {
 
     /// Starts a server with extra `serve` flags, e.g. `&["--lease", "1"]`.
     pub async fn start_with(kind: Kind, flags: &[&str]) -> Self {
-        let mut argv = vec!["jobq", "serve"];
-        argv.extend_from_slice(flags);
-        let cli = Cli::try_parse_from(&argv).expect("valid test flags");
-        let Some(jobq::config::Command::Serve(args)) = cli.command else {
-            unreachable!()
-        };
         let (backend, guards): (Backend, Vec<Box<dyn std::any::Any + Send>>) = match kind {
             Kind::Memory => (Backend::Memory, Vec::new()),
             Kind::Embedded => {
@@ -63,6 +61,36 @@ impl TestServer {
                     vec![Box::new(dir) as Box<dyn std::any::Any + Send>],
                 )
             }
+            Kind::Postgres => {
+                let db = postgres::TestDb::create().await;
+                (
+                    Self::postgres_backend(&db),
+                    vec![Box::new(db) as Box<dyn std::any::Any + Send>],
+                )
+            }
+        };
+        Self::start_on(backend, guards, flags).await
+    }
+
+    /// The backend of a node on `db` (several servers may share one).
+    pub fn postgres_backend(db: &postgres::TestDb) -> Backend {
+        Backend::Postgres {
+            url: db.url.clone(),
+            pool_size: 16,
+        }
+    }
+
+    /// Starts a server on `backend`, keeping `guards` alive as long as it.
+    pub async fn start_on(
+        backend: Backend,
+        guards: Vec<Box<dyn std::any::Any + Send>>,
+        flags: &[&str],
+    ) -> Self {
+        let mut argv = vec!["jobq", "serve"];
+        argv.extend_from_slice(flags);
+        let cli = Cli::try_parse_from(&argv).expect("valid test flags");
+        let Some(jobq::config::Command::Serve(args)) = cli.command else {
+            unreachable!()
         };
         let store = jobq::store::open(&backend).await.expect("open store");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -132,6 +160,17 @@ macro_rules! backend_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::common::Kind::Embedded).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if !$crate::common::postgres::available(stringify!($name)).await {
+                        return;
+                    }
+                    super::$name($crate::common::Kind::Postgres).await
                 }
             )*
         }

@@ -1,0 +1,1020 @@
+//! The PostgreSQL backend (`--postgres-url`): several `jobq serve` nodes on
+//! one database. It owns its SQL and its migrations
+//! (`migrations/postgres/*.sql`) and nothing else: policy (retries, leases,
+//! limits) comes in as parameters, exactly as for the other stores.
+//!
+//! - Every transition is ONE conditional statement (`… where status =
+//!   'running' and lease_id = …`) mirroring the rules of [`crate::job`]; a
+//!   statement that matched no row re-reads the job and lets the pure rule
+//!   name the refusal, so the answers are the embedded store's.
+//! - Hand-out: `for update skip locked`, so two nodes never get one job and a
+//!   locked head of the queue never blocks the next one.
+//! - Cross-node wake-ups: every change that another node's waiters care about
+//!   runs `pg_notify('jobq', '<node> <kind> <arg>')` in the statement that
+//!   makes it (delivered on commit, never for a rolled-back change). One
+//!   dedicated connection per node LISTENs, reconnecting with backoff; after a
+//!   reconnect it emits [`StoreEvent::Cleared`] so waiters re-read what they
+//!   may have missed. A once-a-second pass is the polling fallback: it
+//!   refreshes the cached pending count and signals every queue that holds
+//!   pending jobs, so a lost notification delays a hand-out by at most ~1 s.
+//! - Connection failures become [`Error::Unavailable`] (HTTP 503); the pool
+//!   replaces dead connections on the next checkout, so a restarted server is
+//!   picked up without a restart of jobq.
+//! - Times are the broker's `now` (bigint microseconds): nodes need
+//!   synchronised clocks (NTP); a skew of `s` moves lease expiry by `s`.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{
+    ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, Inserted, JobRecord,
+    ListFilter, OpenError, Result, Store, StoreEvent,
+};
+use crate::job::{
+    Completion, Idempotency, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp, TransitionError,
+};
+
+/// Default `--postgres-pool-size`.
+pub const POOL_SIZE_DEFAULT: usize = 16;
+
+/// The NOTIFY channel every node LISTENs on.
+const CHANNEL: &str = "jobq";
+
+/// Key of the advisory lock that serialises migrations between nodes
+/// starting at once ("jobq" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6a6f_6271;
+
+/// Schema migrations, in order: (version, name, SQL). Applied in one
+/// transaction under [`MIGRATION_LOCK`].
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "jobs",
+    include_str!("../../migrations/postgres/0001_jobs.sql"),
+)];
+
+/// How long a checkout, a new connection or a recycle check may take before
+/// the request is answered 503.
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the pending count is refreshed and pending queues are signalled
+/// (the polling fallback behind LISTEN/NOTIFY).
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+/// Longest pause between two attempts of the listener to reconnect.
+const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// How often the LISTEN connection is checked with a query (and how long
+/// the answer may take): a connection that stopped answering is replaced.
+const LISTEN_PING: Duration = Duration::from_secs(5);
+
+/// A transition that raced with another one (the re-read shows it is legal
+/// again) is retried this many times before giving up with 503.
+const RACE_RETRIES: usize = 5;
+
+/// The job columns, in the order [`job_from_row`] reads them.
+macro_rules! cols {
+    () => {
+        "id, queue, payload, headers, priority, status, attempts, created_at, started_at, \
+         ended_at, lease_id, lease_expires_at, result, error, idem_key, idem_fingerprint"
+    };
+}
+
+/// Number of columns in [`cols!`].
+const NCOLS: usize = 16;
+
+/// The notification for a job that is pending again (`r <queue>`) or has
+/// ended (`e <id>`), appended to the node prefix `$n` in SQL.
+macro_rules! notify_by_status {
+    ($prefix:literal) => {
+        concat!(
+            "pg_notify('jobq', ",
+            $prefix,
+            " || case when u.status = 'pending' then 'r ' || u.queue else 'e ' || u.id::text end)"
+        )
+    };
+}
+
+/// The cached pending count: exact for this node's own changes, refreshed
+/// from the database for everyone else's.
+#[derive(Debug, Default)]
+struct PendingCache {
+    /// Pending jobs, as last known.
+    count: u64,
+    /// Bumped by every local change, so a refresh that overlapped one does
+    /// not overwrite it with an older figure.
+    epoch: u64,
+}
+
+/// What the store's background tasks share with it.
+struct Shared {
+    /// Bounded connection pool for every request.
+    pool: Pool,
+    /// This process's id in NOTIFY payloads (its own are ignored: the broker
+    /// already woke local waiters).
+    node: String,
+    /// See [`PendingCache`].
+    pending: Mutex<PendingCache>,
+    /// Where [`StoreEvent`]s go; the receiver is handed out by `subscribe`.
+    events: mpsc::UnboundedSender<StoreEvent>,
+}
+
+/// `--storage postgres`.
+pub struct PostgresStore {
+    /// State shared with the background tasks.
+    shared: Arc<Shared>,
+    /// Taken once by [`Store::subscribe`].
+    events_rx: Mutex<Option<mpsc::UnboundedReceiver<StoreEvent>>>,
+    /// Stops the listener and refresher (on close, or when dropped).
+    stop: CancellationToken,
+}
+
+/// A connection or statement failure: nothing was changed (or, for a lost
+/// connection mid-commit, the caller cannot know; it gets 503 either way).
+fn db_err(e: tokio_postgres::Error) -> Error {
+    Error::Unavailable(format!("postgres: {}", chain(&e)))
+}
+
+/// An error with its causes (`error connecting to server: Connection refused`).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> Error {
+    Error::Unavailable(format!("postgres connection pool: {e}"))
+}
+
+fn bad_row(what: &str) -> Error {
+    Error::Unavailable(format!("postgres: unexpected row content ({what})"))
+}
+
+fn ts(v: Option<i64>) -> Option<Timestamp> {
+    v.map(Timestamp)
+}
+
+/// Reads a job from the first [`NCOLS`] columns of `row`.
+fn job_from_row(row: &Row) -> Result<Job> {
+    let get_err = |e: tokio_postgres::Error| bad_row(&e.to_string());
+    let id: Uuid = row.try_get(0).map_err(get_err)?;
+    let queue: String = row.try_get(1).map_err(get_err)?;
+    let status: String = row.try_get(5).map_err(get_err)?;
+    let attempts: i32 = row.try_get(6).map_err(get_err)?;
+    let idem_key: Option<String> = row.try_get(14).map_err(get_err)?;
+    let fingerprint: Option<Vec<u8>> = row.try_get(15).map_err(get_err)?;
+    let idempotency = match (idem_key, fingerprint) {
+        (Some(key), Some(fp)) => Some(Idempotency {
+            key,
+            fingerprint: fp.try_into().map_err(|_| bad_row("fingerprint"))?,
+        }),
+        _ => None,
+    };
+    Ok(Job {
+        id: JobId(id),
+        queue: Queue::parse(&queue).map_err(|_| bad_row("queue"))?,
+        payload: Bytes::from(row.try_get::<_, Vec<u8>>(2).map_err(get_err)?),
+        headers: Bytes::from(row.try_get::<_, Vec<u8>>(3).map_err(get_err)?),
+        priority: row.try_get(4).map_err(get_err)?,
+        status: Status::from_str(&status).map_err(|_| bad_row("status"))?,
+        attempts: u32::try_from(attempts).map_err(|_| bad_row("attempts"))?,
+        created_at: Timestamp(row.try_get(7).map_err(get_err)?),
+        started_at: ts(row.try_get(8).map_err(get_err)?),
+        ended_at: ts(row.try_get(9).map_err(get_err)?),
+        lease_id: row
+            .try_get::<_, Option<Uuid>>(10)
+            .map_err(get_err)?
+            .map(JobId),
+        lease_expires_at: ts(row.try_get(11).map_err(get_err)?),
+        result: row
+            .try_get::<_, Option<Vec<u8>>>(12)
+            .map_err(get_err)?
+            .map(Bytes::from),
+        error: row.try_get(13).map_err(get_err)?,
+        idempotency,
+    })
+}
+
+/// Where a connection goes, for messages: never the password.
+fn describe(cfg: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let host = match cfg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let db = cfg
+        .get_dbname()
+        .or(cfg.get_user())
+        .unwrap_or("postgres")
+        .to_owned();
+    format!("postgres://{host}:{port}/{db}")
+}
+
+/// Applies the migrations this binary knows and the database lacks, in one
+/// transaction under an advisory lock (nodes starting together wait for the
+/// first one and then find nothing to do).
+async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), String> {
+    let e = |e: tokio_postgres::Error| format!("migration failed: {}", chain(&e));
+    let tx = client.transaction().await.map_err(e)?;
+    tx.execute("select pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(e)?;
+    tx.batch_execute(
+        "create table if not exists jobq_schema_migrations (
+             version integer primary key,
+             name text not null,
+             applied_at timestamptz not null default now())",
+    )
+    .await
+    .map_err(e)?;
+    let applied: Vec<i32> = tx
+        .query("select version from jobq_schema_migrations", &[])
+        .await
+        .map_err(e)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+    if let Some(newer) = applied.iter().copied().filter(|v| *v > latest).max() {
+        return Err(format!(
+            "database schema version {newer} is newer than this jobq knows ({latest}); upgrade jobq"
+        ));
+    }
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tx.batch_execute(sql).await.map_err(e)?;
+        tx.execute(
+            "insert into jobq_schema_migrations (version, name) values ($1, $2)",
+            &[version, name],
+        )
+        .await
+        .map_err(e)?;
+        tracing::info!(version, name, "applied PostgreSQL migration");
+    }
+    tx.commit().await.map_err(e)
+}
+
+impl PostgresStore {
+    /// Connects, migrates the schema, and starts the listener and the
+    /// pending-count refresher. Must run inside a Tokio runtime.
+    ///
+    /// # Errors
+    /// [`OpenError`] naming the database (without password) when the URL is
+    /// malformed, the server cannot be reached, or a migration fails.
+    pub async fn open(url: &str, pool_size: usize) -> Result<Self, OpenError> {
+        if url.trim().is_empty() {
+            return Err(OpenError::Failed(
+                "--storage postgres needs --postgres-url".into(),
+            ));
+        }
+        let mut cfg = tokio_postgres::Config::from_str(url)
+            .map_err(|e| OpenError::Failed(format!("invalid --postgres-url: {e}")))?;
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(POOL_TIMEOUT);
+        }
+        cfg.application_name("jobq");
+        // Notice a silently dead connection (a partition without a reset)
+        // within about half a minute instead of the OS default of hours.
+        cfg.keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3);
+        let target = describe(&cfg);
+        let unreachable = |e: &dyn std::fmt::Display| {
+            OpenError::Failed(format!("cannot use PostgreSQL at {target}: {e}"))
+        };
+
+        let (mut client, conn) = cfg
+            .connect(NoTls)
+            .await
+            .map_err(|e| unreachable(&chain(&e)))?;
+        let conn_task = tokio::spawn(conn);
+        let migrated = migrate(&mut client).await;
+        drop(client);
+        let _ = conn_task.await;
+        migrated.map_err(|e| unreachable(&e))?;
+
+        let manager = Manager::from_config(
+            cfg.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_TIMEOUT))
+            .create_timeout(Some(POOL_TIMEOUT))
+            .recycle_timeout(Some(POOL_TIMEOUT))
+            .build()
+            .map_err(|e| unreachable(&e))?;
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            pool,
+            node: Uuid::new_v4().simple().to_string(),
+            pending: Mutex::new(PendingCache::default()),
+            events: tx,
+        });
+        shared.refresh().await.map_err(|e| unreachable(&e))?;
+        let stop = CancellationToken::new();
+        tokio::spawn(listen(cfg, shared.clone(), stop.clone()));
+        tokio::spawn(refresh_loop(shared.clone(), stop.clone()));
+        tracing::info!(database = %target, pool_size, "PostgreSQL store ready");
+        Ok(PostgresStore {
+            shared,
+            events_rx: Mutex::new(Some(rx)),
+            stop,
+        })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.shared.pool.get().await.map_err(pool_err)
+    }
+
+    /// Runs `sql` (a prepared, cached statement) and returns its rows.
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await.map_err(db_err)?;
+        client.query(&stmt, params).await.map_err(db_err)
+    }
+
+    /// The job, or `None`.
+    async fn read(&self, id: JobId) -> Result<Option<Job>> {
+        const SQL: &str = concat!("select ", cols!(), " from jobq_jobs where id = $1");
+        self.query(SQL, &[&id.0])
+            .await?
+            .first()
+            .map(job_from_row)
+            .transpose()
+    }
+
+    /// After a conditional update matched no row: re-reads the job and lets
+    /// the pure rule `rule` say why (`Ok(Some(v))`: answer `v`; `Ok(None)`:
+    /// the transition is legal after all, so it raced and is retried).
+    async fn refusal<T>(
+        &self,
+        id: JobId,
+        rule: impl FnOnce(&mut Job) -> Result<Option<T>, TransitionError>,
+    ) -> Result<Option<T>> {
+        let mut job = self.read(id).await?.ok_or(Error::NotFound)?;
+        Ok(rule(&mut job)?)
+    }
+
+    fn prefix(&self) -> String {
+        format!("{} ", self.shared.node)
+    }
+}
+
+impl Shared {
+    /// Applies a local change to the pending count.
+    fn adjust_pending(&self, delta: i64) {
+        let mut p = self.pending.lock();
+        p.count = p.count.saturating_add_signed(delta);
+        p.epoch += 1;
+    }
+
+    /// Reads the pending count per queue from the database, stores the total
+    /// and signals every queue that has pending jobs (the polling fallback).
+    async fn refresh(&self) -> Result<()> {
+        let epoch = self.pending.lock().epoch;
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let stmt = client
+            .prepare_cached(
+                "select queue, count(*) from jobq_jobs where status = 'pending' group by queue",
+            )
+            .await
+            .map_err(db_err)?;
+        let rows = client.query(&stmt, &[]).await.map_err(db_err)?;
+        let mut total = 0u64;
+        for row in &rows {
+            let n: i64 = row.get(1);
+            total += n.max(0) as u64;
+            if let Ok(q) = Queue::parse(row.get::<_, &str>(0)) {
+                let _ = self.events.send(StoreEvent::JobReady(q));
+            }
+        }
+        let mut p = self.pending.lock();
+        if p.epoch == epoch {
+            p.count = total;
+        }
+        Ok(())
+    }
+}
+
+/// The polling fallback: refreshes the pending count and signals pending
+/// queues every [`REFRESH_EVERY`] until `stop`.
+async fn refresh_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(REFRESH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = shared.refresh().await {
+            tracing::debug!(error = %e, "pending-count refresh failed; will retry");
+        }
+    }
+}
+
+/// Parses a notification payload `<node> <kind> [arg]`; `None` for this
+/// node's own and for anything malformed.
+fn parse_notification(own: &str, payload: &str) -> Option<StoreEvent> {
+    let mut parts = payload.splitn(3, ' ');
+    let node = parts.next()?;
+    if node == own {
+        return None;
+    }
+    match (parts.next()?, parts.next()) {
+        ("r", Some(q)) => Queue::parse(q).ok().map(StoreEvent::JobReady),
+        ("e", Some(id)) => id.parse().ok().map(StoreEvent::JobEnded),
+        ("c", _) => Some(StoreEvent::Cleared),
+        _ => None,
+    }
+}
+
+/// The dedicated LISTEN connection (outside the pool): connects, LISTENs,
+/// relays other nodes' notifications, and on any failure reconnects with
+/// exponential backoff. After every (re)connect it emits
+/// [`StoreEvent::Cleared`]: waiters re-read their job, since notifications
+/// sent while it was away are lost.
+async fn listen(cfg: tokio_postgres::Config, shared: Arc<Shared>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match cfg.connect(NoTls).await {
+            Ok((client, mut conn)) => {
+                let (ntx, mut nrx) = mpsc::unbounded_channel::<String>();
+                let driver = tokio::spawn(async move {
+                    let mut messages = futures_util::stream::poll_fn(|cx| conn.poll_message(cx));
+                    while let Some(msg) = messages.next().await {
+                        match msg {
+                            Ok(AsyncMessage::Notification(n)) => {
+                                if ntx.send(n.payload().to_owned()).is_err() {
+                                    break;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "PostgreSQL LISTEN connection lost");
+                                break;
+                            }
+                        }
+                    }
+                });
+                match client.batch_execute(&format!("listen {CHANNEL}")).await {
+                    Ok(()) => {
+                        tracing::debug!("listening for other nodes' changes");
+                        backoff = Duration::from_millis(100);
+                        let _ = shared.events.send(StoreEvent::Cleared);
+                        let mut ping = tokio::time::interval(LISTEN_PING);
+                        ping.tick().await;
+                        loop {
+                            tokio::select! {
+                                _ = stop.cancelled() => {
+                                    driver.abort();
+                                    return;
+                                }
+                                _ = ping.tick() => {
+                                    let alive = tokio::time::timeout(
+                                        LISTEN_PING,
+                                        client.simple_query("select 1"),
+                                    )
+                                    .await;
+                                    if !matches!(alive, Ok(Ok(_))) {
+                                        tracing::warn!("LISTEN connection stopped answering; reconnecting");
+                                        break;
+                                    }
+                                }
+                                msg = nrx.recv() => match msg {
+                                    Some(p) => {
+                                        if let Some(ev) = parse_notification(&shared.node, &p) {
+                                            let _ = shared.events.send(ev);
+                                        }
+                                    }
+                                    None => break,
+                                },
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "LISTEN failed; will reconnect"),
+                }
+                driver.abort();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot connect the LISTEN connection; will retry")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(LISTEN_BACKOFF_MAX);
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn insert(&self, job: NewJob, max_pending: u64) -> Result<Inserted> {
+        const INSERT: &str = concat!(
+            "with ins as (insert into jobq_jobs ",
+            "(id, queue, payload, headers, priority, status, created_at, idem_key, idem_fingerprint) ",
+            "values ($1, $2, $3, $4, $5, 'pending', $6, $7, $8) ",
+            "on conflict (idem_key) do nothing returning ",
+            cols!(),
+            ") select ins.*, pg_notify('jobq', $9) from ins"
+        );
+        const BY_KEY: &str = concat!("select ", cols!(), " from jobq_jobs where idem_key = $1");
+        let key = job.idempotency.as_ref().map(|i| i.key.clone());
+        let fingerprint = job.idempotency.as_ref().map(|i| i.fingerprint.to_vec());
+        let existing = |row: &Row| -> Result<Inserted> {
+            let found = job_from_row(row)?;
+            if found.idempotency.as_ref().map(|i| i.fingerprint)
+                == job.idempotency.as_ref().map(|i| i.fingerprint)
+            {
+                Ok(Inserted::Existing(found))
+            } else {
+                Err(Error::IdempotencyMismatch)
+            }
+        };
+        for _ in 0..RACE_RETRIES {
+            let pending = self.pending_count();
+            if pending >= max_pending {
+                if let Some(k) = &key {
+                    if let Some(row) = self.query(BY_KEY, &[k]).await?.first() {
+                        return existing(row);
+                    }
+                }
+                return Err(Error::QueueFull(pending));
+            }
+            let note = format!("{}r {}", self.prefix(), job.queue);
+            let rows = self
+                .query(
+                    INSERT,
+                    &[
+                        &job.id.0,
+                        &job.queue.as_str(),
+                        &job.payload.as_ref(),
+                        &job.headers.as_ref(),
+                        &job.priority,
+                        &job.created_at.0,
+                        &key,
+                        &fingerprint,
+                        &note,
+                    ],
+                )
+                .await?;
+            if let Some(row) = rows.first() {
+                self.shared.adjust_pending(1);
+                return Ok(Inserted::Created(job_from_row(row)?));
+            }
+            // The key is taken: attach to its job (unless it was forgotten
+            // in the meantime; then try again).
+            if let Some(k) = &key {
+                if let Some(row) = self.query(BY_KEY, &[k]).await?.first() {
+                    return existing(row);
+                }
+            }
+        }
+        Err(Error::Unavailable(
+            "idempotency key kept changing hands; retry".into(),
+        ))
+    }
+
+    async fn claim(&self, p: &ClaimParams) -> Result<Option<Claimed>> {
+        const SQL: &str = concat!(
+            "with next as (select id as nid from jobq_jobs ",
+            "where status = 'pending' and queue = $1 ",
+            "order by priority desc, seq limit 1 for update skip locked) ",
+            "update jobq_jobs set status = 'running', attempts = attempts + 1, ",
+            "started_at = $3, lease_id = $2, lease_expires_at = $4 ",
+            "from next where id = next.nid and status = 'pending' returning ",
+            cols!(),
+            ", exists (select 1 from jobq_jobs p where p.status = 'pending' ",
+            "and p.queue = any($5) and p.id <> next.nid)"
+        );
+        let names: Vec<&str> = p.queues.iter().map(|q| q.as_str()).collect();
+        for q in &p.queues {
+            let rows = self
+                .query(
+                    SQL,
+                    &[
+                        &q.as_str(),
+                        &p.lease_id.0,
+                        &p.now.0,
+                        &p.expires_at.0,
+                        &names,
+                    ],
+                )
+                .await?;
+            if let Some(row) = rows.first() {
+                self.shared.adjust_pending(-1);
+                return Ok(Some(Claimed {
+                    job: job_from_row(row)?,
+                    more_pending: row.try_get(NCOLS).map_err(|_| bad_row("more"))?,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn peek(&self, queues: &[Queue]) -> Result<Option<Job>> {
+        const SQL: &str = concat!(
+            "select ",
+            cols!(),
+            " from jobq_jobs where status = 'pending' and queue = $1 ",
+            "order by priority desc, seq limit 1"
+        );
+        for q in queues {
+            if let Some(row) = self.query(SQL, &[&q.as_str()]).await?.first() {
+                return job_from_row(row).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    async fn complete(&self, p: &CompleteParams) -> Result<(Job, Completion)> {
+        const SQL: &str = concat!(
+            "with u as (update jobq_jobs set status = 'completed', result = $3, error = null, ",
+            "ended_at = $4, lease_expires_at = null ",
+            "where id = $1 and status = 'running' and ($2::uuid is null or lease_id = $2) ",
+            "returning ",
+            cols!(),
+            ") select u.*, pg_notify('jobq', $5) from u"
+        );
+        let note = format!("{}e {}", self.prefix(), p.id);
+        let lease = p.lease_id.map(|l| l.0);
+        for _ in 0..RACE_RETRIES {
+            let rows = self
+                .query(SQL, &[&p.id.0, &lease, &p.result.as_ref(), &p.now.0, &note])
+                .await?;
+            if let Some(row) = rows.first() {
+                return Ok((job_from_row(row)?, Completion::Completed));
+            }
+            let mut seen = None;
+            let done = self
+                .refusal(p.id, |j| {
+                    let r = j.clone().complete(p.lease_id.as_ref(), &p.result, p.now);
+                    seen = Some(j.clone());
+                    match r? {
+                        Completion::AlreadyCompleted => Ok(Some(())),
+                        Completion::Completed => Ok(None),
+                    }
+                })
+                .await?;
+            if let (Some(()), Some(job)) = (done, seen) {
+                return Ok((job, Completion::AlreadyCompleted));
+            }
+        }
+        Err(Error::Unavailable("job kept changing; retry".into()))
+    }
+
+    async fn fail(&self, p: &FailParams) -> Result<Job> {
+        const SQL: &str = concat!(
+            "with u as (update jobq_jobs set error = $3, ",
+            "status = case when $4 and attempts < $5 then 'pending' else 'failed' end, ",
+            "ended_at = case when $4 and attempts < $5 then ended_at else $6 end, ",
+            "lease_expires_at = null ",
+            "where id = $1 and status = 'running' and ($2::uuid is null or lease_id = $2) ",
+            "returning ",
+            cols!(),
+            ") select u.*, ",
+            notify_by_status!("$7"),
+            " from u"
+        );
+        let lease = p.lease_id.map(|l| l.0);
+        let max = i32::try_from(p.max_attempts).unwrap_or(i32::MAX);
+        let prefix = self.prefix();
+        for _ in 0..RACE_RETRIES {
+            let rows = self
+                .query(
+                    SQL,
+                    &[&p.id.0, &lease, &p.error, &p.retry, &max, &p.now.0, &prefix],
+                )
+                .await?;
+            if let Some(row) = rows.first() {
+                let job = job_from_row(row)?;
+                if job.status == Status::Pending {
+                    self.shared.adjust_pending(1);
+                }
+                return Ok(job);
+            }
+            self.refusal(p.id, |j| {
+                j.fail(
+                    p.lease_id.as_ref(),
+                    &p.error,
+                    p.retry,
+                    p.max_attempts,
+                    p.now,
+                )
+                .map(|_| None::<()>)
+            })
+            .await?;
+        }
+        Err(Error::Unavailable("job kept changing; retry".into()))
+    }
+
+    async fn heartbeat(
+        &self,
+        id: JobId,
+        lease_id: Option<LeaseId>,
+        expires_at: Timestamp,
+    ) -> Result<Job> {
+        const SQL: &str = concat!(
+            "update jobq_jobs set lease_expires_at = $3 ",
+            "where id = $1 and status = 'running' and ($2::uuid is null or lease_id = $2) ",
+            "returning ",
+            cols!()
+        );
+        let lease = lease_id.map(|l| l.0);
+        for _ in 0..RACE_RETRIES {
+            let rows = self.query(SQL, &[&id.0, &lease, &expires_at.0]).await?;
+            if let Some(row) = rows.first() {
+                return job_from_row(row);
+            }
+            self.refusal(id, |j| {
+                j.heartbeat(lease_id.as_ref(), expires_at)
+                    .map(|_| None::<()>)
+            })
+            .await?;
+        }
+        Err(Error::Unavailable("job kept changing; retry".into()))
+    }
+
+    async fn cancel(&self, id: JobId, only_pending: bool, now: Timestamp) -> Result<Job> {
+        const SQL: &str = concat!(
+            "with old as (select id as cid, status as old_status from jobq_jobs ",
+            "where id = $1 and (status = 'pending' or (not $2 and status = 'running')) for update), ",
+            "u as (update jobq_jobs set status = 'cancelled', ended_at = $3, lease_expires_at = null ",
+            "from old where id = old.cid returning ",
+            cols!(),
+            ", old.old_status) select u.*, pg_notify('jobq', $4) from u"
+        );
+        let note = format!("{}e {}", self.prefix(), id);
+        for _ in 0..RACE_RETRIES {
+            let rows = self
+                .query(SQL, &[&id.0, &only_pending, &now.0, &note])
+                .await?;
+            if let Some(row) = rows.first() {
+                let was: String = row.try_get(NCOLS).map_err(|_| bad_row("old status"))?;
+                if was == "pending" {
+                    self.shared.adjust_pending(-1);
+                }
+                return job_from_row(row);
+            }
+            self.refusal(id, |j| {
+                if only_pending && j.status != Status::Pending {
+                    return Err(TransitionError::NotPending(j.status));
+                }
+                j.cancel(now).map(|_| None::<()>)
+            })
+            .await?;
+        }
+        Err(Error::Unavailable("job kept changing; retry".into()))
+    }
+
+    async fn clear(&self, queue: Option<&Queue>, now: Timestamp) -> Result<Vec<JobId>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let q = queue.map(|q| q.as_str());
+        tx.execute(
+            "delete from jobq_jobs where status in ('completed', 'failed', 'cancelled') \
+             and ($1::text is null or queue = $1)",
+            &[&q],
+        )
+        .await
+        .map_err(db_err)?;
+        let rows = tx
+            .query(
+                "update jobq_jobs set status = 'cancelled', ended_at = $2, lease_expires_at = null \
+                 where status in ('pending', 'running') and ($1::text is null or queue = $1) \
+                 returning id",
+                &[&q, &now.0],
+            )
+            .await
+            .map_err(db_err)?;
+        tx.execute(
+            "select pg_notify('jobq', $1)",
+            &[&format!("{}c", self.prefix())],
+        )
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        drop(client);
+        if let Err(e) = self.shared.refresh().await {
+            tracing::debug!(error = %e, "pending-count refresh after clear failed");
+        }
+        Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<JobRecord>> {
+        const SQL: &str = concat!(
+            "select ",
+            cols!(),
+            ", case when j.status = 'pending' then (select count(*) from jobq_jobs p ",
+            "where p.status = 'pending' and p.queue = j.queue and (p.priority > j.priority ",
+            "or (p.priority = j.priority and p.seq < j.seq))) end ",
+            "from jobq_jobs j where j.id = $1"
+        );
+        let rows = self.query(SQL, &[&id.0]).await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let position: Option<i64> = row.try_get(NCOLS).map_err(|_| bad_row("position"))?;
+        Ok(Some(JobRecord {
+            job: job_from_row(row)?,
+            position: position.map(|n| n.max(0) as u64),
+        }))
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<Job>> {
+        const SQL: &str = concat!(
+            "select ",
+            cols!(),
+            " from jobq_jobs where ($1::text is null or status = $1) ",
+            "and ($2::text is null or queue = $2) ",
+            "order by created_at desc, seq desc limit $3"
+        );
+        let status = filter.status.map(|s| s.as_str());
+        let queue = filter.queue.as_ref().map(|q| q.as_str());
+        let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
+        self.query(SQL, &[&status, &queue, &limit])
+            .await?
+            .iter()
+            .map(job_from_row)
+            .collect()
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        let rows = self
+            .query(
+                "select queue, status, count(*) from jobq_jobs group by queue, status",
+                &[],
+            )
+            .await?;
+        let mut counts = Counts {
+            total: [0; 5],
+            queues: BTreeMap::new(),
+        };
+        for row in &rows {
+            let queue: String = row.get(0);
+            let status: &str = row.get(1);
+            let n: i64 = row.get(2);
+            let s = Status::from_str(status).map_err(|_| bad_row("status"))?;
+            counts.total[s.index()] += n as u64;
+            counts.queues.entry(queue).or_default()[s.index()] += n as u64;
+        }
+        Ok(counts)
+    }
+
+    async fn rescue_expired(&self, now: Timestamp, max_attempts: u32) -> Result<Vec<Job>> {
+        const SQL: &str = concat!(
+            "with x as (select id as xid from jobq_jobs where status = 'running' ",
+            "and lease_expires_at <= $1 for update skip locked), ",
+            "u as (update jobq_jobs set ",
+            "status = case when attempts >= $2 then 'failed' else 'pending' end, ",
+            "error = case when attempts >= $2 then 'lease expired without a result after ' ",
+            "|| attempts || ' attempt(s)' else error end, ",
+            "ended_at = case when attempts >= $2 then $1 else ended_at end, ",
+            "lease_expires_at = null ",
+            "from x where id = x.xid and status = 'running' and lease_expires_at <= $1 returning ",
+            cols!(),
+            ") select u.*, ",
+            notify_by_status!("$3"),
+            " from u"
+        );
+        let max = i32::try_from(max_attempts).unwrap_or(i32::MAX);
+        let jobs: Vec<Job> = self
+            .query(SQL, &[&now.0, &max, &self.prefix()])
+            .await?
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<_>>()?;
+        let back = jobs.iter().filter(|j| j.status == Status::Pending).count();
+        if back > 0 {
+            self.shared.adjust_pending(back as i64);
+        }
+        Ok(jobs)
+    }
+
+    async fn purge_expired(&self, ttl: Duration, now: Timestamp) -> Result<u64> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "delete from jobq_jobs where status in ('completed', 'failed', 'cancelled') \
+                 and ended_at <= $1",
+            )
+            .await
+            .map_err(db_err)?;
+        client
+            .execute(&stmt, &[&now.sub(ttl).0])
+            .await
+            .map_err(db_err)
+    }
+
+    fn pending_count(&self) -> u64 {
+        self.shared.pending.lock().count
+    }
+
+    fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<StoreEvent>> {
+        self.events_rx.lock().take()
+    }
+
+    async fn healthy(&self) -> bool {
+        let check = async {
+            let client = self.shared.pool.get().await.ok()?;
+            client.simple_query("select 1").await.ok()
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), check).await,
+            Ok(Some(_))
+        )
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.stop.cancel();
+        self.shared.pool.close();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_from_other_nodes_are_parsed() {
+        let id = JobId::new();
+        assert_eq!(
+            parse_notification("me", "other r emails"),
+            Some(StoreEvent::JobReady(Queue::parse("emails").unwrap()))
+        );
+        assert_eq!(
+            parse_notification("me", &format!("other e {id}")),
+            Some(StoreEvent::JobEnded(id))
+        );
+        assert_eq!(
+            parse_notification("me", "other c"),
+            Some(StoreEvent::Cleared)
+        );
+    }
+
+    #[test]
+    fn own_and_malformed_notifications_are_ignored() {
+        assert_eq!(parse_notification("me", "me r default"), None);
+        assert_eq!(parse_notification("me", "other e not-a-uuid"), None);
+        assert_eq!(parse_notification("me", "other x"), None);
+        assert_eq!(parse_notification("me", ""), None);
+    }
+
+    #[test]
+    fn descriptions_never_show_the_password() {
+        let cfg =
+            tokio_postgres::Config::from_str("postgres://u:secret@db.example:6543/jobs").unwrap();
+        let d = describe(&cfg);
+        assert_eq!(d, "postgres://db.example:6543/jobs");
+        assert!(!d.contains("secret"));
+    }
+
+    #[test]
+    fn migrations_are_numbered_in_order() {
+        for (i, (v, _, _)) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(*v as usize, i + 1);
+        }
+    }
+}
