@@ -942,7 +942,7 @@ impl Store for PostgresStore {
             .await
             .map_err(db_err)?;
         client
-            .execute(&stmt, &[&now.sub(ttl).0])
+            .execute(&stmt, &[&(now - ttl).0])
             .await
             .map_err(db_err)
     }
