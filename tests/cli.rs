@@ -574,3 +574,49 @@ async fn bench_embedded_verifies_every_result() {
     assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
     assert!(r["latency_ms"]["max"].as_f64().unwrap() >= r["latency_ms"]["p99"].as_f64().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_job_kills_its_command() {
+    let s = TestServer::start_with(Kind::Memory, &["--lease", "2"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("child.pid");
+    let cmd = format!(
+        "sleep 300 & echo $! > {}.tmp; mv {0}.tmp {0}; wait",
+        pidfile.display()
+    );
+    let mut w = worker(&s.base, &cmd, &[]);
+    let r = s
+        .http
+        .post(s.url("/api/jobs"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.headers()["x-job-id"].to_str().unwrap().to_owned();
+    let until = Instant::now() + BOUND;
+    while !pidfile.exists() {
+        assert!(Instant::now() < until, "the job never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let r = s
+        .http
+        .delete(s.url(&format!("/api/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The next heartbeat gets 409: the worker kills the command's group.
+    w.wait_log("killed its command").await;
+    let until = Instant::now() + BOUND;
+    while !is_dead(pid) {
+        assert!(Instant::now() < until, "the command's child {pid} survived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.stop().await;
+}
