@@ -27,7 +27,7 @@ const LATENCY_MAX_US: u64 = 3_600_000_000;
 /// `jobq bench` flags.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// The server to load [default: http://127.0.0.1:3000].
+    /// The server to load [default: $JOBQ_URL, else http://127.0.0.1:3000].
     #[arg(long, conflicts_with = "embedded")]
     pub url: Option<String>,
     /// Start a server inside this process, with in-memory storage
@@ -121,7 +121,12 @@ pub async fn run(a: BenchArgs) -> ExitCode {
             Err(e) => return fail(format!("cannot start the embedded server: {e:#}")),
         }
     } else {
-        (a.url.clone().unwrap_or_else(|| URL_DEFAULT.into()), None)
+        let url = a
+            .url
+            .clone()
+            .or_else(|| std::env::var("JOBQ_URL").ok())
+            .unwrap_or_else(|| URL_DEFAULT.into());
+        (url, None)
     };
     let client = match &a.token {
         Some(t) => Client::with_token(&url, t),

@@ -28,6 +28,22 @@ const PIPE_DRAIN: Duration = Duration::from_secs(5);
 
 /// `jobq worker` flags.
 #[derive(Args, Debug, Clone)]
+#[command(after_help = "\
+The command runs through /bin/sh -c, in a process group of its own, with the
+job's payload on stdin and these environment variables:
+  JOBQ_JOB_ID    the job's id
+  JOBQ_ATTEMPT   which hand-out this is (1 for the first)
+  JOBQ_QUEUE     the queue it came from
+  JOBQ_LEASE_ID  this hand-out's lease
+  JOBQ_HEADERS   the submit request's headers, as a JSON object
+Exit status 0: its stdout is the job's result. Anything else: the job fails
+with the last 2 KiB of its stderr. The lease is heartbeated while it runs; if
+the job is cancelled or lost, or --timeout passes, the process group is killed.
+
+SIGTERM/SIGINT: take no new jobs, finish the ones in hand, exit 0. A second
+signal kills the running commands (their jobs are reported failed).
+While the server is away the worker retries with backoff (up to 5 s apart)
+and says so once.")]
 pub struct WorkerArgs {
     /// Where the server is.
     #[command(flatten)]
