@@ -53,23 +53,42 @@ pub struct Job {
     pub attempt: u32,
     /// The fencing token of this hand-out; sent as `X-Lease-Id`.
     pub lease_id: String,
-    /// When the lease runs out unless heartbeated (from the server's clock).
+    /// When the lease runs out unless heartbeated (by the server's clock).
     pub lease_expires_at: Option<SystemTime>,
+    /// What was left of the lease when the job was handed out, by the
+    /// server's clock (so heartbeats do not depend on this machine's clock).
+    pub lease_left: Option<Duration>,
 }
 
-impl Job {
-    /// How often to heartbeat: a third of what is left of the lease.
-    fn heartbeat_interval(&self) -> Duration {
-        match self.lease_expires_at {
-            Some(t) => heartbeat_interval(t, SystemTime::now()),
-            None => HEARTBEAT_FALLBACK,
-        }
+/// How often to heartbeat: a third of what is left of the lease, at least
+/// [`HEARTBEAT_MIN`]; [`HEARTBEAT_FALLBACK`] when unknown.
+fn heartbeat_interval(lease_left: Option<Duration>) -> Duration {
+    match lease_left {
+        Some(left) => (left / 3).max(HEARTBEAT_MIN),
+        None => HEARTBEAT_FALLBACK,
     }
 }
 
-/// A third of the time from `now` until `expires`, at least [`HEARTBEAT_MIN`].
-fn heartbeat_interval(expires: SystemTime, now: SystemTime) -> Duration {
-    (expires.duration_since(now).unwrap_or_default() / 3).max(HEARTBEAT_MIN)
+/// Time left until `expires`, measured by the server's clock: its `Date`
+/// header (whole seconds, so half a second is taken off), or this machine's
+/// clock when the server sent no date.
+fn lease_left(expires: Option<SystemTime>, server_date: Option<SystemTime>) -> Option<Duration> {
+    let expires = expires?;
+    Some(match server_date {
+        Some(now) => expires
+            .duration_since(now)
+            .unwrap_or_default()
+            .saturating_sub(Duration::from_millis(500)),
+        None => expires
+            .duration_since(SystemTime::now())
+            .unwrap_or_default(),
+    })
+}
+
+/// The answer's `Date` header.
+fn server_date(resp: &reqwest::Response) -> Option<SystemTime> {
+    let v = resp.headers().get(reqwest::header::DATE)?.to_str().ok()?;
+    httpdate::parse_http_date(v).ok()
 }
 
 #[derive(Deserialize)]
@@ -179,7 +198,9 @@ impl Worker {
         match resp.status() {
             StatusCode::NO_CONTENT => Ok(None),
             StatusCode::OK => {
+                let date = server_date(&resp);
                 let h: Handout = json(resp).await?;
+                let expires = h.lease_expires_at.as_deref().and_then(parse_time);
                 Ok(Some(Job {
                     payload: decode_payload(&h.payload, h.payload_encoding.as_deref())?,
                     id: h.job_id,
@@ -187,7 +208,8 @@ impl Worker {
                     queue: h.queue,
                     attempt: h.attempt,
                     lease_id: h.lease_id,
-                    lease_expires_at: h.lease_expires_at.as_deref().and_then(parse_time),
+                    lease_expires_at: expires,
+                    lease_left: lease_left(expires, date),
                 }))
             }
             _ => Err(refusal(resp).await),
@@ -254,23 +276,27 @@ impl Worker {
         }
     }
 
-    /// Extends the lease (`POST /api/worker/heartbeat/{id}`); returns the new
-    /// expiry when the server gave one.
+    /// Extends the lease (`POST /api/worker/heartbeat/{id}`); returns what
+    /// is now left of it (by the server's clock) when the server said.
     ///
     /// # Errors
     /// [`Error::LeaseLost`]: stop working on the job. Others as [`Worker::complete`].
-    pub async fn heartbeat(&self, job: &Job) -> Result<Option<SystemTime>> {
+    pub async fn heartbeat(&self, job: &Job) -> Result<Option<Duration>> {
         let resp = self.client.send(self.job_call("heartbeat", job)).await?;
         if resp.status() != StatusCode::OK {
             return Err(Self::job_refusal(job, resp).await);
         }
+        let date = server_date(&resp);
         #[derive(Deserialize)]
         struct Beat {
             #[serde(default)]
             lease_expires_at: Option<String>,
         }
         let b: Beat = json(resp).await?;
-        Ok(b.lease_expires_at.as_deref().and_then(parse_time))
+        Ok(lease_left(
+            b.lease_expires_at.as_deref().and_then(parse_time),
+            date,
+        ))
     }
 
     /// Runs `handler` on every job until `stop` is cancelled, then lets the
@@ -377,14 +403,13 @@ impl Worker {
         let lost = CancellationToken::new();
         let work = handler(job.clone(), lost.clone());
         tokio::pin!(work);
-        let mut next_beat = job.heartbeat_interval();
+        let mut next_beat = heartbeat_interval(job.lease_left);
         let outcome = loop {
             tokio::select! {
                 o = &mut work => break o,
                 _ = tokio::time::sleep(next_beat), if !lost.is_cancelled() => {
                     match self.heartbeat(&job).await {
-                        Ok(Some(expires)) => next_beat = heartbeat_interval(expires, SystemTime::now()),
-                        Ok(None) => next_beat = HEARTBEAT_FALLBACK,
+                        Ok(left) => next_beat = heartbeat_interval(left),
                         Err(e @ (Error::LeaseLost { .. } | Error::Rejected { status: 404, .. })) => {
                             tracing::warn!(parent: &span, error = %e, "job is no longer ours; stopping it");
                             lost.cancel();
@@ -430,16 +455,30 @@ mod tests {
 
     #[test]
     fn heartbeats_every_third_of_the_lease() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         assert_eq!(
-            heartbeat_interval(now + Duration::from_secs(60), now),
+            heartbeat_interval(Some(Duration::from_secs(60))),
             Duration::from_secs(20)
         );
-        assert_eq!(heartbeat_interval(now, now), HEARTBEAT_MIN);
+        assert_eq!(heartbeat_interval(Some(Duration::ZERO)), HEARTBEAT_MIN);
+        assert_eq!(heartbeat_interval(None), HEARTBEAT_FALLBACK);
+    }
+
+    #[test]
+    fn the_lease_is_measured_by_the_servers_clock() {
+        let server_now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let expires = server_now + Duration::from_secs(60);
+        // Whatever this machine's clock says, the server's date decides.
         assert_eq!(
-            heartbeat_interval(now - Duration::from_secs(5), now),
-            HEARTBEAT_MIN
+            lease_left(Some(expires), Some(server_now)),
+            Some(Duration::from_millis(59_500))
         );
+        assert_eq!(
+            lease_left(Some(server_now), Some(expires)),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(lease_left(None, Some(server_now)), None);
+        let local = lease_left(Some(SystemTime::now() + Duration::from_secs(30)), None).unwrap();
+        assert!(local > Duration::from_secs(29) && local <= Duration::from_secs(30));
     }
 
     #[test]
