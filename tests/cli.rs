@@ -620,3 +620,36 @@ async fn cancelling_a_running_job_kills_its_command() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_kills_the_running_commands() {
+    let s = TestServer::start_with(Kind::Memory, &["--max-attempts", "1"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let cmd = format!("cat >/dev/null; : > {}; exec sleep 300", started.display());
+    let mut w = worker(&s.base, &cmd, &[]);
+    let client = {
+        let (http, url) = (s.http.clone(), s.url("/api/submit?timeout=50"));
+        tokio::spawn(async move { http.post(url).body("x").send().await.unwrap() })
+    };
+    let until = Instant::now() + BOUND;
+    while !started.exists() {
+        assert!(Instant::now() < until, "the job never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.signal(libc::SIGTERM);
+    w.wait_log("stop signal").await;
+    w.signal(libc::SIGTERM);
+    assert_eq!(w.exit().await.code(), Some(0), "log:\n{}", w.log());
+    let resp = tokio::time::timeout(BOUND, client).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 502);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("worker was stopped"),
+        "{body}"
+    );
+    s.stop().await;
+}

@@ -135,20 +135,35 @@ pub fn run(cmd: Command) -> ExitCode {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub(crate) async fn stop_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGTERM and SIGINT, as a stream: each one is seen, even when they come
+/// faster than they are waited for.
+pub(crate) struct StopSignals {
+    /// SIGTERM.
+    term: tokio::signal::unix::Signal,
+    /// SIGINT.
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Starts listening.
+    ///
+    /// # Errors
+    /// The signal handlers could not be installed.
+    pub(crate) fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    pub(crate) async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    }
 }
 
 #[cfg(test)]

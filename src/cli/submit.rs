@@ -56,6 +56,12 @@ pub async fn run(args: SubmitArgs) -> ExitCode {
     };
     let payload = match args.data.as_deref() {
         Some(d) if d != "-" => d.as_bytes().to_vec(),
+        None if std::io::stdin().is_terminal() => {
+            eprintln!(
+                "jobq: error: no payload: give DATA, or pipe it in (`-` reads the terminal until Ctrl-D)"
+            );
+            return ExitCode::from(exit::USAGE);
+        }
         _ => {
             let mut buf = Vec::new();
             if let Err(e) = std::io::stdin().read_to_end(&mut buf) {

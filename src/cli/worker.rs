@@ -97,13 +97,17 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         retry: !args.no_retry,
         kill_all: CancellationToken::new(),
     });
+    let mut signals = match super::StopSignals::new() {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot listen for stop signals: {e}")),
+    };
     {
         let (stop, kill_all) = (stop.clone(), spec.kill_all.clone());
         tokio::spawn(async move {
-            super::stop_signal().await;
+            signals.next().await;
             tracing::info!("stop signal: finishing the jobs in hand (a second signal kills them)");
             stop.cancel();
-            super::stop_signal().await;
+            signals.next().await;
             tracing::warn!("second stop signal: killing running commands");
             kill_all.cancel();
         });

@@ -145,6 +145,7 @@ pub struct JobView {
     pub position: Option<u64>,
 }
 
+/// The job view as the server sends it (fields as in SPEC §3).
 #[derive(Deserialize)]
 struct RawJobView {
     job_id: String,
