@@ -25,6 +25,9 @@ pub const LONG_POLL_DEFAULT: Duration = Duration::from_secs(30);
 /// Heartbeat interval when the server did not say when the lease expires.
 const HEARTBEAT_FALLBACK: Duration = Duration::from_secs(10);
 
+/// How long one heartbeat call may take before the next is tried.
+const HEARTBEAT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Shortest heartbeat interval (a very short lease must not spin).
 const HEARTBEAT_MIN: Duration = Duration::from_millis(50);
 
@@ -393,6 +396,31 @@ impl Worker {
         result
     }
 
+    /// Heartbeats `job` every third of its lease until the server says it is
+    /// no longer ours; returns then.
+    async fn keep_alive(&self, job: &Job, span: &tracing::Span) {
+        let mut next_beat = heartbeat_interval(job.lease_left);
+        loop {
+            tokio::time::sleep(next_beat).await;
+            let beat = tokio::time::timeout(HEARTBEAT_CALL_TIMEOUT, self.heartbeat(job)).await;
+            match beat {
+                Ok(Ok(left)) => next_beat = heartbeat_interval(left),
+                Ok(Err(e @ (Error::LeaseLost { .. } | Error::Rejected { status: 404, .. }))) => {
+                    tracing::warn!(parent: span, error = %e, "job is no longer ours; stopping it");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(parent: span, error = %e, "heartbeat failed; trying again soon");
+                    next_beat = next_beat.min(Duration::from_secs(1));
+                }
+                Err(_) => {
+                    tracing::debug!(parent: span, "heartbeat timed out; trying again soon");
+                    next_beat = next_beat.min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
     /// Runs one job: the handler alongside its heartbeats, then posts the outcome.
     async fn handle<H, F>(&self, job: Job, handler: &H)
     where
@@ -404,23 +432,12 @@ impl Worker {
         let lost = CancellationToken::new();
         let work = handler(job.clone(), lost.clone());
         tokio::pin!(work);
-        let mut next_beat = heartbeat_interval(job.lease_left);
-        let outcome = loop {
-            tokio::select! {
-                o = &mut work => break o,
-                _ = tokio::time::sleep(next_beat), if !lost.is_cancelled() => {
-                    match self.heartbeat(&job).await {
-                        Ok(left) => next_beat = heartbeat_interval(left),
-                        Err(e @ (Error::LeaseLost { .. } | Error::Rejected { status: 404, .. })) => {
-                            tracing::warn!(parent: &span, error = %e, "job is no longer ours; stopping it");
-                            lost.cancel();
-                        }
-                        Err(e) => {
-                            tracing::debug!(parent: &span, error = %e, "heartbeat failed; trying again soon");
-                            next_beat = next_beat.min(Duration::from_secs(1));
-                        }
-                    }
-                }
+        // The heartbeats run beside the handler, never blocking it.
+        let outcome = tokio::select! {
+            o = &mut work => o,
+            () = self.keep_alive(&job, &span) => {
+                lost.cancel();
+                (&mut work).await
             }
         };
         if lost.is_cancelled() {
