@@ -34,7 +34,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server could not be reached, or the connection broke.
-    #[error("cannot reach the server at {url}: {source}")]
+    #[error("cannot reach the server at {url}: {}", root_cause(source))]
     Unreachable {
         /// The URL that was called.
         url: String,
@@ -96,6 +96,20 @@ impl Error {
             self,
             Error::Unreachable { .. } | Error::Rejected { status: 503, .. }
         )
+    }
+}
+
+/// The innermost cause of a transport error ("Connection refused"), which
+/// says more than reqwest's own "error sending request".
+fn root_cause(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    if e.is_timeout() {
+        format!("timed out ({cause})")
+    } else {
+        cause.to_string()
     }
 }
 

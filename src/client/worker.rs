@@ -25,6 +25,9 @@ pub const LONG_POLL_DEFAULT: Duration = Duration::from_secs(30);
 /// Heartbeat interval when the server did not say when the lease expires.
 const HEARTBEAT_FALLBACK: Duration = Duration::from_secs(10);
 
+/// How long one complete, fail or heartbeat call may take.
+const JOB_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long one heartbeat call may take before the next is tried.
 const HEARTBEAT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -224,7 +227,8 @@ impl Worker {
         let c = &self.client;
         let mut req = c
             .http
-            .post(c.url(&format!("/api/worker/{what}/{}", job.id)));
+            .post(c.url(&format!("/api/worker/{what}/{}", job.id)))
+            .timeout(JOB_CALL_TIMEOUT);
         if !job.lease_id.is_empty() {
             req = req.header("x-lease-id", &job.lease_id);
         }
