@@ -653,3 +653,36 @@ async fn a_second_sigterm_kills_the_running_commands() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_is_sent_as_a_bearer_header() {
+    use tokio::io::AsyncReadExt;
+    // A one-shot HTTP server that records the request head.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let head = tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 1024];
+            let n = sock.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "request head incomplete");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = r#"{"total":0,"pending":0,"running":0,"completed":0}"#;
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        sock.write_all(resp.as_bytes()).await.unwrap();
+        String::from_utf8(buf).unwrap().to_ascii_lowercase()
+    });
+    let (code, out, err) = run_jobq(&["stats", "--url", &url, "--token", "SeKrIt", "--json"]).await;
+    assert_eq!(code, 0, "{out} {err}");
+    let head = tokio::time::timeout(BOUND, head).await.unwrap().unwrap();
+    assert!(head.starts_with("get /api/admin/stats "), "{head}");
+    assert!(
+        head.contains("\r\nauthorization: bearer sekrit\r\n"),
+        "{head}"
+    );
+}
