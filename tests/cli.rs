@@ -686,3 +686,18 @@ async fn token_is_sent_as_a_bearer_header() {
         "{head}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_over_max_body_fails_the_job() {
+    let s = TestServer::start_with(Kind::Memory, &["--max-body", "1000"]).await;
+    let _w = worker(
+        &s.base,
+        "cat >/dev/null; head -c 5000 /dev/zero | tr '\\0' x",
+        &[],
+    );
+    let (status, body, _) = submit(&s, "", "x").await;
+    assert_eq!(status, 502, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("result was refused"), "{error}");
+    s.stop().await;
+}

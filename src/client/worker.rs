@@ -449,6 +449,7 @@ impl Worker {
         }
         let deadline = Instant::now() + POST_RETRY_WINDOW;
         let mut backoff = Backoff::new();
+        let mut outcome = outcome;
         loop {
             let r = match &outcome {
                 Outcome::Complete(result) => self.complete(&job, result.clone()).await,
@@ -461,6 +462,19 @@ impl Worker {
                 }
                 Err(e) if e.is_transient() && Instant::now() < deadline => {
                     tokio::time::sleep(backoff.next_pause()).await;
+                }
+                // A result over the server's --max-body: fail the job rather
+                // than leave it running until its lease runs out.
+                Err(Error::Rejected {
+                    status: 413,
+                    message,
+                    ..
+                }) if matches!(outcome, Outcome::Complete(_)) => {
+                    tracing::warn!(parent: &span, "the result is too large for the server; failing the job");
+                    outcome = Outcome::Fail {
+                        error: format!("the worker's result was refused: {message}"),
+                        retry: false,
+                    };
                 }
                 Err(e) => {
                     tracing::warn!(parent: &span, error = %e, "could not post the job's outcome");
