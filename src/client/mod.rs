@@ -10,6 +10,29 @@
 //! [`decode_payload`] turns them back into bytes: base64 when flagged, the
 //! text of a JSON string, or the JSON text itself. (A result that was itself
 //! a JSON string literal such as `"hi"` therefore comes back as `hi`.)
+//!
+//! ```no_run
+//! use jobq::client::{Client, Outcome, RunOptions, SubmitOptions};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn demo() -> Result<(), jobq::client::Error> {
+//! let client = Client::new("http://127.0.0.1:3000")?;
+//!
+//! // A worker: upper-cases payloads until `stop` is cancelled.
+//! let stop = CancellationToken::new();
+//! let worker = client.worker(vec!["default".into()]);
+//! tokio::spawn(worker.run(RunOptions::default(), stop.clone(), |job, _lost| async move {
+//!     Outcome::Complete(job.payload.to_ascii_uppercase().into())
+//! }));
+//!
+//! // A client: submit and wait for the result.
+//! let done = client.submit("hello", &SubmitOptions::default()).await?;
+//! assert_eq!(done.result, "HELLO");
+//! stop.cancel();
+//! # Ok(()) }
+//! ```
+//!
+//! Runnable versions: `examples/worker.rs` and `examples/submit.rs`.
 
 mod worker;
 

@@ -322,7 +322,7 @@ impl Worker {
     /// fix (e.g. `401`, `403`, a malformed queue name); jobs in hand are
     /// finished first.
     pub async fn run<H, F>(
-        &self,
+        self,
         opts: RunOptions,
         stop: CancellationToken,
         handler: H,
