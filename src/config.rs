@@ -31,6 +31,22 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default).
     Serve(ServeArgs),
+    /// Run a shell command once per job: payload on stdin, stdout is the result.
+    Worker(crate::cli::worker::WorkerArgs),
+    /// Submit a job and print its result.
+    Submit(crate::cli::submit::SubmitArgs),
+    /// Show one job; print its result once completed.
+    Job(crate::cli::admin::JobArgs),
+    /// Show the server's counts per status and queue.
+    Stats(crate::cli::admin::StatsArgs),
+    /// List jobs, newest first.
+    Jobs(crate::cli::admin::JobsArgs),
+    /// Cancel a job.
+    Cancel(crate::cli::admin::CancelArgs),
+    /// Cancel every pending and running job and forget ended ones.
+    Clear(crate::cli::admin::ClearArgs),
+    /// Load a server through its HTTP API and report jobs/s and latency.
+    Bench(crate::cli::bench::BenchArgs),
 }
 
 /// Where jobs are kept.

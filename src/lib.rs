@@ -7,12 +7,16 @@
 //! - [`broker`]: the only API for a job's lifecycle; waiters and wake-ups.
 //! - [`api`]: HTTP handlers, thin translations onto the broker.
 //! - [`server`]: accept loop, maintenance task, graceful shutdown.
+//! - [`client`]: a Rust client and worker for the HTTP API.
+//! - [`cli`]: the client-side subcommands (`worker`, `submit`, admin, `bench`).
 //!
 //! Dependencies point one way: `api → broker → store → job`.
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod broker;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod job;
 pub mod server;

@@ -1,4 +1,5 @@
-//! The `jobq` binary: parse flags, set up logging, open the store, serve.
+//! The `jobq` binary: parse flags, set up logging, open the store, serve;
+//! the client subcommands are handed to [`jobq::cli::run`].
 
 use std::process::ExitCode;
 
@@ -12,6 +13,7 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
         None => cli.serve,
+        Some(client_command) => return jobq::cli::run(client_command),
     };
     init_logging(args.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -1,0 +1,404 @@
+//! `jobq job`, `stats`, `jobs`, `cancel`, `clear`: the job and admin
+//! endpoints in the terminal, as readable tables, or JSON with `--json`.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use base64::Engine as _;
+use clap::Args;
+use serde_json::{json, Value};
+
+use super::submit::report;
+use super::{exit, fail, secs, ConnArgs};
+use crate::client::{Client, JobView};
+
+/// `jobq job ID`.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "\
+Exit codes: 0 completed (result on stdout), 1 error, 3 failed, 4 cancelled,
+5 not finished yet, 6 refused (e.g. 404 unknown or expired id).")]
+pub struct JobArgs {
+    /// Where the server is.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Wait up to this many seconds for the job to end.
+    #[arg(long, value_parser = secs, default_value = "0", value_name = "SECS")]
+    pub wait: Duration,
+    /// Print the job view as JSON instead of the result.
+    #[arg(long)]
+    pub json: bool,
+    /// The job's id.
+    pub id: String,
+}
+
+/// `jobq stats`.
+#[derive(Args, Debug, Clone)]
+pub struct StatsArgs {
+    /// Where the server is.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Print the server's JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `jobq jobs`.
+#[derive(Args, Debug, Clone)]
+pub struct JobsArgs {
+    /// Where the server is.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Only jobs in this status (pending, running, completed, failed, cancelled).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only jobs of this queue.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// At most this many (newest first; the server caps it at 1000) [default: 100].
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `jobq cancel ID`.
+#[derive(Args, Debug, Clone)]
+pub struct CancelArgs {
+    /// Where the server is.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Print the cancelled job as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The job's id.
+    pub id: String,
+}
+
+/// `jobq clear`.
+#[derive(Args, Debug, Clone)]
+pub struct ClearArgs {
+    /// Where the server is.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Only this queue [default: every queue].
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn client(conn: &ConnArgs) -> Result<Client, ExitCode> {
+    conn.client().map_err(fail)
+}
+
+/// A job view as JSON (the result as text, or base64 when it is not UTF-8).
+pub fn view_json(v: &JobView) -> Value {
+    let mut o = json!({
+        "job_id": v.job_id,
+        "queue": v.queue,
+        "status": v.status,
+        "attempts": v.attempts,
+        "priority": v.priority,
+        "created_at": v.created_at,
+        "started_at": v.started_at,
+        "completed_at": v.completed_at,
+    });
+    if let Some(r) = &v.result {
+        match std::str::from_utf8(r) {
+            Ok(s) => o["result"] = json!(s),
+            Err(_) => {
+                o["result"] = json!(base64::engine::general_purpose::STANDARD.encode(r));
+                o["result_encoding"] = json!("base64");
+            }
+        }
+    }
+    if let Some(e) = &v.error {
+        o["error"] = json!(e);
+    }
+    if let Some(p) = v.position {
+        o["position"] = json!(p);
+    }
+    o
+}
+
+fn print_json(v: &Value) -> ExitCode {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    ExitCode::from(exit::OK)
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            width[i] = width[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<w$}  ", w = width[i]));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// A timestamp without its sub-second part, or `-`.
+fn short_time(t: Option<&str>) -> String {
+    match t {
+        Some(t) => match t.split_once('.') {
+            Some((secs, _)) => format!("{secs}Z"),
+            None => t.to_owned(),
+        },
+        None => "-".into(),
+    }
+}
+
+/// One line, at most `n` characters.
+fn clip(s: &str, n: usize) -> String {
+    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.chars().count() <= n {
+        one
+    } else {
+        let mut c: String = one.chars().take(n.saturating_sub(1)).collect();
+        c.push('…');
+        c
+    }
+}
+
+/// `jobq job ID`: the result of a completed job, or its state.
+pub async fn job(a: JobArgs) -> ExitCode {
+    let c = match client(&a.conn) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let v = match c.job_wait(&a.id, a.wait).await {
+        Ok(v) => v,
+        Err(e) => return report(&e),
+    };
+    if a.json {
+        let _ = print_json(&view_json(&v));
+    }
+    let code = match v.status.as_str() {
+        "completed" => exit::OK,
+        "failed" => exit::FAILED,
+        "cancelled" => exit::CANCELLED,
+        _ => exit::TIMED_OUT,
+    };
+    if !a.json {
+        match v.status.as_str() {
+            "completed" => {
+                let r = v.result.unwrap_or_default();
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&r).and_then(|()| out.flush());
+            }
+            "failed" => eprintln!(
+                "jobq: job {} failed after {} attempt(s): {}",
+                v.job_id,
+                v.attempts,
+                v.error.unwrap_or_default()
+            ),
+            s => eprintln!("jobq: job {} is {s}", v.job_id),
+        }
+    }
+    ExitCode::from(code)
+}
+
+const STATUSES: [&str; 5] = ["pending", "running", "completed", "failed", "cancelled"];
+
+/// The stats table.
+fn stats_table(s: &Value) -> String {
+    let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0).to_string();
+    let header = [
+        "QUEUE",
+        "TOTAL",
+        "PENDING",
+        "RUNNING",
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+    ];
+    let mut rows = vec![];
+    let mut all = vec!["(all)".to_owned(), n(s, "total")];
+    all.extend(STATUSES.iter().map(|k| n(s, k)));
+    rows.push(all);
+    if let Some(qs) = s.get("queues").and_then(Value::as_object) {
+        for (name, q) in qs {
+            let mut r = vec![name.clone(), n(q, "total")];
+            r.extend(STATUSES.iter().map(|k| n(q, k)));
+            rows.push(r);
+        }
+    }
+    let mut out = table(&header, &rows);
+    out.push_str(&format!(
+        "\nwaiting clients: {}   polling workers: {}   uptime: {}s\n",
+        n(s, "waiting_clients"),
+        n(s, "polling_workers"),
+        n(s, "uptime_s")
+    ));
+    out
+}
+
+/// `jobq stats`.
+pub async fn stats(a: StatsArgs) -> ExitCode {
+    let c = match client(&a.conn) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match c.stats().await {
+        Ok(s) if a.json => print_json(&s),
+        Ok(s) => {
+            print!("{}", stats_table(&s));
+            ExitCode::from(exit::OK)
+        }
+        Err(e) => report(&e),
+    }
+}
+
+/// The jobs table.
+fn jobs_table(jobs: &[JobView]) -> String {
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            let detail = match (&j.error, &j.result, j.position) {
+                (Some(e), _, _) => clip(e, 60),
+                (_, Some(r), _) => clip(&String::from_utf8_lossy(r), 60),
+                (_, _, Some(p)) => format!("{p} ahead"),
+                _ => String::new(),
+            };
+            vec![
+                j.job_id.clone(),
+                j.queue.clone(),
+                j.status.clone(),
+                j.attempts.to_string(),
+                short_time(Some(&j.created_at)),
+                short_time(j.completed_at.as_deref()),
+                detail,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "JOB ID",
+            "QUEUE",
+            "STATUS",
+            "ATTEMPTS",
+            "CREATED",
+            "ENDED",
+            "RESULT / ERROR",
+        ],
+        &rows,
+    )
+}
+
+/// `jobq jobs`.
+pub async fn jobs(a: JobsArgs) -> ExitCode {
+    let c = match client(&a.conn) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match c
+        .jobs(a.status.as_deref(), a.queue.as_deref(), a.limit)
+        .await
+    {
+        Ok(list) if a.json => {
+            print_json(&json!({ "jobs": list.iter().map(view_json).collect::<Vec<_>>() }))
+        }
+        Ok(list) if list.is_empty() => {
+            println!("no jobs");
+            ExitCode::from(exit::OK)
+        }
+        Ok(list) => {
+            print!("{}", jobs_table(&list));
+            ExitCode::from(exit::OK)
+        }
+        Err(e) => report(&e),
+    }
+}
+
+/// `jobq cancel ID`.
+pub async fn cancel(a: CancelArgs) -> ExitCode {
+    let c = match client(&a.conn) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match c.cancel(&a.id).await {
+        Ok(v) if a.json => print_json(&view_json(&v)),
+        Ok(v) => {
+            println!("cancelled job {}", v.job_id);
+            ExitCode::from(exit::OK)
+        }
+        Err(e) => report(&e),
+    }
+}
+
+/// `jobq clear`.
+pub async fn clear(a: ClearArgs) -> ExitCode {
+    let c = match client(&a.conn) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match c.clear(a.queue.as_deref()).await {
+        Ok(n) if a.json => print_json(&json!({ "cancelled": n })),
+        Ok(n) => {
+            match &a.queue {
+                Some(q) => println!("cleared queue {q}: {n} job(s) cancelled"),
+                None => println!("cleared every queue: {n} job(s) cancelled"),
+            }
+            ExitCode::from(exit::OK)
+        }
+        Err(e) => report(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let t = table(
+            &["A", "LONGER"],
+            &[
+                vec!["xxxx".into(), "1".into()],
+                vec!["y".into(), "22".into()],
+            ],
+        );
+        assert_eq!(t, "A     LONGER\nxxxx  1\ny     22\n");
+    }
+
+    #[test]
+    fn stats_table_has_every_queue() {
+        let s = json!({"total": 3, "pending": 1, "running": 1, "completed": 1, "failed": 0,
+            "cancelled": 0, "waiting_clients": 2, "polling_workers": 1, "uptime_s": 9,
+            "queues": {"default": {"total": 3, "pending": 1, "running": 1, "completed": 1}}});
+        let t = stats_table(&s);
+        assert!(t.starts_with("QUEUE"), "{t}");
+        assert!(
+            t.contains("(all)    3      1        1        1          0       0"),
+            "{t}"
+        );
+        assert!(t.contains("default  3"), "{t}");
+        assert!(t.contains("waiting clients: 2"), "{t}");
+    }
+
+    #[test]
+    fn clip_is_one_short_line() {
+        assert_eq!(clip("a\nb  c", 10), "a b c");
+        assert_eq!(clip("abcdefghij", 5), "abcd…");
+    }
+}

@@ -1,0 +1,337 @@
+//! `jobq bench`: load through the real HTTP API. `--clients` tasks submit
+//! synchronously in a loop, `--workers` tasks poll and echo each payload back
+//! as the result; every result is checked against the payload its request
+//! sent (each payload is unique), and latencies go into a histogram.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::{exit, fail, positive_secs, secs};
+use crate::client::{Client, SubmitOptions, URL_DEFAULT};
+
+/// How long one bench submit may wait before it counts as an error.
+const SUBMIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Largest latency the histogram records, in microseconds (one hour).
+const LATENCY_MAX_US: u64 = 3_600_000_000;
+
+/// `jobq bench` flags.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// The server to load [default: $JOBQ_URL, else http://127.0.0.1:3000].
+    #[arg(long, conflicts_with = "embedded")]
+    pub url: Option<String>,
+    /// Start a server inside this process, with in-memory storage
+    /// (`--storage memory`: nothing on disk) on an ephemeral loopback port,
+    /// and load that one. Measures the server and HTTP stack, not a store.
+    #[arg(long)]
+    pub embedded: bool,
+    /// Sent as `Authorization: Bearer TOKEN`.
+    #[arg(long, env = "JOBQ_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Concurrent submitting clients.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub clients: u32,
+    /// Concurrent polling workers.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub workers: u32,
+    /// Seconds to submit for (jobs in flight then finish).
+    #[arg(long, default_value = "10", value_parser = positive_secs, value_name = "SECS")]
+    pub duration: Duration,
+    /// Size of each payload.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(0..=(64 << 20)))]
+    pub payload_bytes: u64,
+    /// Seconds each worker poll waits for a job.
+    #[arg(long, default_value = "5", value_parser = secs, value_name = "SECS")]
+    pub long_poll: Duration,
+    /// Queue the bench jobs go through.
+    #[arg(long, default_value = "bench")]
+    pub queue: String,
+    /// Print the report as JSON (and no progress bar).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What the clients counted.
+struct Tally {
+    /// Results that matched their request.
+    ok: AtomicU64,
+    /// Submits that did not complete.
+    errors: AtomicU64,
+    /// Results that did not match their request: must stay 0.
+    mismatches: AtomicU64,
+    /// The first error, for the report.
+    first_error: Mutex<Option<String>>,
+}
+
+/// A unique payload of (at least) `len` bytes.
+fn payload(client: u32, seq: u64, len: usize) -> Vec<u8> {
+    let mut p = format!("bench:{client}:{seq}:").into_bytes();
+    if p.len() < len {
+        p.resize(len, b'x');
+    }
+    p
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("valid histogram bounds")
+}
+
+/// A server inside this process, for `--embedded`.
+struct Embedded {
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start_embedded() -> anyhow::Result<(String, Embedded)> {
+    let cli = crate::config::Cli::try_parse_from(["jobq", "serve", "--storage", "memory"])?;
+    let Some(crate::config::Command::Serve(args)) = cli.command else {
+        anyhow::bail!("could not build the embedded server's flags");
+    };
+    let store = crate::store::open(&crate::store::Backend::Memory).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let broker = crate::broker::Broker::new(store, args.broker_config());
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(crate::server::run(
+        listener,
+        broker,
+        args.server_config(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    Ok((format!("http://{addr}"), Embedded { stop, handle }))
+}
+
+/// Runs the bench and prints its report.
+pub async fn run(a: BenchArgs) -> ExitCode {
+    let (url, embedded) = if a.embedded {
+        match start_embedded().await {
+            Ok((u, e)) => (u, Some(e)),
+            Err(e) => return fail(format!("cannot start the embedded server: {e:#}")),
+        }
+    } else {
+        let url = a
+            .url
+            .clone()
+            .or_else(|| std::env::var("JOBQ_URL").ok())
+            .unwrap_or_else(|| URL_DEFAULT.into());
+        (url, None)
+    };
+    let client = match &a.token {
+        Some(t) => Client::with_token(&url, t),
+        None => Client::new(&url),
+    };
+    let client = match client {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = client.stats().await {
+        if e.is_transient() {
+            return fail(e);
+        }
+    }
+
+    let stop_workers = CancellationToken::new();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..a.workers {
+        let w = client.worker(vec![a.queue.clone()]).long_poll(a.long_poll);
+        let stop = stop_workers.clone();
+        workers.spawn(async move {
+            loop {
+                let polled = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = w.poll() => r,
+                };
+                match polled {
+                    Ok(Some(job)) => {
+                        let _ = w.complete(&job, job.payload.clone()).await;
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    let tally = Arc::new(Tally {
+        ok: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        mismatches: AtomicU64::new(0),
+        first_error: Mutex::new(None),
+    });
+    let start = Instant::now();
+    let deadline = start + a.duration;
+    let opts = SubmitOptions {
+        queue: Some(a.queue.clone()),
+        timeout: Some(SUBMIT_TIMEOUT),
+        ..Default::default()
+    };
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..a.clients {
+        let (client, tally, opts) = (client.clone(), tally.clone(), opts.clone());
+        let len = a.payload_bytes as usize;
+        clients.spawn(async move {
+            let mut hist = new_histogram();
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                seq += 1;
+                let p = bytes::Bytes::from(payload(c, seq, len));
+                let t0 = Instant::now();
+                match client.submit(p.clone(), &opts).await {
+                    Ok(done) if done.result == p => {
+                        let us = t0.elapsed().as_micros().clamp(1, LATENCY_MAX_US as u128);
+                        let _ = hist.record(us as u64);
+                        tally.ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {
+                        tally.mismatches.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tally.errors.fetch_add(1, Ordering::Relaxed);
+                        tally
+                            .first_error
+                            .lock()
+                            .get_or_insert_with(|| e.to_string());
+                        if e.is_transient() {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }
+            hist
+        });
+    }
+
+    let bar = if a.json {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(a.duration.as_millis() as u64);
+        b.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {msg}")
+                .expect("valid template"),
+        );
+        b
+    };
+    let mut hist = new_histogram();
+    {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let (mut last_n, mut last_t) = (0u64, Instant::now());
+        loop {
+            tokio::select! {
+                done = clients.join_next() => match done {
+                    Some(Ok(h)) => { let _ = hist.add(&h); }
+                    Some(Err(e)) => { tally.first_error.lock().get_or_insert_with(|| e.to_string()); }
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    let n = tally.ok.load(Ordering::Relaxed);
+                    let now = Instant::now();
+                    let rate = (n - last_n) as f64 / now.duration_since(last_t).as_secs_f64().max(1e-3);
+                    (last_n, last_t) = (n, now);
+                    bar.set_position((now.duration_since(start).as_millis() as u64).min(a.duration.as_millis() as u64));
+                    bar.set_message(format!("{n} jobs, {rate:.0} jobs/s"));
+                }
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    bar.finish_and_clear();
+    stop_workers.cancel();
+    while workers.join_next().await.is_some() {}
+    if let Some(e) = embedded {
+        let _ = e.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), e.handle).await;
+    }
+
+    let ok = tally.ok.load(Ordering::Relaxed);
+    let errors = tally.errors.load(Ordering::Relaxed);
+    let mismatches = tally.mismatches.load(Ordering::Relaxed);
+    let rate = ok as f64 / elapsed.as_secs_f64();
+    let ms = |us: u64| us as f64 / 1000.0;
+    let (p50, p90, p99, max) = if ok == 0 {
+        (0.0, 0.0, 0.0, 0.0)
+    } else {
+        (
+            ms(hist.value_at_quantile(0.50)),
+            ms(hist.value_at_quantile(0.90)),
+            ms(hist.value_at_quantile(0.99)),
+            ms(hist.max()),
+        )
+    };
+    let first_error = tally.first_error.lock().clone();
+    if a.json {
+        let report = json!({
+            "url": url,
+            "embedded": a.embedded,
+            "clients": a.clients,
+            "workers": a.workers,
+            "duration_s": elapsed.as_secs_f64(),
+            "payload_bytes": a.payload_bytes,
+            "jobs": ok,
+            "errors": errors,
+            "mismatches": mismatches,
+            "jobs_per_s": rate,
+            "latency_ms": {"p50": p50, "p90": p90, "p99": p99, "max": max},
+            "first_error": first_error,
+        });
+        println!("{report}");
+    } else {
+        let what = if a.embedded {
+            format!("{url} (embedded, memory storage)")
+        } else {
+            url.clone()
+        };
+        println!(
+            "jobq bench: {} clients, {} workers, {:.1}s, {}-byte payloads, {what}",
+            a.clients,
+            a.workers,
+            elapsed.as_secs_f64(),
+            a.payload_bytes
+        );
+        println!("jobs:        {ok} completed, {errors} errors, {mismatches} mismatched results");
+        println!("throughput:  {rate:.1} jobs/s");
+        println!(
+            "latency:     p50 {p50:.2} ms   p90 {p90:.2} ms   p99 {p99:.2} ms   max {max:.2} ms"
+        );
+        if let Some(e) = &first_error {
+            println!("first error: {e}");
+        }
+    }
+    if mismatches > 0 {
+        eprintln!("jobq: error: {mismatches} result(s) did not belong to their request");
+        return ExitCode::from(exit::ERROR);
+    }
+    if ok == 0 || errors > 0 {
+        return ExitCode::from(exit::ERROR);
+    }
+    ExitCode::from(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_unique_and_sized() {
+        assert_eq!(payload(1, 2, 100).len(), 100);
+        assert_ne!(payload(1, 2, 100), payload(2, 1, 100));
+        assert_ne!(payload(1, 12, 0), payload(11, 2, 0));
+        assert!(std::str::from_utf8(&payload(1, 2, 0)).is_ok());
+    }
+}

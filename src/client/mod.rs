@@ -1,0 +1,643 @@
+//! A Rust client for jobq's HTTP API (SPEC §3): [`Client`] submits, reads
+//! and cancels jobs and calls the admin endpoints; [`Worker`] polls for jobs,
+//! heartbeats them and posts their results, and [`Worker::run`] is a complete
+//! worker loop with concurrency, heartbeats and a graceful stop.
+//!
+//! This module only speaks HTTP; it must not reach into the server's modules,
+//! so it works the same against a local or a remote server.
+//!
+//! Payloads and results are bytes. The server embeds them in JSON (SPEC §2);
+//! [`decode_payload`] turns them back into bytes: base64 when flagged, the
+//! text of a JSON string, or the JSON text itself. (A result that was itself
+//! a JSON string literal such as `"hi"` therefore comes back as `hi`.)
+//!
+//! ```no_run
+//! use jobq::client::{Client, Outcome, RunOptions, SubmitOptions};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn demo() -> Result<(), jobq::client::Error> {
+//! let client = Client::new("http://127.0.0.1:3000")?;
+//!
+//! // A worker: upper-cases payloads until `stop` is cancelled.
+//! let stop = CancellationToken::new();
+//! let worker = client.worker(vec!["default".into()]);
+//! tokio::spawn(worker.run(RunOptions::default(), stop.clone(), |job, _lost| async move {
+//!     Outcome::Complete(job.payload.to_ascii_uppercase().into())
+//! }));
+//!
+//! // A client: submit and wait for the result.
+//! let done = client.submit("hello", &SubmitOptions::default()).await?;
+//! assert_eq!(done.result, "HELLO");
+//! stop.cancel();
+//! # Ok(()) }
+//! ```
+//!
+//! Runnable versions: `examples/worker.rs` and `examples/submit.rs`.
+
+mod worker;
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+pub use worker::{Job, Outcome, RunOptions, Worker, LONG_POLL_DEFAULT};
+
+/// The server a client talks to when none is named (`--url`, `JOBQ_URL`).
+pub const URL_DEFAULT: &str = "http://127.0.0.1:3000";
+
+/// How long establishing a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything that can go wrong talking to a jobq server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server could not be reached, or the connection broke.
+    #[error("cannot reach the server at {url}: {}", root_cause(source))]
+    Unreachable {
+        /// The URL that was called.
+        url: String,
+        /// The transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The job failed (`502`): the worker's error, after `attempts` hand-outs.
+    #[error("job {job_id} failed after {attempts} attempt(s): {error}")]
+    JobFailed {
+        /// The job.
+        job_id: String,
+        /// Hand-outs it had.
+        attempts: u32,
+        /// The worker's error (for `jobq worker`, the command's stderr tail).
+        error: String,
+    },
+    /// The job was cancelled or its queue cleared (`410`).
+    #[error("job {job_id} was cancelled")]
+    JobCancelled {
+        /// The job.
+        job_id: String,
+    },
+    /// A sync submit's wait ended before the job did (`202`): the job goes
+    /// on; fetch it later with [`Client::job`].
+    #[error("job {job_id} is still running; the wait timed out")]
+    StillRunning {
+        /// The job.
+        job_id: String,
+    },
+    /// A worker call about a job that is no longer this worker's (`409`):
+    /// cancelled, ended, or its lease was given to another worker.
+    #[error("job {job_id} is no longer this worker's (cancelled, ended or lease lost)")]
+    LeaseLost {
+        /// The job.
+        job_id: String,
+    },
+    /// Any other refusal (`4xx`, `503`): the server's message.
+    #[error("server answered {status}: {message}")]
+    Rejected {
+        /// HTTP status code.
+        status: u16,
+        /// The server's `error` sentence.
+        message: String,
+        /// The job the answer is about, if any.
+        job_id: Option<String>,
+        /// `Retry-After`, when given.
+        retry_after: Option<Duration>,
+    },
+    /// An answer that does not follow the API.
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// The server is away (unreachable, or `503`): worth retrying later.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Unreachable { .. } | Error::Rejected { status: 503, .. }
+        )
+    }
+}
+
+/// The innermost cause of a transport error ("Connection refused"), which
+/// says more than reqwest's own "error sending request".
+fn root_cause(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    if e.is_timeout() {
+        format!("timed out ({cause})")
+    } else {
+        cause.to_string()
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Options of a submit (all optional; the server's defaults apply).
+#[derive(Debug, Clone, Default)]
+pub struct SubmitOptions {
+    /// Queue name (`default` when unset).
+    pub queue: Option<String>,
+    /// Priority: higher first.
+    pub priority: Option<i32>,
+    /// How long a sync submit waits (`Some(ZERO)` = forever); the server's
+    /// `--wait-timeout` when unset.
+    pub timeout: Option<Duration>,
+    /// `Idempotency-Key`: a repeated submit attaches to the first job.
+    pub idempotency_key: Option<String>,
+    /// The payload's `Content-Type`.
+    pub content_type: Option<String>,
+}
+
+/// A job as `GET /api/jobs/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobView {
+    /// The job's id.
+    pub job_id: String,
+    /// Its queue.
+    pub queue: String,
+    /// `pending`, `running`, `completed`, `failed` or `cancelled`.
+    pub status: String,
+    /// Hand-outs so far.
+    pub attempts: u32,
+    /// Priority (higher first).
+    pub priority: i64,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, once first handed out.
+    pub started_at: Option<String>,
+    /// RFC 3339, once ended.
+    pub completed_at: Option<String>,
+    /// The result, once completed.
+    pub result: Option<Bytes>,
+    /// The error, once failed.
+    pub error: Option<String>,
+    /// Jobs ahead of it while pending.
+    pub position: Option<u64>,
+}
+
+/// The job view as the server sends it (fields as in SPEC §3).
+#[derive(Deserialize)]
+struct RawJobView {
+    job_id: String,
+    #[serde(default)]
+    queue: String,
+    status: String,
+    #[serde(default)]
+    attempts: u32,
+    #[serde(default)]
+    priority: i64,
+    #[serde(default)]
+    created_at: String,
+    #[serde(default)]
+    started_at: Option<String>,
+    #[serde(default)]
+    completed_at: Option<String>,
+    #[serde(default)]
+    payload: Option<Box<RawValue>>,
+    #[serde(default)]
+    payload_encoding: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    position: Option<u64>,
+}
+
+impl RawJobView {
+    fn into_view(self) -> Result<JobView> {
+        let result = match &self.payload {
+            Some(p) => Some(decode_payload(p, self.payload_encoding.as_deref())?),
+            None => None,
+        };
+        Ok(JobView {
+            job_id: self.job_id,
+            queue: self.queue,
+            status: self.status,
+            attempts: self.attempts,
+            priority: self.priority,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            completed_at: self.completed_at,
+            result,
+            error: self.error,
+            position: self.position,
+        })
+    }
+}
+
+/// Turns a payload embedded in a JSON answer back into bytes (SPEC §2):
+/// base64 when `encoding` says so, the text of a JSON string, otherwise the
+/// JSON text as sent.
+///
+/// # Errors
+/// Flagged base64 that does not decode, or a malformed string.
+pub fn decode_payload(raw: &RawValue, encoding: Option<&str>) -> Result<Bytes> {
+    let text = raw.get().trim();
+    if encoding == Some("base64") {
+        let s: String = serde_json::from_str(text)
+            .map_err(|e| Error::Protocol(format!("base64 payload is not a string: {e}")))?;
+        return base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map(Bytes::from)
+            .map_err(|e| Error::Protocol(format!("payload is not valid base64: {e}")));
+    }
+    if text.starts_with('"') {
+        let s: String = serde_json::from_str(text)
+            .map_err(|e| Error::Protocol(format!("malformed payload string: {e}")))?;
+        return Ok(Bytes::from(s));
+    }
+    Ok(Bytes::copy_from_slice(text.as_bytes()))
+}
+
+/// The `{"error", "job_id", "attempts"}` body of a refusal.
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    job_id: Option<String>,
+    #[serde(default)]
+    attempts: Option<u32>,
+}
+
+/// Maps a non-success answer to an [`Error`].
+async fn refusal(resp: Response) -> Error {
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let header_id = resp
+        .headers()
+        .get("x-job-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = resp.text().await.unwrap_or_default();
+    let body: ErrorBody = serde_json::from_str(&text).unwrap_or_default();
+    let job_id = body.job_id.or(header_id);
+    let message = body.error.unwrap_or_else(|| {
+        let t = text.trim();
+        if t.is_empty() {
+            status.canonical_reason().unwrap_or("no reason").to_owned()
+        } else {
+            t.chars().take(300).collect()
+        }
+    });
+    match (status, job_id) {
+        (StatusCode::BAD_GATEWAY, Some(job_id)) => Error::JobFailed {
+            job_id,
+            attempts: body.attempts.unwrap_or(0),
+            error: message,
+        },
+        (StatusCode::GONE, Some(job_id)) => Error::JobCancelled { job_id },
+        (_, job_id) => Error::Rejected {
+            status: status.as_u16(),
+            message,
+            job_id,
+            retry_after,
+        },
+    }
+}
+
+/// Parses an RFC 3339 timestamp from the server.
+fn parse_time(s: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339(s.trim()).ok()
+}
+
+/// A handle on one jobq server. Cheap to clone (connections are pooled and
+/// shared between clones).
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Pooled HTTP connections.
+    http: reqwest::Client,
+    /// `http://host:port`, without a trailing slash.
+    base: String,
+}
+
+impl Client {
+    /// A client for the server at `base` (e.g. `http://127.0.0.1:3000`).
+    ///
+    /// # Errors
+    /// `base` is not an `http://` URL.
+    pub fn new(base: &str) -> Result<Self> {
+        Self::build(base, None)
+    }
+
+    /// Like [`Client::new`], sending `Authorization: Bearer <token>` on every call.
+    ///
+    /// # Errors
+    /// `base` is not an `http://` URL, or the token is not a valid header value.
+    pub fn with_token(base: &str, token: &str) -> Result<Self> {
+        Self::build(base, Some(token))
+    }
+
+    fn build(base: &str, token: Option<&str>) -> Result<Self> {
+        let base = base.trim().trim_end_matches('/').to_owned();
+        let url = reqwest::Url::parse(&base)
+            .map_err(|e| Error::Protocol(format!("bad server URL {base:?}: {e}")))?;
+        if url.scheme() != "http" {
+            return Err(Error::Protocol(format!(
+                "bad server URL {base:?}: only http:// is supported (put a TLS proxy in front)"
+            )));
+        }
+        let mut headers = HeaderMap::new();
+        if let Some(t) = token {
+            let mut v = HeaderValue::from_str(&format!("Bearer {t}"))
+                .map_err(|_| Error::Protocol("the token is not a valid header value".into()))?;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| Error::Protocol(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Client { http, base })
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Sends a request; transport failures become [`Error::Unreachable`].
+    async fn send(&self, req: RequestBuilder) -> Result<Response> {
+        req.send().await.map_err(|source| Error::Unreachable {
+            url: source
+                .url()
+                .map(|u| u.to_string())
+                .unwrap_or_else(|| self.base.clone()),
+            source,
+        })
+    }
+
+    fn submit_request(&self, path: &str, payload: Bytes, opts: &SubmitOptions) -> RequestBuilder {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(q) = &opts.queue {
+            query.push(("queue", q.clone()));
+        }
+        if let Some(p) = opts.priority {
+            query.push(("priority", p.to_string()));
+        }
+        if let Some(t) = opts.timeout {
+            query.push(("timeout", format!("{}", t.as_secs_f64())));
+        }
+        let mut req = self.http.post(self.url(path)).query(&query).body(payload);
+        if let Some(k) = &opts.idempotency_key {
+            req = req.header("idempotency-key", k);
+        }
+        if let Some(ct) = &opts.content_type {
+            req = req.header(reqwest::header::CONTENT_TYPE, ct);
+        }
+        req
+    }
+
+    /// Submits a job and waits for its result (`POST /api/submit`).
+    ///
+    /// # Errors
+    /// [`Error::JobFailed`], [`Error::JobCancelled`], [`Error::StillRunning`]
+    /// (the wait timed out; the job goes on), [`Error::Rejected`] (e.g. `503`
+    /// queue full), [`Error::Unreachable`].
+    pub async fn submit(
+        &self,
+        payload: impl Into<Bytes>,
+        opts: &SubmitOptions,
+    ) -> Result<Completed> {
+        let resp = self
+            .send(self.submit_request("/api/submit", payload.into(), opts))
+            .await?;
+        match resp.status() {
+            StatusCode::OK => {
+                #[derive(Deserialize)]
+                struct Done {
+                    job_id: String,
+                    payload: Box<RawValue>,
+                    #[serde(default)]
+                    payload_encoding: Option<String>,
+                }
+                let d: Done = json(resp).await?;
+                Ok(Completed {
+                    result: decode_payload(&d.payload, d.payload_encoding.as_deref())?,
+                    job_id: d.job_id,
+                })
+            }
+            StatusCode::ACCEPTED => {
+                let a: Accepted = json(resp).await?;
+                Err(Error::StillRunning { job_id: a.job_id })
+            }
+            _ => Err(refusal(resp).await),
+        }
+    }
+
+    /// Submits a job without waiting (`POST /api/jobs`); returns its id.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`], [`Error::Unreachable`].
+    pub async fn submit_async(
+        &self,
+        payload: impl Into<Bytes>,
+        opts: &SubmitOptions,
+    ) -> Result<String> {
+        let resp = self
+            .send(self.submit_request("/api/jobs", payload.into(), opts))
+            .await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(refusal(resp).await);
+        }
+        let a: Accepted = json(resp).await?;
+        Ok(a.job_id)
+    }
+
+    /// The job as it stands (`GET /api/jobs/{id}`).
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] with `404` for an unknown or expired id.
+    pub async fn job(&self, id: &str) -> Result<JobView> {
+        self.job_wait(id, Duration::ZERO).await
+    }
+
+    /// The job once it has ended, or as it stands after `wait`
+    /// (`GET /api/jobs/{id}?wait=N`).
+    ///
+    /// # Errors
+    /// As [`Client::job`].
+    pub async fn job_wait(&self, id: &str, wait: Duration) -> Result<JobView> {
+        let mut req = self.http.get(self.url(&format!("/api/jobs/{id}")));
+        if !wait.is_zero() {
+            req = req.query(&[("wait", wait.as_secs_f64().to_string())]);
+        }
+        let resp = self.send(req).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(refusal(resp).await);
+        }
+        json::<RawJobView>(resp).await?.into_view()
+    }
+
+    /// Cancels a job (`DELETE /api/jobs/{id}`); returns it as cancelled.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`]: `404` unknown id, `409` the job already ended.
+    pub async fn cancel(&self, id: &str) -> Result<JobView> {
+        let resp = self
+            .send(self.http.delete(self.url(&format!("/api/jobs/{id}"))))
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(refusal(resp).await);
+        }
+        json::<RawJobView>(resp).await?.into_view()
+    }
+
+    /// `GET /api/admin/stats`, as the server sends it.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] (e.g. `401`/`403`), [`Error::Unreachable`].
+    pub async fn stats(&self) -> Result<serde_json::Value> {
+        let resp = self
+            .send(self.http.get(self.url("/api/admin/stats")))
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(refusal(resp).await);
+        }
+        json(resp).await
+    }
+
+    /// `GET /api/admin/jobs`: newest first, at most `limit` (server default 100).
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] (e.g. an unknown status), [`Error::Unreachable`].
+    pub async fn jobs(
+        &self,
+        status: Option<&str>,
+        queue: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Vec<JobView>> {
+        let mut q: Vec<(&str, String)> = Vec::new();
+        if let Some(s) = status {
+            q.push(("status", s.to_owned()));
+        }
+        if let Some(s) = queue {
+            q.push(("queue", s.to_owned()));
+        }
+        if let Some(l) = limit {
+            q.push(("limit", l.to_string()));
+        }
+        let resp = self
+            .send(self.http.get(self.url("/api/admin/jobs")).query(&q))
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(refusal(resp).await);
+        }
+        #[derive(Deserialize)]
+        struct List {
+            jobs: Vec<RawJobView>,
+        }
+        let l: List = json(resp).await?;
+        l.jobs.into_iter().map(RawJobView::into_view).collect()
+    }
+
+    /// `DELETE /api/admin/clear[?queue=]`: returns how many jobs were cancelled.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`], [`Error::Unreachable`].
+    pub async fn clear(&self, queue: Option<&str>) -> Result<u64> {
+        let mut req = self.http.delete(self.url("/api/admin/clear"));
+        if let Some(q) = queue {
+            req = req.query(&[("queue", q)]);
+        }
+        let resp = self.send(req).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(refusal(resp).await);
+        }
+        #[derive(Deserialize)]
+        struct Cleared {
+            #[serde(default)]
+            cancelled: u64,
+        }
+        Ok(json::<Cleared>(resp).await?.cancelled)
+    }
+
+    /// A worker taking jobs from `queues` (the first non-empty wins; empty =
+    /// the `default` queue).
+    pub fn worker(&self, queues: Vec<String>) -> Worker {
+        Worker::new(self.clone(), queues)
+    }
+}
+
+/// A completed job's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    /// The job.
+    pub job_id: String,
+    /// The worker's result, as bytes.
+    pub result: Bytes,
+}
+
+#[derive(Deserialize)]
+struct Accepted {
+    job_id: String,
+}
+
+/// Reads a JSON answer.
+async fn json<T: serde::de::DeserializeOwned>(resp: Response) -> Result<T> {
+    let url = resp.url().to_string();
+    let bytes = resp.bytes().await.map_err(|source| Error::Unreachable {
+        url: url.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Protocol(format!("malformed JSON from {url}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn payloads_decode_back_to_bytes() {
+        assert_eq!(
+            decode_payload(&raw(r#"{"a": 1}"#), None).unwrap(),
+            &br#"{"a": 1}"#[..]
+        );
+        assert_eq!(
+            decode_payload(&raw(r#""HELLO\n""#), None).unwrap(),
+            &b"HELLO\n"[..]
+        );
+        assert_eq!(decode_payload(&raw("42"), None).unwrap(), &b"42"[..]);
+        assert_eq!(
+            decode_payload(&raw(r#""/wAQ""#), Some("base64")).unwrap(),
+            &[0xff, 0x00, 0x10][..]
+        );
+        assert!(decode_payload(&raw(r#""!!""#), Some("base64")).is_err());
+    }
+
+    #[test]
+    fn server_timestamps_parse() {
+        let t = parse_time("2026-11-28T14:39:56.123456Z").unwrap();
+        assert!(t > SystemTime::UNIX_EPOCH);
+    }
+
+    #[test]
+    fn only_http_urls() {
+        assert!(Client::new("http://127.0.0.1:3000/").is_ok());
+        assert_eq!(Client::new("http://h:1/").unwrap().base_url(), "http://h:1");
+        assert!(Client::new("https://h").is_err());
+        assert!(Client::new("nowhere").is_err());
+    }
+}

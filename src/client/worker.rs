@@ -1,0 +1,528 @@
+//! The worker side of the API: poll, complete, fail, heartbeat, and the
+//! [`Worker::run`] loop that ties them together (concurrency, heartbeats
+//! every third of the lease, backoff while the server is away, graceful stop).
+//!
+//! Every call about a job sends its `X-Lease-Id`, so a worker whose lease
+//! was lost can never overwrite another worker's result.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{decode_payload, json, parse_time, refusal, Client, Error, Result};
+
+/// Long-poll wait of [`Worker::poll`] unless [`Worker::long_poll`] says otherwise.
+pub const LONG_POLL_DEFAULT: Duration = Duration::from_secs(30);
+
+/// Heartbeat interval when the server did not say when the lease expires.
+const HEARTBEAT_FALLBACK: Duration = Duration::from_secs(10);
+
+/// How long one complete, fail or heartbeat call may take.
+const JOB_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long one heartbeat call may take before the next is tried.
+const HEARTBEAT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shortest heartbeat interval (a very short lease must not spin).
+const HEARTBEAT_MIN: Duration = Duration::from_millis(50);
+
+/// First and longest pause between attempts while the server is away.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// How long a finished job's result is retried while the server is away.
+const POST_RETRY_WINDOW: Duration = Duration::from_secs(30);
+
+/// Extra time a long-poll request gets beyond its wait before it is given up.
+const POLL_SLACK: Duration = Duration::from_secs(30);
+
+/// A job handed to this worker.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The job's id.
+    pub id: String,
+    /// The submitted payload, as bytes.
+    pub payload: Bytes,
+    /// The submit request's headers (names lower-cased, credentials removed).
+    pub headers: serde_json::Map<String, serde_json::Value>,
+    /// The queue it came from.
+    pub queue: String,
+    /// Which hand-out this is (1 for the first).
+    pub attempt: u32,
+    /// The fencing token of this hand-out; sent as `X-Lease-Id`.
+    pub lease_id: String,
+    /// When the lease runs out unless heartbeated (by the server's clock).
+    pub lease_expires_at: Option<SystemTime>,
+    /// What was left of the lease when the job was handed out, by the
+    /// server's clock (so heartbeats do not depend on this machine's clock).
+    pub lease_left: Option<Duration>,
+}
+
+/// How often to heartbeat: a third of what is left of the lease, at least
+/// [`HEARTBEAT_MIN`]; [`HEARTBEAT_FALLBACK`] when unknown.
+fn heartbeat_interval(lease_left: Option<Duration>) -> Duration {
+    match lease_left {
+        Some(left) => (left / 3).max(HEARTBEAT_MIN),
+        None => HEARTBEAT_FALLBACK,
+    }
+}
+
+/// Time left until `expires`, measured by the server's clock: its `Date`
+/// header (whole seconds, so half a second is taken off), or this machine's
+/// clock when the server sent no date.
+fn lease_left(expires: Option<SystemTime>, server_date: Option<SystemTime>) -> Option<Duration> {
+    let expires = expires?;
+    Some(match server_date {
+        Some(now) => expires
+            .duration_since(now)
+            .unwrap_or_default()
+            .saturating_sub(Duration::from_millis(500)),
+        None => expires
+            .duration_since(SystemTime::now())
+            .unwrap_or_default(),
+    })
+}
+
+/// The answer's `Date` header.
+fn server_date(resp: &reqwest::Response) -> Option<SystemTime> {
+    let v = resp.headers().get(reqwest::header::DATE)?.to_str().ok()?;
+    httpdate::parse_http_date(v).ok()
+}
+
+/// A poll's `200` answer, as the server sends it (fields as in SPEC §3).
+#[derive(Deserialize)]
+struct Handout {
+    job_id: String,
+    payload: Box<RawValue>,
+    #[serde(default)]
+    payload_encoding: Option<String>,
+    #[serde(default)]
+    headers: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    queue: String,
+    #[serde(default)]
+    attempt: u32,
+    #[serde(default)]
+    lease_id: String,
+    #[serde(default)]
+    lease_expires_at: Option<String>,
+}
+
+/// What a handler made of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Post this result (`complete`).
+    Complete(Bytes),
+    /// Post a failure (`fail`); `retry: false` fails the job for good.
+    Fail {
+        /// The error the waiting client will see if this was the last attempt.
+        error: String,
+        /// Whether the job may be handed out again.
+        retry: bool,
+    },
+}
+
+/// Options of [`Worker::run`].
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Jobs handled at once (at least 1).
+    pub concurrency: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { concurrency: 1 }
+    }
+}
+
+/// Exponential backoff between [`BACKOFF_FIRST`] and [`BACKOFF_MAX`].
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(BACKOFF_FIRST)
+    }
+    fn next_pause(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+        d
+    }
+}
+
+/// Takes jobs from one server's queues. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    /// The server.
+    client: Client,
+    /// `?queue=a,b` (empty: the server's `default` queue).
+    queues: Vec<String>,
+    /// `?wait=N` of each poll.
+    wait: Duration,
+}
+
+impl Worker {
+    pub(super) fn new(client: Client, queues: Vec<String>) -> Self {
+        Worker {
+            client,
+            queues,
+            wait: LONG_POLL_DEFAULT,
+        }
+    }
+
+    /// Sets how long one poll may wait for a job (0 = answer at once).
+    pub fn long_poll(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Asks for a job, waiting up to the long-poll time (`GET /api/worker/poll`).
+    /// `None`: no job came.
+    ///
+    /// # Errors
+    /// [`Error::Unreachable`], [`Error::Rejected`] (`503` while the server
+    /// shuts down; see [`Error::is_transient`]).
+    pub async fn poll(&self) -> Result<Option<Job>> {
+        let c = &self.client;
+        let mut q: Vec<(&str, String)> = vec![("wait", self.wait.as_secs_f64().to_string())];
+        if !self.queues.is_empty() {
+            q.push(("queue", self.queues.join(",")));
+        }
+        let req = c
+            .http
+            .get(c.url("/api/worker/poll"))
+            .query(&q)
+            .timeout(self.wait + POLL_SLACK);
+        let resp = c.send(req).await?;
+        match resp.status() {
+            StatusCode::NO_CONTENT => Ok(None),
+            StatusCode::OK => {
+                let date = server_date(&resp);
+                let h: Handout = json(resp).await?;
+                let expires = h.lease_expires_at.as_deref().and_then(parse_time);
+                Ok(Some(Job {
+                    payload: decode_payload(&h.payload, h.payload_encoding.as_deref())?,
+                    id: h.job_id,
+                    headers: h.headers,
+                    queue: h.queue,
+                    attempt: h.attempt,
+                    lease_id: h.lease_id,
+                    lease_expires_at: expires,
+                    lease_left: lease_left(expires, date),
+                }))
+            }
+            _ => Err(refusal(resp).await),
+        }
+    }
+
+    fn job_call(&self, what: &str, job: &Job) -> reqwest::RequestBuilder {
+        let c = &self.client;
+        let mut req = c
+            .http
+            .post(c.url(&format!("/api/worker/{what}/{}", job.id)))
+            .timeout(JOB_CALL_TIMEOUT);
+        if !job.lease_id.is_empty() {
+            req = req.header("x-lease-id", &job.lease_id);
+        }
+        req
+    }
+
+    /// Maps a worker call's refusal: `409` means the job is not ours any more.
+    async fn job_refusal(job: &Job, resp: reqwest::Response) -> Error {
+        if resp.status() == StatusCode::CONFLICT {
+            return Error::LeaseLost {
+                job_id: job.id.clone(),
+            };
+        }
+        refusal(resp).await
+    }
+
+    /// Posts the job's result (`POST /api/worker/complete/{id}`).
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] (cancelled, or the lease went to another worker),
+    /// [`Error::Rejected`] (`404`: the server forgot the job), [`Error::Unreachable`].
+    pub async fn complete(&self, job: &Job, result: impl Into<Bytes>) -> Result<()> {
+        let resp = self
+            .client
+            .send(self.job_call("complete", job).body(result.into()))
+            .await?;
+        if resp.status() == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(Self::job_refusal(job, resp).await)
+        }
+    }
+
+    /// Reports a failure (`POST /api/worker/fail/{id}`). With `retry` the
+    /// server hands the job out again while attempts remain.
+    ///
+    /// # Errors
+    /// As [`Worker::complete`].
+    pub async fn fail(&self, job: &Job, error: &str, retry: bool) -> Result<()> {
+        let body = serde_json::json!({ "error": error, "retry": retry });
+        let resp = self
+            .client
+            .send(
+                self.job_call("fail", job)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.to_string()),
+            )
+            .await?;
+        if resp.status() == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(Self::job_refusal(job, resp).await)
+        }
+    }
+
+    /// Extends the lease (`POST /api/worker/heartbeat/{id}`); returns what
+    /// is now left of it (by the server's clock) when the server said.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`]: stop working on the job. Others as [`Worker::complete`].
+    pub async fn heartbeat(&self, job: &Job) -> Result<Option<Duration>> {
+        let resp = self.client.send(self.job_call("heartbeat", job)).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(Self::job_refusal(job, resp).await);
+        }
+        let date = server_date(&resp);
+        #[derive(Deserialize)]
+        struct Beat {
+            #[serde(default)]
+            lease_expires_at: Option<String>,
+        }
+        let b: Beat = json(resp).await?;
+        Ok(lease_left(
+            b.lease_expires_at.as_deref().and_then(parse_time),
+            date,
+        ))
+    }
+
+    /// Runs `handler` on every job until `stop` is cancelled, then lets the
+    /// jobs in hand finish, posts their outcomes, and returns.
+    ///
+    /// Up to `opts.concurrency` jobs run at once. While a job runs, its lease
+    /// is heartbeated every third of the lease; if the server says the job is
+    /// no longer ours (cancelled, lost), the token passed to the handler is
+    /// cancelled: the handler should stop, and its outcome is discarded.
+    /// While the server is away, polling backs off (100 ms doubling up to
+    /// 5 s); that is logged once when it starts and once when it ends.
+    ///
+    /// # Errors
+    /// The server refused to hand out jobs for a reason that waiting will not
+    /// fix (e.g. `401`, `403`, a malformed queue name); jobs in hand are
+    /// finished first.
+    pub async fn run<H, F>(
+        self,
+        opts: RunOptions,
+        stop: CancellationToken,
+        handler: H,
+    ) -> Result<()>
+    where
+        H: Fn(Job, CancellationToken) -> F + Send + Sync + 'static,
+        F: Future<Output = Outcome> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let slots = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        let mut backoff = Backoff::new();
+        let mut away = false;
+        let mut result = Ok(());
+        loop {
+            while let Some(done) = tasks.try_join_next() {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "a job task panicked");
+                }
+            }
+            let permit = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            };
+            // Dropping a poll that is in flight is safe: a job claimed at
+            // that instant comes back when its lease expires.
+            let polled = tokio::select! {
+                biased;
+                r = self.poll() => r,
+                _ = stop.cancelled() => break,
+            };
+            match polled {
+                Ok(job) => {
+                    if away {
+                        tracing::info!(url = %self.client.base, "server is back; polling again");
+                        away = false;
+                    }
+                    backoff = Backoff::new();
+                    if let Some(job) = job {
+                        let (me, handler) = (self.clone(), handler.clone());
+                        tasks.spawn(async move {
+                            me.handle(job, &*handler).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) if e.is_transient() => {
+                    if !away {
+                        tracing::warn!(error = %e, "server is away; retrying with backoff (up to {}s between tries)", BACKOFF_MAX.as_secs());
+                        away = true;
+                    }
+                    let pause = backoff.next_pause();
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the server refuses to hand out jobs; stopping");
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+        if !tasks.is_empty() {
+            tracing::info!(jobs = tasks.len(), "stopping: finishing the jobs in hand");
+        }
+        while let Some(done) = tasks.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "a job task panicked");
+            }
+        }
+        result
+    }
+
+    /// Heartbeats `job` every third of its lease until the server says it is
+    /// no longer ours; returns then.
+    async fn keep_alive(&self, job: &Job, span: &tracing::Span) {
+        let mut next_beat = heartbeat_interval(job.lease_left);
+        loop {
+            tokio::time::sleep(next_beat).await;
+            let beat = tokio::time::timeout(HEARTBEAT_CALL_TIMEOUT, self.heartbeat(job)).await;
+            match beat {
+                Ok(Ok(left)) => next_beat = heartbeat_interval(left),
+                Ok(Err(e @ (Error::LeaseLost { .. } | Error::Rejected { status: 404, .. }))) => {
+                    tracing::warn!(parent: span, error = %e, "job is no longer ours; stopping it");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(parent: span, error = %e, "heartbeat failed; trying again soon");
+                    next_beat = next_beat.min(Duration::from_secs(1));
+                }
+                Err(_) => {
+                    tracing::debug!(parent: span, "heartbeat timed out; trying again soon");
+                    next_beat = next_beat.min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Runs one job: the handler alongside its heartbeats, then posts the outcome.
+    async fn handle<H, F>(&self, job: Job, handler: &H)
+    where
+        H: Fn(Job, CancellationToken) -> F,
+        F: Future<Output = Outcome>,
+    {
+        let span = tracing::info_span!("job", job.id = %job.id, attempt = job.attempt);
+        tracing::debug!(parent: &span, "running");
+        let lost = CancellationToken::new();
+        let work = handler(job.clone(), lost.clone());
+        tokio::pin!(work);
+        // The heartbeats run beside the handler, never blocking it.
+        let outcome = tokio::select! {
+            o = &mut work => o,
+            () = self.keep_alive(&job, &span) => {
+                lost.cancel();
+                (&mut work).await
+            }
+        };
+        if lost.is_cancelled() {
+            return;
+        }
+        let deadline = Instant::now() + POST_RETRY_WINDOW;
+        let mut backoff = Backoff::new();
+        let mut outcome = outcome;
+        loop {
+            let r = match &outcome {
+                Outcome::Complete(result) => self.complete(&job, result.clone()).await,
+                Outcome::Fail { error, retry } => self.fail(&job, error, *retry).await,
+            };
+            match r {
+                Ok(()) => {
+                    tracing::debug!(parent: &span, "outcome posted");
+                    return;
+                }
+                Err(e) if e.is_transient() && Instant::now() < deadline => {
+                    tokio::time::sleep(backoff.next_pause()).await;
+                }
+                // A result over the server's --max-body: fail the job rather
+                // than leave it running until its lease runs out.
+                Err(Error::Rejected {
+                    status: 413,
+                    message,
+                    ..
+                }) if matches!(outcome, Outcome::Complete(_)) => {
+                    tracing::warn!(parent: &span, "the result is too large for the server; failing the job");
+                    outcome = Outcome::Fail {
+                        error: format!("the worker's result was refused: {message}"),
+                        retry: false,
+                    };
+                }
+                Err(e) => {
+                    tracing::warn!(parent: &span, error = %e, "could not post the job's outcome");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_every_third_of_the_lease() {
+        assert_eq!(
+            heartbeat_interval(Some(Duration::from_secs(60))),
+            Duration::from_secs(20)
+        );
+        assert_eq!(heartbeat_interval(Some(Duration::ZERO)), HEARTBEAT_MIN);
+        assert_eq!(heartbeat_interval(None), HEARTBEAT_FALLBACK);
+    }
+
+    #[test]
+    fn the_lease_is_measured_by_the_servers_clock() {
+        let server_now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let expires = server_now + Duration::from_secs(60);
+        // Whatever this machine's clock says, the server's date decides.
+        assert_eq!(
+            lease_left(Some(expires), Some(server_now)),
+            Some(Duration::from_millis(59_500))
+        );
+        assert_eq!(
+            lease_left(Some(server_now), Some(expires)),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(lease_left(None, Some(server_now)), None);
+        let local = lease_left(Some(SystemTime::now() + Duration::from_secs(30)), None).unwrap();
+        assert!(local > Duration::from_secs(29) && local <= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let mut b = Backoff::new();
+        let pauses: Vec<_> = (0..8).map(|_| b.next_pause()).collect();
+        assert_eq!(pauses[0], BACKOFF_FIRST);
+        assert_eq!(pauses[1], BACKOFF_FIRST * 2);
+        assert_eq!(*pauses.last().unwrap(), BACKOFF_MAX);
+    }
+}

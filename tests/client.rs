@@ -1,0 +1,344 @@
+//! `jobq::client` against the real server in process: submit, read, cancel,
+//! the worker calls with fencing, and `Worker::run` (concurrency,
+//! heartbeats, lost jobs, graceful stop).
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Kind, TestServer};
+use jobq::client::{Client, Error, Outcome, RunOptions, SubmitOptions, Worker};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound of any single wait in these tests.
+const BOUND: Duration = Duration::from_secs(60);
+
+fn wait(secs: u64) -> SubmitOptions {
+    SubmitOptions {
+        timeout: Some(Duration::from_secs(secs)),
+        ..Default::default()
+    }
+}
+
+async fn poll_one(w: &Worker) -> jobq::client::Job {
+    tokio::time::timeout(BOUND, async {
+        loop {
+            if let Some(job) = w.poll().await.unwrap() {
+                return job;
+            }
+        }
+    })
+    .await
+    .expect("a job arrives")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_poll_complete_with_binary_bytes_and_fencing() {
+    let s = TestServer::start(Kind::Memory).await;
+    let client = Client::new(&s.base).unwrap();
+    let worker = client.worker(vec![]).long_poll(Duration::from_secs(5));
+    let payload = Bytes::from_static(&[0xff, 0x00, 0x01, b'a']);
+    let waiting = {
+        let (c, p) = (client.clone(), payload.clone());
+        tokio::spawn(async move { c.submit(p, &wait(50)).await })
+    };
+    let job = poll_one(&worker).await;
+    assert_eq!(job.payload, payload);
+    assert_eq!(job.attempt, 1);
+    assert_eq!(job.queue, "default");
+    assert!(!job.lease_id.is_empty());
+    assert!(job.lease_expires_at.is_some());
+    worker.heartbeat(&job).await.unwrap();
+    let result = Bytes::from_static(&[0xfe, b'r', 0x00]);
+    worker.complete(&job, result.clone()).await.unwrap();
+    let done = tokio::time::timeout(BOUND, waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.job_id, job.id);
+    assert_eq!(done.result, result);
+    // The job has ended: further calls about it are not this worker's.
+    assert!(matches!(
+        worker.heartbeat(&job).await,
+        Err(Error::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        worker.fail(&job, "late", true).await,
+        Err(Error::LeaseLost { .. })
+    ));
+    let view = client.job(&job.id).await.unwrap();
+    assert_eq!(view.status, "completed");
+    assert_eq!(view.result.as_deref(), Some(&result[..]));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_cancelled_still_running_and_refused() {
+    let s = TestServer::start_with(Kind::Memory, &["--max-attempts", "1"]).await;
+    let client = Client::new(&s.base).unwrap();
+    let worker = client.worker(vec![]).long_poll(Duration::from_secs(5));
+
+    // Failed: the worker's error, with the attempts.
+    let waiting = {
+        let c = client.clone();
+        tokio::spawn(async move { c.submit("x", &wait(50)).await })
+    };
+    let job = poll_one(&worker).await;
+    worker.fail(&job, "it broke", true).await.unwrap();
+    match tokio::time::timeout(BOUND, waiting).await.unwrap().unwrap() {
+        Err(Error::JobFailed {
+            job_id,
+            attempts,
+            error,
+        }) => {
+            assert_eq!(job_id, job.id);
+            assert_eq!(attempts, 1);
+            assert_eq!(error, "it broke");
+        }
+        other => panic!("expected JobFailed, got {other:?}"),
+    }
+
+    // Still running: the wait times out, the job goes on.
+    let opts = SubmitOptions {
+        queue: Some("idle".into()),
+        timeout: Some(Duration::from_millis(200)),
+        ..Default::default()
+    };
+    let Err(Error::StillRunning { job_id }) = client.submit("y", &opts).await else {
+        panic!("expected StillRunning")
+    };
+    let view = client.job(&job_id).await.unwrap();
+    assert_eq!(
+        (view.status.as_str(), view.queue.as_str()),
+        ("pending", "idle")
+    );
+    assert_eq!(view.position, Some(0));
+
+    // Cancelled: the waiting client hears it.
+    let waiting = {
+        let c = client.clone();
+        let opts = SubmitOptions {
+            queue: Some("doomed".into()),
+            ..wait(50)
+        };
+        tokio::spawn(async move { c.submit("z", &opts).await })
+    };
+    let id = tokio::time::timeout(BOUND, async {
+        loop {
+            if let Some(j) = client
+                .jobs(None, Some("doomed"), None)
+                .await
+                .unwrap()
+                .first()
+            {
+                return j.job_id.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(client.cancel(&id).await.unwrap().status, "cancelled");
+    assert!(matches!(
+        tokio::time::timeout(BOUND, waiting).await.unwrap().unwrap(),
+        Err(Error::JobCancelled { job_id }) if job_id == id
+    ));
+
+    // Refused: cancelling twice, an unknown id, a bad status filter.
+    assert!(matches!(
+        client.cancel(&id).await,
+        Err(Error::Rejected { status: 409, .. })
+    ));
+    assert!(matches!(
+        client.job(&uuid::Uuid::new_v4().to_string()).await,
+        Err(Error::Rejected { status: 404, .. })
+    ));
+    assert!(matches!(
+        client.jobs(Some("bogus"), None, None).await,
+        Err(Error::Rejected { status: 400, .. })
+    ));
+
+    // Async submit and the admin calls.
+    let a = client
+        .submit_async("later", &SubmitOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(client.job(&a).await.unwrap().status, "pending");
+    let stats = client.stats().await.unwrap();
+    assert!(stats["pending"].as_u64().unwrap() >= 2, "{stats}");
+    assert!(client.clear(None).await.unwrap() >= 2);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_server_is_transient() {
+    let client = Client::new("http://127.0.0.1:1").unwrap();
+    let e = client.submit("x", &wait(1)).await.unwrap_err();
+    assert!(matches!(e, Error::Unreachable { .. }), "{e:?}");
+    assert!(e.is_transient());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_handles_jobs_concurrently() {
+    let s = TestServer::start(Kind::Memory).await;
+    let client = Client::new(&s.base).unwrap();
+    let worker = client.worker(vec![]).long_poll(Duration::from_secs(2));
+    let stop = CancellationToken::new();
+    // Two jobs must be in hand at once to get past the barrier.
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    let running = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            worker
+                .run(RunOptions { concurrency: 2 }, stop, move |job, _lost| {
+                    let barrier = barrier.clone();
+                    async move {
+                        if job.payload.starts_with(b"pair") {
+                            barrier.wait().await;
+                        }
+                        Outcome::Complete(job.payload.to_ascii_uppercase().into())
+                    }
+                })
+                .await
+        })
+    };
+    let mut subs = vec![];
+    for p in ["pair-a", "pair-b", "c", "d", "e"] {
+        let c = client.clone();
+        subs.push(tokio::spawn(
+            async move { (p, c.submit(p, &wait(50)).await) },
+        ));
+    }
+    for sub in subs {
+        let (p, r) = tokio::time::timeout(BOUND, sub).await.unwrap().unwrap();
+        assert_eq!(r.unwrap().result, p.to_ascii_uppercase());
+    }
+    stop.cancel();
+    tokio::time::timeout(BOUND, running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_stops_gracefully_after_the_jobs_in_hand() {
+    let s = TestServer::start(Kind::Memory).await;
+    let client = Client::new(&s.base).unwrap();
+    let worker = client.worker(vec![]).long_poll(Duration::from_secs(2));
+    let stop = CancellationToken::new();
+    let (started_tx, mut started) = mpsc::channel::<()>(1);
+    let (release, released) = oneshot::channel::<()>();
+    let released = std::sync::Arc::new(tokio::sync::Mutex::new(Some(released)));
+    let running = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            worker
+                .run(RunOptions::default(), stop, move |_job, _lost| {
+                    let (started_tx, released) = (started_tx.clone(), released.clone());
+                    async move {
+                        let _ = started_tx.send(()).await;
+                        if let Some(rx) = released.lock().await.take() {
+                            let _ = rx.await;
+                        }
+                        Outcome::Complete(Bytes::from_static(b"finished"))
+                    }
+                })
+                .await
+        })
+    };
+    let waiting = {
+        let c = client.clone();
+        tokio::spawn(async move { c.submit("x", &wait(50)).await })
+    };
+    tokio::time::timeout(BOUND, started.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    stop.cancel();
+    assert!(!running.is_finished(), "run returned with a job in hand");
+    release.send(()).unwrap();
+    let done = tokio::time::timeout(BOUND, waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.result, &b"finished"[..]);
+    tokio::time::timeout(BOUND, running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_heartbeats_long_jobs_and_stops_lost_ones() {
+    let s = TestServer::start_with(Kind::Memory, &["--lease", "2", "--max-attempts", "1"]).await;
+    let client = Client::new(&s.base).unwrap();
+    let worker = client.worker(vec![]).long_poll(Duration::from_secs(2));
+    let stop = CancellationToken::new();
+    let (lost_tx, mut lost_rx) = mpsc::channel::<String>(4);
+    let running = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            worker
+                .run(RunOptions { concurrency: 2 }, stop, move |job, lost| {
+                    let lost_tx = lost_tx.clone();
+                    async move {
+                        if job.payload == "long" {
+                            // Outlives its 2 s lease: heartbeats keep it.
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            return Outcome::Complete(Bytes::from_static(b"kept"));
+                        }
+                        // Waits to be told the job is gone.
+                        if tokio::time::timeout(BOUND, lost.cancelled()).await.is_ok() {
+                            let _ = lost_tx.send(job.id.clone()).await;
+                        }
+                        Outcome::Complete(Bytes::from_static(b"too late"))
+                    }
+                })
+                .await
+        })
+    };
+    let long = {
+        let c = client.clone();
+        tokio::spawn(async move { c.submit("long", &wait(50)).await })
+    };
+    let doomed = client
+        .submit_async("doomed", &SubmitOptions::default())
+        .await
+        .unwrap();
+    tokio::time::timeout(BOUND, async {
+        while client.job(&doomed).await.unwrap().status != "running" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    client.cancel(&doomed).await.unwrap();
+    let lost = tokio::time::timeout(BOUND, lost_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lost, doomed);
+    let done = tokio::time::timeout(BOUND, long)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.result, &b"kept"[..]);
+    assert_eq!(client.job(&done.job_id).await.unwrap().attempts, 1);
+    assert_eq!(client.job(&doomed).await.unwrap().status, "cancelled");
+    stop.cancel();
+    tokio::time::timeout(BOUND, running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    s.stop().await;
+}
