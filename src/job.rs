@@ -119,6 +119,7 @@ impl Timestamp {
     }
 
     /// This time plus `d` (saturating).
+    #[allow(clippy::should_implement_trait)]
     pub fn add(self, d: Duration) -> Self {
         Timestamp(
             self.0
@@ -127,6 +128,7 @@ impl Timestamp {
     }
 
     /// This time minus `d` (saturating).
+    #[allow(clippy::should_implement_trait)]
     pub fn sub(self, d: Duration) -> Self {
         Timestamp(
             self.0

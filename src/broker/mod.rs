@@ -116,6 +116,7 @@ pub struct Submission {
 
 /// How a wait for a job's end ended.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // short-lived, one per wait
 pub enum WaitOutcome {
     /// The job ended; this is how it stands.
     Ended(Job),

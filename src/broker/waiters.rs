@@ -14,6 +14,7 @@ use crate::job::{Job, JobId, Queue};
 
 /// What a waiting client is told when its job changes.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // short-lived, one per waiting client
 pub enum Wake {
     /// The job ended; this is how it stands.
     Ended(Job),
