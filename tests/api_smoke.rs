@@ -14,7 +14,12 @@ async fn submit_poll_complete(kind: Kind) {
         tokio::spawn(async move { http.post(url).body(r#"{"n":1}"#).send().await.unwrap() })
     };
     let job: Value = loop {
-        let r = s.http.get(s.url("/api/worker/poll?wait=5")).send().await.unwrap();
+        let r = s
+            .http
+            .get(s.url("/api/worker/poll?wait=5"))
+            .send()
+            .await
+            .unwrap();
         if r.status() == 200 {
             break r.json().await.unwrap();
         }
