@@ -437,7 +437,20 @@ async fn max_body_is_413(kind: Kind) {
     // The limit applies to every body, a worker's result included.
     let job = s.take("").await;
     assert_eq!(job["job_id"], id);
-    s.complete(&id, "", big).await.assert_error(413);
+    s.complete(&id, "", big.clone()).await.assert_error(413);
+    assert_eq!(s.job(&id).await.body["status"], "running");
+    // Even endpoints that ignore their body refuse an oversized one, and
+    // do nothing.
+    s.post(&format!("/api/worker/heartbeat/{id}"), big.clone())
+        .await
+        .assert_error(413);
+    s.send(
+        s.http
+            .delete(s.url(&format!("/api/jobs/{id}")))
+            .body(big.clone()),
+    )
+    .await
+    .assert_error(413);
     assert_eq!(s.job(&id).await.body["status"], "running");
     assert_eq!(s.stats().await["total"], 1);
     assert_eq!(s.complete(&id, "", "ok").await.status, 200);
