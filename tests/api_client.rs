@@ -27,6 +27,7 @@ backend_tests!(
     routing_errors_are_json,
     client_disconnect_cancels_pending_job,
     client_disconnect_leaves_running_job,
+    disconnect_keeps_job_others_wait_for,
     result_ttl_forgets_ended_jobs,
 );
 
@@ -601,5 +602,42 @@ async fn result_ttl_forgets_ended_jobs(kind: Kind) {
     // A job that has not ended is never forgotten.
     assert_eq!(s.job(&pending).await.body["status"], "pending");
     assert_eq!(s.stats().await["total"], 1);
+    s.stop().await;
+}
+
+async fn disconnect_keeps_job_others_wait_for(kind: Kind) {
+    let s = TestServer::start(kind).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let first = tokio::spawn(
+        impatient
+            .post(s.url("/api/submit?timeout=30"))
+            .header("Idempotency-Key", "shared")
+            .body("work")
+            .send(),
+    );
+    s.wait_stat("waiting_clients", 1).await;
+    let second = TestServer::spawn_send(
+        s.http
+            .post(s.url("/api/submit?timeout=10"))
+            .header("Idempotency-Key", "shared")
+            .body("work"),
+    );
+    s.wait_stat("waiting_clients", 2).await;
+    let r = within(BOUND, "impatient client", first).await.unwrap();
+    assert!(
+        r.is_err_and(|e| e.is_timeout()),
+        "expected a client timeout"
+    );
+    s.wait_stat("waiting_clients", 1).await;
+    // The job the second client still waits for is not cancelled.
+    let job = s.take("").await;
+    let id = job["job_id"].as_str().unwrap();
+    assert_eq!(s.complete(id, "", "for the second").await.status, 200);
+    let r = TestServer::join(second).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["payload"], "for the second");
     s.stop().await;
 }

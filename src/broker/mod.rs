@@ -318,7 +318,13 @@ impl Broker {
     }
 
     /// Cancels job `id` if no worker has it yet: its client went away.
+    /// Not while other clients still wait for it (they attached to it by
+    /// its `Idempotency-Key`, or watch it with `GET ?wait`).
     pub async fn abandon(&self, id: JobId) {
+        if self.inner.waiters.is_waited(id) {
+            tracing::debug!(job.id = %id, "client went away; others still wait, job kept");
+            return;
+        }
         match self.store().cancel(id, true, Timestamp::now()).await {
             Ok(job) => {
                 tracing::debug!(job.id = %id, "client went away; pending job cancelled");

@@ -83,6 +83,11 @@ impl JobWaiters {
         }
     }
 
+    /// Whether any client is waiting for job `id`.
+    pub fn is_waited(&self, id: JobId) -> bool {
+        self.map.lock().get(&id).is_some_and(|s| !s.is_empty())
+    }
+
     /// How many clients are waiting.
     pub fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)
