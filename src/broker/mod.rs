@@ -259,7 +259,11 @@ impl Broker {
         tokio::pin!(sleep);
         let id = waiter.job_id();
         loop {
+            // Biased: a job that ended wins over a deadline that passed at
+            // the same moment (its worker's complete during the shutdown
+            // grace also ends the drain; its client must get the result).
             let wake = tokio::select! {
+                biased;
                 w = waiter.recv() => w,
                 _ = &mut sleep => return Ok(WaitOutcome::TimedOut),
                 _ = self.inner.grace_over.cancelled() => return Ok(WaitOutcome::ShuttingDown),
