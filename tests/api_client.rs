@@ -13,6 +13,7 @@ backend_tests!(
     sync_submit_answers_with_the_workers_result,
     timeout_answers_202_with_location,
     prefer_wait_answers_202_and_timeout_wins,
+    wait_timeout_flag_and_timeout_zero,
     async_submit_then_get_with_wait,
     get_unknown_or_malformed_id,
     cancel_pending_job_answers_waiting_client_410,
@@ -132,6 +133,33 @@ async fn prefer_wait_answers_202_and_timeout_wins(kind: Kind) {
     );
     let id2 = assert_accepted(&r);
     assert_ne!(id, id2);
+    s.stop().await;
+}
+
+async fn wait_timeout_flag_and_timeout_zero(kind: Kind) {
+    let s = TestServer::start_with(kind, &["--wait-timeout", "0.3"]).await;
+    // Without `timeout`, `--wait-timeout` applies.
+    let r = TestServer::join(s.spawn_submit("", "default wait")).await;
+    assert_accepted(&r);
+    // `timeout=0` waits forever: well past `--wait-timeout`, still waiting.
+    let client = s.spawn_submit("?timeout=0", "forever");
+    s.wait_stat("waiting_clients", 1).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!client.is_finished(), "timeout=0 did not wait");
+    assert_eq!(s.stats().await["waiting_clients"], 1);
+    s.take("").await;
+    let job = s.take("").await;
+    assert_eq!(job["payload"], "forever");
+    assert_eq!(
+        s.complete(job["job_id"].as_str().unwrap(), "", "at last")
+            .await
+            .status,
+        200
+    );
+    let r = TestServer::join(client).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["payload"], "at last");
+    s.delete("/api/admin/clear").await;
     s.stop().await;
 }
 

@@ -389,6 +389,11 @@ async fn fencing_by_lease_id(kind: Kind) {
         .await;
     assert_eq!(again.status, 200);
     assert_eq!(again.body["message"], "Job completed");
+    // A repeat by the same lease changes nothing, whatever it sends.
+    let again = s
+        .complete(&id, &format!("?lease={l2}"), "other bytes")
+        .await;
+    assert_eq!(again.status, 200);
     // Without a lease: the same bytes are a repeat, other bytes a conflict.
     assert_eq!(s.complete(&id, "", "fresh result").await.status, 200);
     s.complete(&id, "", "other result").await.assert_error(409);
