@@ -619,7 +619,13 @@ async fn client_disconnect_leaves_running_job(kind: Kind) {
 
 async fn result_ttl_forgets_ended_jobs(kind: Kind) {
     let s = TestServer::start_with(kind, &["--result-ttl", "0.5"]).await;
-    let done = s.submit_async("", "a").await;
+    let keyed = |body: &'static str| {
+        s.http
+            .post(s.url("/api/jobs"))
+            .header("Idempotency-Key", "ttl-key")
+            .body(body)
+    };
+    let done = assert_accepted(&s.send(keyed("a")).await);
     let pending = s.submit_async("?queue=slow", "b").await;
     let job = s.take("").await;
     assert_eq!(job["job_id"], done);
@@ -627,9 +633,12 @@ async fn result_ttl_forgets_ended_jobs(kind: Kind) {
     assert_eq!(s.job(&done).await.status, 200);
     s.wait_gone(&done, Duration::from_secs(5)).await;
     s.job(&done).await.assert_error(404);
+    // Its idempotency key is free again: other work under it is a new job.
+    let again = assert_accepted(&s.send(keyed("other work")).await);
+    assert_ne!(again, done);
     // A job that has not ended is never forgotten.
     assert_eq!(s.job(&pending).await.body["status"], "pending");
-    assert_eq!(s.stats().await["total"], 1);
+    assert_eq!(s.stats().await["total"], 2);
     s.stop().await;
 }
 
