@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 backend_tests!(
     poll_without_jobs_is_204,
     poll_hands_out_a_job,
+    head_poll_takes_nothing,
     complete_errors,
     fail_with_retry_goes_back_to_pending,
     fail_without_retry_answers_client_502,
@@ -79,6 +80,19 @@ async fn poll_hands_out_a_job(kind: Kind) {
     assert!(v["started_at"].is_string());
     // Not handed out twice while the lease holds.
     assert!(s.poll("").await.is_none());
+    assert_eq!(s.complete(&id, "", "").await.status, 200);
+    s.stop().await;
+}
+
+async fn head_poll_takes_nothing(kind: Kind) {
+    let s = TestServer::start(kind).await;
+    let id = s.submit_async("", "x").await;
+    let r = s.send(s.http.head(s.url("/api/worker/poll"))).await;
+    assert_eq!(r.status, 405, "{r:?}");
+    let v = s.job(&id).await.body;
+    assert_eq!(v["status"], "pending");
+    assert_eq!(v["attempts"], 0);
+    assert_eq!(id_of(&s.take("").await), id);
     assert_eq!(s.complete(&id, "", "").await.status, 200);
     s.stop().await;
 }
