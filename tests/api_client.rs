@@ -563,28 +563,33 @@ async fn routing_errors_are_json(kind: Kind) {
 async fn client_disconnect_cancels_pending_job(kind: Kind) {
     let s = TestServer::start(kind).await;
     let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
+        .timeout(Duration::from_millis(500))
         .build()
         .unwrap();
-    let r = within(
-        BOUND,
-        "impatient client",
+    let client = tokio::spawn(
         impatient
             .post(s.url("/api/submit?timeout=30"))
             .body("never mind")
             .send(),
-    )
-    .await;
+    );
+    s.wait_stat("waiting_clients", 1).await;
+    let list = s.get("/api/admin/jobs").await;
+    let id = list.body["jobs"][0]["job_id"].as_str().unwrap().to_owned();
+    // Someone watching the job does not keep it alive.
+    let watcher = TestServer::spawn_send(s.http.get(s.url(&format!("/api/jobs/{id}?wait=10"))));
+    s.wait_stat("waiting_clients", 2).await;
+    let r = within(BOUND, "impatient client", client).await.unwrap();
     assert!(
         r.is_err_and(|e| e.is_timeout()),
         "expected a client timeout"
     );
-    let list = s.get("/api/admin/jobs").await;
-    let id = list.body["jobs"][0]["job_id"].as_str().unwrap().to_owned();
     let v = s
         .wait_status(&id, "cancelled", Duration::from_secs(5))
         .await;
     assert_eq!(v["attempts"], 0);
+    let w = TestServer::join(watcher).await;
+    assert_eq!(w.status, 200);
+    assert_eq!(w.body["status"], "cancelled");
     assert!(s.poll("").await.is_none(), "a worker saw a cancelled job");
     assert_eq!(s.stats().await["waiting_clients"], 0);
     s.stop().await;
