@@ -493,6 +493,50 @@ async fn long_poll_wakes_up_promptly(kind: Kind) {
         );
         s.wait_stat("polling_workers", 0).await;
     }
+
+    // Several long-polling workers, several jobs at once: each worker wakes.
+    let workers: Vec<_> = (0..3)
+        .map(|_| TestServer::spawn_send(s.http.get(s.url("/api/worker/poll?wait=10&queue=many"))))
+        .collect();
+    s.wait_stat("polling_workers", 3).await;
+    let t0 = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(s.submit_async("?queue=many", format!("{i}")).await);
+    }
+    let mut got = Vec::new();
+    for w in workers {
+        let r = TestServer::join(w).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        got.push(id_of(&r.body));
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "woke after {:?}",
+        t0.elapsed()
+    );
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids, "each job to exactly one worker");
+
+    // A job failed with retry wakes a long-polling worker.
+    let id = s.submit_async("?queue=retry", "r").await;
+    assert_eq!(id_of(&s.take("retry").await), id);
+    let worker = TestServer::spawn_send(s.http.get(s.url("/api/worker/poll?wait=10&queue=retry")));
+    s.wait_stat("polling_workers", 1).await;
+    let t0 = Instant::now();
+    let r = s
+        .post(&format!("/api/worker/fail/{id}"), r#"{"error":"retry me"}"#)
+        .await;
+    assert_eq!(r.body["status"], "pending");
+    let r = TestServer::join(worker).await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "woke after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(r.body["job_id"], id);
+    assert_eq!(r.body["attempt"], 2);
     s.delete("/api/admin/clear").await;
     s.stop().await;
 }
