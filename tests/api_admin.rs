@@ -218,6 +218,8 @@ async fn clear_answers_waiting_clients_410_at_once(kind: Kind) {
         .map(|i| s.spawn_submit("?timeout=30&queue=other", format!("p{i}")))
         .collect();
     s.wait_stat("waiting_clients", 3).await;
+    // Waiters register before the insert: wait until the job is stored too.
+    s.wait_stat("pending", 2).await;
 
     let t0 = Instant::now();
     let r = s.delete("/api/admin/clear").await;

@@ -247,6 +247,8 @@ async fn cancel_pending_job_answers_waiting_client_410(kind: Kind) {
     let s = TestServer::start(kind).await;
     let client = s.spawn_submit("?timeout=10", "to cancel");
     s.wait_stat("waiting_clients", 1).await;
+    // Waiters register before the insert: wait until the job is stored too.
+    s.wait_stat("pending", 1).await;
     let id = s.get("/api/admin/next").await.body["job_id"]
         .as_str()
         .unwrap()
@@ -309,6 +311,8 @@ async fn idempotency_key_attaches_to_the_first_job(kind: Kind) {
     };
     let first = TestServer::spawn_send(submit("k-1"));
     s.wait_stat("waiting_clients", 1).await;
+    // Waiters register before the insert: wait until the job is stored too.
+    s.wait_stat("pending", 1).await;
     let second = TestServer::spawn_send(submit("k-1"));
     s.wait_stat("waiting_clients", 2).await;
     // The async endpoint shares the key namespace.
@@ -563,7 +567,7 @@ async fn routing_errors_are_json(kind: Kind) {
 async fn client_disconnect_cancels_pending_job(kind: Kind) {
     let s = TestServer::start(kind).await;
     let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(500))
+        .timeout(Duration::from_millis(1000))
         .build()
         .unwrap();
     let client = tokio::spawn(
@@ -573,6 +577,8 @@ async fn client_disconnect_cancels_pending_job(kind: Kind) {
             .send(),
     );
     s.wait_stat("waiting_clients", 1).await;
+    // Waiters register before the insert: wait until the job is stored too.
+    s.wait_stat("pending", 1).await;
     let list = s.get("/api/admin/jobs").await;
     let id = list.body["jobs"][0]["job_id"].as_str().unwrap().to_owned();
     // Someone watching the job does not keep it alive.
@@ -650,7 +656,7 @@ async fn result_ttl_forgets_ended_jobs(kind: Kind) {
 async fn disconnect_keeps_job_others_wait_for(kind: Kind) {
     let s = TestServer::start(kind).await;
     let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
+        .timeout(Duration::from_millis(1000))
         .build()
         .unwrap();
     let first = tokio::spawn(
@@ -661,6 +667,8 @@ async fn disconnect_keeps_job_others_wait_for(kind: Kind) {
             .send(),
     );
     s.wait_stat("waiting_clients", 1).await;
+    // Waiters register before the insert: wait until the job is stored too.
+    s.wait_stat("pending", 1).await;
     let second = TestServer::spawn_send(
         s.http
             .post(s.url("/api/submit?timeout=10"))
