@@ -249,7 +249,7 @@ async fn cancel_pending_job_answers_waiting_client_410(kind: Kind) {
     s.wait_stat("waiting_clients", 1).await;
     // Waiters register before the insert: wait until the job is stored too.
     s.wait_stat("pending", 1).await;
-    let id = s.get("/api/admin/next").await.body["job_id"]
+    let id = s.get("/api/admin/jobs").await.body["jobs"][0]["job_id"]
         .as_str()
         .unwrap()
         .to_owned();
