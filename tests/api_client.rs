@@ -427,6 +427,9 @@ async fn headers_reach_the_worker_filtered(kind: Kind) {
         .header("Cookie", "session=abc")
         .header("Proxy-Authorization", "Basic eA==")
         .header("Connection", "keep-alive")
+        .header("Keep-Alive", "timeout=5")
+        .header("TE", "trailers")
+        .header("Proxy-Connection", "keep-alive")
         .header("X-Trace-Id", "Trace-42")
         .header("Content-Type", "text/plain")
         .body("hello");
@@ -443,6 +446,9 @@ async fn headers_reach_the_worker_filtered(kind: Kind) {
         "cookie",
         "proxy-authorization",
         "connection",
+        "keep-alive",
+        "te",
+        "proxy-connection",
         "content-length",
     ] {
         assert!(
