@@ -46,6 +46,17 @@ fn is_known_method(m: &Method) -> bool {
     )
 }
 
+/// The `Content-Length` a request declares, if any (hyper has already
+/// refused malformed ones).
+fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(axum::http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// Serves the API on `listener` until `shutdown` resolves, then shuts down
 /// gracefully: new submits and polls get 503 at once, running jobs get
 /// `shutdown_grace` to finish, then waiting clients are answered and the
@@ -102,6 +113,7 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let max_body = cfg.max_body;
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let app = app.clone();
             async move {
@@ -109,6 +121,13 @@ pub async fn run(
                     let m = req.method().to_string();
                     return Ok::<_, Infallible>(axum::response::IntoResponse::into_response(
                         ApiError::NotImplemented(m),
+                    ));
+                }
+                // `--max-body` applies to every request body, also on routes
+                // whose handler never reads it (heartbeat, cancel, ...).
+                if declared_length(&req).is_some_and(|n| n > max_body as u64) {
+                    return Ok(axum::response::IntoResponse::into_response(
+                        ApiError::TooLarge(max_body),
                     ));
                 }
                 let resp: Response<axum::body::Body> = app.oneshot(req).await?;

@@ -1,5 +1,8 @@
 //! Client endpoints: submit (sync and async), read, cancel.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -118,16 +121,33 @@ fn finished(job: &Job) -> ApiResult<Response> {
     }
 }
 
-/// Cancels a still-pending job if the client's request is dropped (the
-/// client disconnected) before it was answered.
-struct AbandonGuard {
+/// Wraps a client's wait: cancels a still-pending job if the wait is
+/// dropped (the client disconnected) before it ended. The wait, and with
+/// it the client's own registration as a waiter, is dropped first, so the
+/// broker sees only the clients that still wait.
+struct AbandonGuard<F> {
     broker: Broker,
     id: JobId,
     armed: bool,
+    wait: Option<Pin<Box<F>>>,
 }
 
-impl Drop for AbandonGuard {
+impl<F: Future> Future for AbandonGuard<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let wait = this.wait.as_mut().expect("polled after completion");
+        let out = std::task::ready!(wait.as_mut().poll(cx));
+        this.armed = false;
+        this.wait = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<F> Drop for AbandonGuard<F> {
     fn drop(&mut self) {
+        self.wait = None;
         if self.armed {
             let (broker, id) = (self.broker.clone(), self.id);
             tokio::spawn(async move { broker.abandon(id).await });
@@ -158,13 +178,13 @@ pub async fn submit(
     if sub.job.status.is_ended() {
         return finished(&sub.job);
     }
-    let mut guard = AbandonGuard {
+    let outcome = AbandonGuard {
         broker: st.broker.clone(),
         id,
         armed: sub.created,
-    };
-    let outcome = st.broker.wait(waiter, wait).await;
-    guard.armed = false;
+        wait: Some(Box::pin(st.broker.wait(waiter, wait))),
+    }
+    .await;
     match outcome.map_err(ApiError::for_job(id))? {
         WaitOutcome::Ended(job) => finished(&job),
         WaitOutcome::TimedOut => {

@@ -46,7 +46,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/submit", post(jobs::submit))
         .route("/api/jobs", post(jobs::submit_async))
         .route("/api/jobs/{id}", get(jobs::get_job).delete(jobs::cancel))
-        .route("/api/worker/poll", get(workers::poll))
+        // A HEAD would hand out a job whose payload nobody receives (axum
+        // answers HEAD with the GET handler unless told otherwise).
+        .route(
+            "/api/worker/poll",
+            get(workers::poll).head(|| async { ApiError::MethodNotAllowed }),
+        )
         .route("/api/worker/complete/{id}", post(workers::complete))
         .route("/api/worker/fail/{id}", post(workers::fail))
         .route("/api/worker/heartbeat/{id}", post(workers::heartbeat))

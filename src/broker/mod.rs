@@ -211,7 +211,9 @@ impl Broker {
     /// [`Error::ShuttingDown`]; the store's `QueueFull`, `IdempotencyMismatch`, `Unavailable`.
     pub async fn submit(&self, s: Submit) -> Result<Submission> {
         self.check_accepting()?;
-        let mut waiter = s.wait.then(|| self.inner.waiters.register(s.job.id));
+        let mut waiter = s
+            .wait
+            .then(|| self.inner.waiters.register_submitter(s.job.id));
         match self
             .store()
             .insert(s.job, self.inner.cfg.max_queued)
@@ -228,7 +230,7 @@ impl Broker {
             Inserted::Existing(job) => {
                 let mut job = job;
                 if s.wait && !job.status.is_ended() {
-                    waiter = Some(self.inner.waiters.register(job.id));
+                    waiter = Some(self.inner.waiters.register_submitter(job.id));
                     // It may have ended between insert and registration.
                     if let Some(rec) = self.store().get(job.id).await? {
                         job = rec.job;
@@ -258,7 +260,11 @@ impl Broker {
         tokio::pin!(sleep);
         let id = waiter.job_id();
         loop {
+            // Biased: a job that ended wins over a deadline that passed at
+            // the same moment (its worker's complete during the shutdown
+            // grace also ends the drain; its client must get the result).
             let wake = tokio::select! {
+                biased;
                 w = waiter.recv() => w,
                 _ = &mut sleep => return Ok(WaitOutcome::TimedOut),
                 _ = self.inner.grace_over.cancelled() => return Ok(WaitOutcome::ShuttingDown),
@@ -274,7 +280,11 @@ impl Broker {
                 return Ok(WaitOutcome::Ended(job));
             }
             // Not ended after all (a change seen elsewhere): wait again.
-            waiter = self.inner.waiters.register(id);
+            waiter = if waiter.is_submitter() {
+                self.inner.waiters.register_submitter(id)
+            } else {
+                self.inner.waiters.register(id)
+            };
             if let Some(rec) = self.store().get(id).await? {
                 if rec.job.status.is_ended() {
                     return Ok(WaitOutcome::Ended(Box::new(rec.job)));
@@ -317,7 +327,14 @@ impl Broker {
     }
 
     /// Cancels job `id` if no worker has it yet: its client went away.
+    /// Not while other clients that submitted it still wait for it (they
+    /// attached to it by its `Idempotency-Key`); watchers (`GET ?wait`) do
+    /// not keep it.
     pub async fn abandon(&self, id: JobId) {
+        if self.inner.waiters.has_submitter(id) {
+            tracing::debug!(job.id = %id, "client went away; others still wait, job kept");
+            return;
+        }
         match self.store().cancel(id, true, Timestamp::now()).await {
             Ok(job) => {
                 tracing::debug!(job.id = %id, "client went away; pending job cancelled");

@@ -22,7 +22,9 @@ pub enum Wake {
     Changed,
 }
 
-type Slot = (u64, oneshot::Sender<Wake>);
+/// Token, wake-up channel, and whether the waiter is a client that submitted
+/// the job (or attached to it by idempotency key) rather than a watcher.
+type Slot = (u64, oneshot::Sender<Wake>, bool);
 
 /// Clients waiting for jobs to end, by job id.
 #[derive(Debug, Default)]
@@ -38,20 +40,36 @@ pub struct Waiter {
     registry: Arc<JobWaiters>,
     id: JobId,
     token: u64,
+    submitter: bool,
     rx: oneshot::Receiver<Wake>,
 }
 
 impl JobWaiters {
-    /// Registers interest in job `id` ending.
+    /// Registers interest in job `id` ending (a watcher: `GET ?wait`).
     pub fn register(self: &Arc<Self>, id: JobId) -> Waiter {
+        self.register_as(id, false)
+    }
+
+    /// Registers a client that submitted job `id` (or attached to it) and
+    /// waits for its result.
+    pub fn register_submitter(self: &Arc<Self>, id: JobId) -> Waiter {
+        self.register_as(id, true)
+    }
+
+    fn register_as(self: &Arc<Self>, id: JobId, submitter: bool) -> Waiter {
         let (tx, rx) = oneshot::channel();
         let token = self.next.fetch_add(1, Ordering::Relaxed);
-        self.map.lock().entry(id).or_default().push((token, tx));
+        self.map
+            .lock()
+            .entry(id)
+            .or_default()
+            .push((token, tx, submitter));
         self.count.fetch_add(1, Ordering::Relaxed);
         Waiter {
             registry: self.clone(),
             id,
             token,
+            submitter,
             rx,
         }
     }
@@ -63,7 +81,7 @@ impl JobWaiters {
             return;
         };
         self.count.fetch_sub(slots.len(), Ordering::Relaxed);
-        for (_, tx) in slots {
+        for (_, tx, _) in slots {
             let _ = tx.send(match job {
                 Some(j) => Wake::Ended(Box::new(j.clone())),
                 None => Wake::Changed,
@@ -76,10 +94,19 @@ impl JobWaiters {
         let all = std::mem::take(&mut *self.map.lock());
         for (_, slots) in all {
             self.count.fetch_sub(slots.len(), Ordering::Relaxed);
-            for (_, tx) in slots {
+            for (_, tx, _) in slots {
                 let _ = tx.send(Wake::Changed);
             }
         }
+    }
+
+    /// Whether a client that submitted job `id` (or attached to it) still
+    /// waits for its result. Watchers do not count.
+    pub fn has_submitter(&self, id: JobId) -> bool {
+        self.map
+            .lock()
+            .get(&id)
+            .is_some_and(|s| s.iter().any(|slot| slot.2))
     }
 
     /// How many clients are waiting.
@@ -99,6 +126,11 @@ impl Waiter {
         self.id
     }
 
+    /// Whether this is a submitting client (not a watcher).
+    pub fn is_submitter(&self) -> bool {
+        self.submitter
+    }
+
     /// Resolves when the job is woken. Cancel-safe.
     pub async fn recv(&mut self) -> Wake {
         (&mut self.rx).await.unwrap_or(Wake::Changed)
@@ -109,7 +141,7 @@ impl Drop for Waiter {
     fn drop(&mut self) {
         let mut map = self.registry.map.lock();
         if let Some(slots) = map.get_mut(&self.id) {
-            if let Some(i) = slots.iter().position(|(t, _)| *t == self.token) {
+            if let Some(i) = slots.iter().position(|(t, _, _)| *t == self.token) {
                 slots.swap_remove(i);
                 self.registry.count.fetch_sub(1, Ordering::Relaxed);
             }

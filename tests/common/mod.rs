@@ -12,6 +12,7 @@ use clap::Parser;
 use jobq::broker::Broker;
 use jobq::config::Cli;
 use jobq::store::Backend;
+use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -140,6 +141,234 @@ impl Drop for TestServer {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+/// Bound for any single wait in a test: nothing legitimate takes this long.
+pub const BOUND: Duration = Duration::from_secs(10);
+
+/// A finished HTTP exchange: status, headers and the body (parsed as JSON
+/// when it is JSON; `Value::Null` when empty).
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code as a number.
+    pub status: u16,
+    /// Response headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// Body as JSON (`Null` when empty; `Value::String` of the text otherwise).
+    pub body: Value,
+    /// Raw body.
+    pub raw: Vec<u8>,
+}
+
+impl Reply {
+    /// Reads a response in full.
+    pub async fn of(r: reqwest::Response) -> Self {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let raw = r.bytes().await.expect("read body").to_vec();
+        let body = if raw.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&raw)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&raw).into_owned()))
+        };
+        Reply {
+            status,
+            headers,
+            body,
+            raw,
+        }
+    }
+
+    /// A header as text (panics if absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("header {name} missing in {self:?}"))
+            .to_str()
+            .unwrap()
+    }
+
+    /// The sorted keys of the JSON object body.
+    pub fn keys(&self) -> Vec<String> {
+        let mut k: Vec<String> = self
+            .body
+            .as_object()
+            .unwrap_or_else(|| panic!("body is not a JSON object: {self:?}"))
+            .keys()
+            .cloned()
+            .collect();
+        k.sort();
+        k
+    }
+
+    /// Asserts an error answer of SPEC §3: this status, a JSON content type
+    /// and a body with a non-empty string `error`.
+    pub fn assert_error(&self, status: u16) {
+        assert_eq!(self.status, status, "unexpected answer: {self:?}");
+        let ct = self
+            .headers
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        assert!(
+            ct.starts_with("application/json"),
+            "content-type {ct:?} of {self:?}"
+        );
+        let e = self.body["error"].as_str();
+        assert!(
+            e.is_some_and(|e| !e.is_empty()),
+            "no error sentence in {self:?}"
+        );
+    }
+}
+
+/// Sorted key list, for comparing with [`Reply::keys`].
+pub fn keys(k: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = k.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+/// Awaits `f`, failing the test if it takes longer than `d`.
+pub async fn within<F: std::future::Future>(d: Duration, what: &str, f: F) -> F::Output {
+    tokio::time::timeout(d, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {d:?}: {what}"))
+}
+
+impl TestServer {
+    /// Sends `rb` and reads the answer in full, bounded by [`BOUND`].
+    pub async fn send(&self, rb: reqwest::RequestBuilder) -> Reply {
+        within(BOUND, "HTTP exchange", async {
+            Reply::of(rb.send().await.expect("send request")).await
+        })
+        .await
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    /// `POST path` with `body`.
+    pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> Reply {
+        self.send(self.http.post(self.url(path)).body(body)).await
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(self.http.delete(self.url(path))).await
+    }
+
+    /// `POST /api/jobs{query}`: submits without waiting; returns the job id.
+    pub async fn submit_async(&self, query: &str, body: impl Into<reqwest::Body>) -> String {
+        let r = self.post(&format!("/api/jobs{query}"), body).await;
+        assert_eq!(r.status, 202, "async submit: {r:?}");
+        r.body["job_id"].as_str().expect("job_id").to_owned()
+    }
+
+    /// Starts a sync submit (`POST /api/submit{query}`) in the background.
+    pub fn spawn_submit(&self, query: &str, body: impl Into<reqwest::Body>) -> JoinHandle<Reply> {
+        let rb = self
+            .http
+            .post(self.url(&format!("/api/submit{query}")))
+            .body(body);
+        Self::spawn_send(rb)
+    }
+
+    /// Sends `rb` in the background (the caller bounds the join).
+    pub fn spawn_send(rb: reqwest::RequestBuilder) -> JoinHandle<Reply> {
+        tokio::spawn(async move { Reply::of(rb.send().await.expect("send request")).await })
+    }
+
+    /// Joins a background request, bounded by [`BOUND`].
+    pub async fn join(h: JoinHandle<Reply>) -> Reply {
+        within(BOUND, "background request", h)
+            .await
+            .expect("request task")
+    }
+
+    /// One poll (`GET /api/worker/poll{query}`): the hand-out, or `None` on 204.
+    pub async fn poll(&self, query: &str) -> Option<Value> {
+        let r = self.get(&format!("/api/worker/poll{query}")).await;
+        match r.status {
+            200 => Some(r.body),
+            204 => None,
+            _ => panic!("poll: {r:?}"),
+        }
+    }
+
+    /// Takes the next job of `queues` (comma list, `""` for the default
+    /// queue), long-polling up to 5 s; panics if none arrives.
+    pub async fn take(&self, queues: &str) -> Value {
+        let q = if queues.is_empty() {
+            "?wait=5".to_owned()
+        } else {
+            format!("?wait=5&queue={queues}")
+        };
+        self.poll(&q)
+            .await
+            .unwrap_or_else(|| panic!("no job arrived in queue(s) {queues:?} within 5 s"))
+    }
+
+    /// `POST /api/worker/complete/{id}{query}` with `body`.
+    pub async fn complete(&self, id: &str, query: &str, body: impl Into<reqwest::Body>) -> Reply {
+        self.post(&format!("/api/worker/complete/{id}{query}"), body)
+            .await
+    }
+
+    /// `GET /api/jobs/{id}`.
+    pub async fn job(&self, id: &str) -> Reply {
+        self.get(&format!("/api/jobs/{id}")).await
+    }
+
+    /// `GET /api/admin/stats` (asserts 200).
+    pub async fn stats(&self) -> Value {
+        let r = self.get("/api/admin/stats").await;
+        assert_eq!(r.status, 200, "stats: {r:?}");
+        r.body
+    }
+
+    /// Waits (bounded) until `/api/admin/stats` has `key == want`.
+    pub async fn wait_stat(&self, key: &str, want: u64) {
+        within(BOUND, &format!("stats {key} == {want}"), async {
+            loop {
+                if self.stats().await[key] == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+
+    /// Waits (bounded by `d`) until job `id` has `status`; returns its view.
+    pub async fn wait_status(&self, id: &str, status: &str, d: Duration) -> Value {
+        within(d, &format!("job {id} becomes {status}"), async {
+            loop {
+                let r = self.job(id).await;
+                if r.status == 200 && r.body["status"] == status {
+                    return r.body;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+
+    /// Waits (bounded by `d`) until `GET /api/jobs/{id}` answers 404.
+    pub async fn wait_gone(&self, id: &str, d: Duration) {
+        within(d, &format!("job {id} is forgotten"), async {
+            loop {
+                if self.job(id).await.status == 404 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
     }
 }
 
