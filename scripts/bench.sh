@@ -10,6 +10,10 @@
 # PAYLOAD [100] CLIENTS [64] WORKERS [8] LONG_POLL [5] BENCH [../shared/bench]
 # OUT [/tmp/jobq-bench/<timestamp>] CASES [idealq memory embedded embedded-normal]
 # PREFILL [0]: pending jobs stored (in a queue no worker polls) before each jobq run.
+# Cases postgres and postgres-2nodes need PG_URL [postgres://postgres@127.0.0.1:5432/postgres]:
+# each run creates a fresh database and drops it. postgres-2nodes runs two nodes on one
+# database and two load generators at once, each with half the clients and workers against
+# its own node (labels postgres-2nodes-a and -b; the pair's throughput is their sum).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${RUNS:-3}
@@ -32,11 +36,26 @@ JOBQ=$root/target/release/jobq
 mkdir -p "$OUT/logs"
 : >>"$OUT/results.jsonl"
 
+PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 PID=""
+PID2=""
 DIR=""
+DB=""
 stop() {
   if [[ -n $PID ]]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=""; fi
+  if [[ -n $PID2 ]]; then kill "$PID2" 2>/dev/null || true; wait "$PID2" 2>/dev/null || true; PID2=""; fi
   if [[ -n $DIR ]]; then rm -rf "$DIR"; DIR=""; fi
+  if [[ -n $DB ]]; then psql -q "$PG_URL" -c "DROP DATABASE IF EXISTS $DB" >/dev/null; DB=""; fi
+}
+newdb() { # creates a fresh database, prints its URL
+  DB="jobq_bench_$$_$RANDOM"
+  psql -q "$PG_URL" -c "CREATE DATABASE $DB" >/dev/null
+  echo "${PG_URL%/*}/$DB"
+}
+load() { # URL PID LABEL CLIENTS WORKERS
+  $B/syncbench --url "$1" --clients "$4" --workers "$5" \
+    --duration "$DURATION" --warmup "$WARMUP" --payload-bytes "$PAYLOAD" \
+    --long-poll "$LONG_POLL" --server-pid "$2" --label "$3"
 }
 trap stop EXIT
 trap 'stop; exit 130' INT TERM
@@ -69,6 +88,15 @@ for round in $(seq 1 "$RUNS"); do
       memory) $JOBQ serve --storage memory --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       embedded) $JOBQ serve --data-dir "$DIR" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       embedded-normal) $JOBQ serve --data-dir "$DIR" --sync normal --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      postgres) url=$(newdb); $JOBQ serve --postgres-url "$url" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      postgres-2nodes)
+        url=$(newdb)
+        $JOBQ serve --postgres-url "$url" --listen "127.0.0.1:$PORT" >"$log" 2>&1 &
+        PID2=$!
+        $B/syncbench wait-port "127.0.0.1:$PORT" --timeout 30
+        PORT2=$($B/syncbench free-port)
+        $JOBQ serve --postgres-url "$url" --listen "127.0.0.1:$PORT2" >"$log.b" 2>&1 &
+        ;;
       *) echo "unknown case $c" >&2; exit 2 ;;
     esac
     PID=$!
@@ -78,9 +106,15 @@ for round in $(seq 1 "$RUNS"); do
       prefill "$PORT" "$PREFILL"
       label="$c-prefill$PREFILL"
     fi
-    $B/syncbench --url "http://127.0.0.1:$PORT" --clients "$CLIENTS" --workers "$WORKERS" \
-      --duration "$DURATION" --warmup "$WARMUP" --payload-bytes "$PAYLOAD" \
-      --long-poll "$LONG_POLL" --server-pid "$PID" --label "$label" >>"$OUT/results.jsonl" 2>>"$log"
+    if [[ $c == postgres-2nodes ]]; then
+      $B/syncbench wait-port "127.0.0.1:$PORT2" --timeout 30
+      load "http://127.0.0.1:$PORT" "$PID2" "$label-a" $((CLIENTS / 2)) $((WORKERS / 2)) >>"$OUT/results.jsonl" 2>>"$log" &
+      LA=$!
+      load "http://127.0.0.1:$PORT2" "$PID" "$label-b" $((CLIENTS / 2)) $((WORKERS / 2)) >>"$OUT/results.jsonl" 2>>"$log.b"
+      wait $LA
+    else
+      load "http://127.0.0.1:$PORT" "$PID" "$label" "$CLIENTS" "$WORKERS" >>"$OUT/results.jsonl" 2>>"$log"
+    fi
     stop
   done
 done

@@ -29,6 +29,13 @@ impl Default for JobId {
     }
 }
 
+impl JobId {
+    /// The hyphenated lower-case text, without allocating.
+    pub fn encode<'b>(&self, buf: &'b mut [u8; 36]) -> &'b str {
+        self.0.as_hyphenated().encode_lower(buf)
+    }
+}
+
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.as_hyphenated().fmt(f)
@@ -80,7 +87,9 @@ impl Queue {
 
     /// The `default` queue.
     pub fn default_queue() -> Self {
-        Queue(DEFAULT_QUEUE.into())
+        // Shared: most requests name no queue, and this is on their hot path.
+        static DEFAULT: std::sync::LazyLock<Queue> = std::sync::LazyLock::new(|| Queue(DEFAULT_QUEUE.into()));
+        DEFAULT.clone()
     }
 
     /// The name as text.

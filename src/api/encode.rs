@@ -40,6 +40,16 @@ impl Obj {
         self
     }
 
+    /// `"k": "<job id>"`.
+    pub fn id(mut self, k: &str, id: &crate::job::JobId) -> Self {
+        let mut buf = [0u8; 36];
+        let out = self.key(k);
+        out.push(b'"');
+        out.extend_from_slice(id.encode(&mut buf).as_bytes());
+        out.push(b'"');
+        self
+    }
+
     /// `"k": n`.
     pub fn num(mut self, k: &str, v: impl itoa_like::Int) -> Self {
         v.write(self.key(k));
@@ -58,9 +68,8 @@ impl Obj {
         let out = self.key(k);
         match v {
             Some(t) => {
-                out.push(b'"');
-                out.extend_from_slice(t.to_rfc3339().as_bytes());
-                out.push(b'"');
+                use std::io::Write as _;
+                let _ = write!(out, "\"{}\"", humantime::format_rfc3339_micros(t.to_system()));
             }
             None => out.extend_from_slice(b"null"),
         }
@@ -140,7 +149,7 @@ pub mod itoa_like {
 /// `payload` is the result once completed.
 pub fn job_view(job: &Job, position: Option<u64>) -> Obj {
     let mut o = Obj::with_capacity(256 + job.result.as_ref().map_or(0, |r| r.len()))
-        .str("job_id", &job.id.to_string())
+        .id("job_id", &job.id)
         .str("queue", job.queue.as_str())
         .str("status", job.status.as_str())
         .num("attempts", job.attempts)
@@ -174,7 +183,7 @@ pub fn job_with_input(job: &Job, position: Option<u64>) -> Vec<u8> {
 pub fn submit_done(job: &Job) -> Vec<u8> {
     let result = job.result.as_deref().unwrap_or(b"{}");
     Obj::with_capacity(160 + result.len())
-        .str("job_id", &job.id.to_string())
+        .id("job_id", &job.id)
         .payload("payload", result)
         .time("created_at", Some(job.created_at))
         .time("completed_at", job.ended_at)
@@ -184,7 +193,7 @@ pub fn submit_done(job: &Job) -> Vec<u8> {
 /// `202` of a submit that is not (or no longer) waited for.
 pub fn accepted(job: &Job, location: &str) -> Vec<u8> {
     Obj::with_capacity(160)
-        .str("job_id", &job.id.to_string())
+        .id("job_id", &job.id)
         .str("status", job.status.as_str())
         .str("location", location)
         .finish()
@@ -193,16 +202,13 @@ pub fn accepted(job: &Job, location: &str) -> Vec<u8> {
 /// `200` of a poll: the hand-out.
 pub fn handout(job: &Job) -> Vec<u8> {
     Obj::with_capacity(256 + job.payload.len() + job.headers.len())
-        .str("job_id", &job.id.to_string())
+        .id("job_id", &job.id)
         .payload("payload", &job.payload)
         .raw("headers", &job.headers)
         .str("queue", job.queue.as_str())
         .num("attempt", job.attempts)
         .num("priority", job.priority)
-        .str(
-            "lease_id",
-            &job.lease_id.map(|l| l.to_string()).unwrap_or_default(),
-        )
+        .id("lease_id", &job.lease_id.unwrap_or(crate::job::JobId(uuid::Uuid::nil())))
         .time("lease_expires_at", job.lease_expires_at)
         .time("created_at", Some(job.created_at))
         .finish()

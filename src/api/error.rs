@@ -161,7 +161,7 @@ impl IntoResponse for ApiError {
         };
         let mut body = Obj::with_capacity(128).str("error", &message);
         if let Some(id) = job_id {
-            body = body.str("job_id", &id.to_string());
+            body = body.id("job_id", &id);
         }
         if let ApiError::JobFailed { attempts, .. } = &self {
             body = body.num("attempts", *attempts);

@@ -79,13 +79,18 @@ pub fn json(status: StatusCode, body: Vec<u8>) -> Response {
 /// A JSON answer about job `id` (carries `X-Job-Id`).
 pub fn job_json(status: StatusCode, id: JobId, body: Vec<u8>) -> Response {
     let mut resp = json(status, body);
-    if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+    let mut buf = [0u8; 36];
+    if let Ok(v) = HeaderValue::from_str(id.encode(&mut buf)) {
         resp.headers_mut().insert(X_JOB_ID, v);
     }
     resp
 }
 
 /// The request body, limited to `--max-body` (413 beyond).
+///
+/// The bytes are copied into an allocation of their own: a small body is a
+/// slice of the connection's read buffer, and keeping the slice (as a job's
+/// payload or result) would keep that whole buffer alive for as long.
 pub struct Body(pub Bytes);
 
 impl FromRequest<AppState> for Body {
@@ -93,7 +98,7 @@ impl FromRequest<AppState> for Body {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         match Bytes::from_request(req, state).await {
-            Ok(b) => Ok(Body(b)),
+            Ok(b) => Ok(Body(Bytes::copy_from_slice(&b))),
             Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::TooLarge(state.max_body))
             }

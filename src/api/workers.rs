@@ -53,7 +53,7 @@ pub async fn complete(
         .map_err(ApiError::for_job(id))?;
     let body = encode::Obj::with_capacity(80)
         .str("message", "Job completed")
-        .str("job_id", &id.to_string())
+        .id("job_id", &id)
         .finish();
     Ok(job_json(StatusCode::OK, id, body))
 }
@@ -98,7 +98,7 @@ pub async fn fail(
         .await
         .map_err(ApiError::for_job(id))?;
     let body = encode::Obj::with_capacity(80)
-        .str("job_id", &id.to_string())
+        .id("job_id", &id)
         .str("status", job.status.as_str())
         .num("attempts", job.attempts)
         .finish();
@@ -119,7 +119,7 @@ pub async fn heartbeat(
         .await
         .map_err(ApiError::for_job(id))?;
     let body = encode::Obj::with_capacity(96)
-        .str("job_id", &id.to_string())
+        .id("job_id", &id)
         .time("lease_expires_at", job.lease_expires_at)
         .finish();
     Ok(job_json(StatusCode::OK, id, body))

@@ -29,7 +29,7 @@ type Slot = (u64, oneshot::Sender<Wake>, bool);
 /// Clients waiting for jobs to end, by job id.
 #[derive(Debug, Default)]
 pub struct JobWaiters {
-    map: Mutex<HashMap<JobId, Vec<Slot>>>,
+    map: Mutex<HashMap<JobId, Vec<Slot>, foldhash::fast::RandomState>>,
     next: AtomicU64,
     count: AtomicUsize,
 }

@@ -479,8 +479,18 @@ fn commit(conn: &mut Connection, batch: &[Cmd]) -> rusqlite::Result<()> {
         )?;
         let mut delete = tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?;
         let mut delete_input = tx.prepare_cached("DELETE FROM inputs WHERE id = ?1")?;
-        for op in batch.iter().flat_map(|c| &c.ops) {
+        // An update that a later update of the same job in this batch
+        // overwrites (a hand-out and its complete, typically) is skipped.
+        let mut last_update: std::collections::HashMap<JobId, usize, foldhash::fast::RandomState> =
+            Default::default();
+        for (i, op) in batch.iter().flat_map(|c| &c.ops).enumerate() {
+            if let Op::Update(j) = op {
+                last_update.insert(j.id, i);
+            }
+        }
+        for (i, op) in batch.iter().flat_map(|c| &c.ops).enumerate() {
             match op {
+                Op::Update(j) if last_update.get(&j.id) != Some(&i) => {}
                 Op::Insert(j) => {
                     insert.execute(params![
                         j.id.0.as_bytes(),

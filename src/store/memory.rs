@@ -37,7 +37,7 @@ struct Entry {
 /// ended jobs by end time, idempotency keys.
 #[derive(Debug, Default)]
 pub struct Index {
-    jobs: HashMap<JobId, Entry>,
+    jobs: HashMap<JobId, Entry, foldhash::fast::RandomState>,
     pending: HashMap<Queue, BTreeMap<PendingKey, JobId>>,
     leases: BTreeSet<(Timestamp, JobId)>,
     /// Ended jobs in the order they ended, for purging after `--result-ttl`.
