@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Kind, TestServer};
+use common::binary::free_port;
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -304,14 +305,6 @@ async fn sigterm_finishes_the_job_in_hand_then_exits_0() {
     s.stop().await;
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `jobq serve` on `addr`, ready to answer.
 async fn serve(addr: &str) -> Proc {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::postgres::{available, with_dbname, TestDb};
 use common::TestServer;
+use common::binary::free_port;
 use parking_lot::Mutex;
 use serde_json::Value;
 
@@ -320,14 +321,6 @@ async fn thousand_jobs_each_handed_out_exactly_once() {
     b.stop().await;
 }
 
-/// A free port on loopback for a child process.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Kills the child on drop (a failing test leaves no server behind).
 struct Child(std::process::Child);
