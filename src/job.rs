@@ -88,7 +88,8 @@ impl Queue {
     /// The `default` queue.
     pub fn default_queue() -> Self {
         // Shared: most requests name no queue, and this is on their hot path.
-        static DEFAULT: std::sync::LazyLock<Queue> = std::sync::LazyLock::new(|| Queue(DEFAULT_QUEUE.into()));
+        static DEFAULT: std::sync::LazyLock<Queue> =
+            std::sync::LazyLock::new(|| Queue(DEFAULT_QUEUE.into()));
         DEFAULT.clone()
     }
 

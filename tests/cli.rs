@@ -12,8 +12,8 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Kind, TestServer};
 use common::binary::free_port;
+use common::{Kind, TestServer};
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -304,7 +304,6 @@ async fn sigterm_finishes_the_job_in_hand_then_exits_0() {
     assert_eq!(st.code(), Some(0), "log:\n{}", w.log());
     s.stop().await;
 }
-
 
 /// `jobq serve` on `addr`, ready to answer.
 async fn serve(addr: &str) -> Proc {

@@ -10,9 +10,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::binary::free_port;
 use common::postgres::{available, with_dbname, TestDb};
 use common::TestServer;
-use common::binary::free_port;
 use parking_lot::Mutex;
 use serde_json::Value;
 
@@ -320,7 +320,6 @@ async fn thousand_jobs_each_handed_out_exactly_once() {
     a.stop().await;
     b.stop().await;
 }
-
 
 /// Kills the child on drop (a failing test leaves no server behind).
 struct Child(std::process::Child);

@@ -69,7 +69,11 @@ impl Obj {
         match v {
             Some(t) => {
                 use std::io::Write as _;
-                let _ = write!(out, "\"{}\"", humantime::format_rfc3339_micros(t.to_system()));
+                let _ = write!(
+                    out,
+                    "\"{}\"",
+                    humantime::format_rfc3339_micros(t.to_system())
+                );
             }
             None => out.extend_from_slice(b"null"),
         }
@@ -208,7 +212,10 @@ pub fn handout(job: &Job) -> Vec<u8> {
         .str("queue", job.queue.as_str())
         .num("attempt", job.attempts)
         .num("priority", job.priority)
-        .id("lease_id", &job.lease_id.unwrap_or(crate::job::JobId(uuid::Uuid::nil())))
+        .id(
+            "lease_id",
+            &job.lease_id.unwrap_or(crate::job::JobId(uuid::Uuid::nil())),
+        )
         .time("lease_expires_at", job.lease_expires_at)
         .time("created_at", Some(job.created_at))
         .finish()

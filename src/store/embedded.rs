@@ -65,10 +65,11 @@ pub enum Sync {
     Normal,
 }
 
+/// A change to write; the `u64` is the job's arrival number, its row key.
 enum Op {
-    Insert(Job),
-    Update(Job),
-    Delete(JobId),
+    Insert(u64, Job),
+    Update(u64, Job),
+    Delete(u64),
 }
 
 /// Ops to write in order; `done` (if any) hears when they are durable.
@@ -222,13 +223,13 @@ impl EmbeddedStore {
     }
 
     /// Reads the payload and headers of a job restored without them.
-    async fn read_input(&self, id: JobId) -> Result<(Bytes, Bytes)> {
+    async fn read_input(&self, id: JobId, seq: u64) -> Result<(Bytes, Bytes)> {
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
             let conn = reader.lock();
             let mut stmt =
-                conn.prepare_cached("SELECT payload, headers FROM inputs WHERE id = ?1")?;
-            stmt.query_row([id.0.as_bytes()], |r| {
+                conn.prepare_cached("SELECT payload, headers FROM inputs WHERE seq = ?1")?;
+            stmt.query_row([seq as i64], |r| {
                 Ok((
                     Bytes::from(r.get::<_, Vec<u8>>(0)?),
                     Bytes::from(r.get::<_, Vec<u8>>(1)?),
@@ -240,12 +241,19 @@ impl EmbeddedStore {
         .map_err(|e| unavailable(format!("cannot read the input of job {id}: {e}")))
     }
 
-    /// Fills in the input of `job` if it was restored without it.
-    async fn warm(&self, mut job: Job, cold: bool) -> Result<Job> {
-        if cold {
-            (job.payload, job.headers) = self.read_input(job.id).await?;
+    /// Fills in the input of `job` if it was restored without it
+    /// (`cold` is then its arrival number).
+    async fn warm(&self, mut job: Job, cold: Option<u64>) -> Result<Job> {
+        if let Some(seq) = cold {
+            (job.payload, job.headers) = self.read_input(job.id, seq).await?;
         }
         Ok(job)
+    }
+
+    /// The arrival number of a job the index holds (it holds every job a
+    /// caller just changed).
+    fn seq(index: &Index, id: JobId) -> Result<u64> {
+        index.seq_of(id).ok_or(Error::NotFound)
     }
 
     /// Applies `f` to the index, logs the job it returns, and waits for the disk.
@@ -257,7 +265,8 @@ impl EmbeddedStore {
             let mut index = self.index.lock();
             self.check_writable()?;
             let (job, extra) = f(&mut index)?;
-            let rx = self.send(vec![Op::Update(job.clone())], true)?;
+            let seq = Self::seq(&index, job.id)?;
+            let rx = self.send(vec![Op::Update(seq, job.clone())], true)?;
             ((job, extra), rx)
         };
         Self::durable(rx).await?;
@@ -327,7 +336,7 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 
 const COLUMNS: &str =
     "id, queue, priority, status, attempts, created_at, started_at, ended_at, lease_id, \
-     result, error, idem_key, idem_fp";
+     result, error, idem_key, idem_fp, seq";
 
 fn load(conn: &Connection) -> rusqlite::Result<Index> {
     let mut index = Index::new();
@@ -336,11 +345,9 @@ fn load(conn: &Connection) -> rusqlite::Result<Index> {
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let job = row_to_job(r, &mut queues)?;
-        if job.status.is_ended() {
-            index.restore(job);
-        } else {
-            index.restore_cold(job);
-        }
+        let seq: i64 = r.get(13)?;
+        let cold = !job.status.is_ended();
+        index.restore(job, seq as u64, cold);
     }
     Ok(index)
 }
@@ -468,31 +475,32 @@ fn commit(conn: &mut Connection, batch: &[Cmd]) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO jobs (id, queue, priority, status, attempts, created_at, idem_key, idem_fp) \
-             VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?5, ?6)",
+            "INSERT INTO jobs (seq, id, queue, priority, status, attempts, created_at, idem_key, idem_fp) \
+             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?7)",
         )?;
         let mut insert_input =
-            tx.prepare_cached("INSERT INTO inputs (id, payload, headers) VALUES (?1, ?2, ?3)")?;
+            tx.prepare_cached("INSERT INTO inputs (seq, payload, headers) VALUES (?1, ?2, ?3)")?;
         let mut update = tx.prepare_cached(
             "UPDATE jobs SET status = ?2, attempts = ?3, started_at = ?4, ended_at = ?5, lease_id = ?6, \
-             result = ?7, error = ?8 WHERE id = ?1",
+             result = ?7, error = ?8 WHERE seq = ?1",
         )?;
-        let mut delete = tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?;
-        let mut delete_input = tx.prepare_cached("DELETE FROM inputs WHERE id = ?1")?;
+        let mut delete = tx.prepare_cached("DELETE FROM jobs WHERE seq = ?1")?;
+        let mut delete_input = tx.prepare_cached("DELETE FROM inputs WHERE seq = ?1")?;
         // An update that a later update of the same job in this batch
         // overwrites (a hand-out and its complete, typically) is skipped.
-        let mut last_update: std::collections::HashMap<JobId, usize, foldhash::fast::RandomState> =
+        let mut last_update: std::collections::HashMap<u64, usize, foldhash::fast::RandomState> =
             Default::default();
         for (i, op) in batch.iter().flat_map(|c| &c.ops).enumerate() {
-            if let Op::Update(j) = op {
-                last_update.insert(j.id, i);
+            if let Op::Update(seq, _) = op {
+                last_update.insert(*seq, i);
             }
         }
         for (i, op) in batch.iter().flat_map(|c| &c.ops).enumerate() {
             match op {
-                Op::Update(j) if last_update.get(&j.id) != Some(&i) => {}
-                Op::Insert(j) => {
+                Op::Update(seq, _) if last_update.get(seq) != Some(&i) => {}
+                Op::Insert(seq, j) => {
                     insert.execute(params![
+                        *seq as i64,
                         j.id.0.as_bytes(),
                         j.queue.as_str(),
                         j.priority,
@@ -500,15 +508,11 @@ fn commit(conn: &mut Connection, batch: &[Cmd]) -> rusqlite::Result<()> {
                         j.idempotency.as_ref().map(|i| i.key.as_str()),
                         j.idempotency.as_ref().map(|i| &i.fingerprint[..]),
                     ])?;
-                    insert_input.execute(params![
-                        j.id.0.as_bytes(),
-                        &j.payload[..],
-                        &j.headers[..]
-                    ])?;
+                    insert_input.execute(params![*seq as i64, &j.payload[..], &j.headers[..]])?;
                 }
-                Op::Update(j) => {
+                Op::Update(seq, j) => {
                     update.execute(params![
-                        j.id.0.as_bytes(),
+                        *seq as i64,
                         j.status.as_str(),
                         j.attempts,
                         j.started_at.map(|t| t.0),
@@ -519,12 +523,12 @@ fn commit(conn: &mut Connection, batch: &[Cmd]) -> rusqlite::Result<()> {
                     ])?;
                     if j.status.is_ended() {
                         // Nothing reads an ended job's input again.
-                        delete_input.execute(params![j.id.0.as_bytes()])?;
+                        delete_input.execute(params![*seq as i64])?;
                     }
                 }
-                Op::Delete(id) => {
-                    delete.execute(params![id.0.as_bytes()])?;
-                    delete_input.execute(params![id.0.as_bytes()])?;
+                Op::Delete(seq) => {
+                    delete.execute(params![*seq as i64])?;
+                    delete_input.execute(params![*seq as i64])?;
                 }
             }
         }
@@ -540,7 +544,8 @@ impl Store for EmbeddedStore {
             self.check_writable()?;
             match index.insert(job, max_pending, false)? {
                 Inserted::Created(job) => {
-                    let rx = self.send(vec![Op::Insert(job.clone())], true);
+                    let seq = Self::seq(&index, job.id)?;
+                    let rx = self.send(vec![Op::Insert(seq, job.clone())], true);
                     match rx {
                         Ok(rx) => (Inserted::Created(job), rx),
                         Err(e) => {
@@ -564,8 +569,9 @@ impl Store for EmbeddedStore {
                 // Undo: the insert may still reach the disk when the writer
                 // recovers, so a delete follows it in the log.
                 let mut index = self.index.lock();
-                index.remove(job.id);
-                let _ = self.send(vec![Op::Delete(job.id)], false);
+                if let Some((_, seq)) = index.remove(job.id) {
+                    let _ = self.send(vec![Op::Delete(seq)], false);
+                }
                 Err(e)
             }
         }
@@ -579,8 +585,9 @@ impl Store for EmbeddedStore {
                 return Ok(None);
             };
             // Lazily: a restart returns running jobs to pending anyway.
-            self.send(vec![Op::Update(claimed.job.clone())], false)?;
-            let cold = index.is_cold(claimed.job.id);
+            let seq = Self::seq(&index, claimed.job.id)?;
+            self.send(vec![Op::Update(seq, claimed.job.clone())], false)?;
+            let cold = index.is_cold(claimed.job.id).then_some(seq);
             (claimed, cold)
         };
         // If the input cannot be read, the lease runs out and the job is
@@ -598,7 +605,11 @@ impl Store for EmbeddedStore {
             let Some(job) = index.peek(queues) else {
                 return Ok(None);
             };
-            let cold = index.is_cold(job.id);
+            let cold = if index.is_cold(job.id) {
+                index.seq_of(job.id)
+            } else {
+                None
+            };
             (job, cold)
         };
         Ok(Some(self.warm(job, cold).await?))
@@ -611,7 +622,7 @@ impl Store for EmbeddedStore {
             let (job, how) = index.complete(p)?;
             // A repeat writes nothing but still waits for the earlier write.
             let ops = if how == Completion::Completed {
-                vec![Op::Update(job.clone())]
+                vec![Op::Update(Self::seq(&index, job.id)?, job.clone())]
             } else {
                 Vec::new()
             };
@@ -650,11 +661,11 @@ impl Store for EmbeddedStore {
             let (cancelled, forgotten) = index.clear(queue, now);
             let mut ops: Vec<Op> = Vec::with_capacity(cancelled.len() + forgotten.len());
             for id in &cancelled {
-                if let Some(rec) = index.get(*id) {
-                    ops.push(Op::Update(rec.job));
+                if let (Some(rec), Some(seq)) = (index.get(*id), index.seq_of(*id)) {
+                    ops.push(Op::Update(seq, rec.job));
                 }
             }
-            ops.extend(forgotten.into_iter().map(Op::Delete));
+            ops.extend(forgotten.into_iter().map(|(_, seq)| Op::Delete(seq)));
             let rx = self.send(ops, true)?;
             (cancelled, rx)
         };
@@ -684,7 +695,11 @@ impl Store for EmbeddedStore {
             if changed.is_empty() {
                 return Ok(changed);
             }
-            let rx = self.send(changed.iter().cloned().map(Op::Update).collect(), true)?;
+            let ops = changed
+                .iter()
+                .filter_map(|j| Some(Op::Update(index.seq_of(j.id)?, j.clone())))
+                .collect();
+            let rx = self.send(ops, true)?;
             (changed, rx)
         };
         Self::durable(rx).await?;
@@ -697,7 +712,10 @@ impl Store for EmbeddedStore {
         let n = purged.len() as u64;
         if n > 0 {
             // Lazily: a purged job that reappears after a crash is purged again.
-            self.send(purged.into_iter().map(Op::Delete).collect(), false)?;
+            self.send(
+                purged.into_iter().map(|(_, seq)| Op::Delete(seq)).collect(),
+                false,
+            )?;
         }
         Ok(n)
     }

@@ -129,7 +129,7 @@ impl Index {
         Ok((out, &self.jobs[&id].job))
     }
 
-    fn forget(&mut self, id: JobId) -> Option<Job> {
+    fn forget(&mut self, id: JobId) -> Option<(Job, u64)> {
         let entry = self.jobs.remove(&id)?;
         let job = entry.job;
         if let Some(idem) = &job.idempotency {
@@ -150,18 +150,20 @@ impl Index {
             self.leases.remove(&(t, id));
         }
         self.count(&job.queue, Some(before), None);
-        Some(job)
+        Some((job, entry.seq))
     }
 
-    /// Adds a job as it stands (used when loading from durable storage).
-    pub fn restore(&mut self, job: Job) {
-        self.add(job, true, false)
+    /// Adds a job as it stands, under the arrival number `seq` it was
+    /// stored with (used when loading from durable storage). With `cold`,
+    /// its payload and headers stay on disk (see [`Index::is_cold`]).
+    pub fn restore(&mut self, job: Job, seq: u64, cold: bool) {
+        self.next_seq = self.next_seq.max(seq + 1);
+        self.add_at(job, seq, true, cold)
     }
 
-    /// As [`Index::restore`], for a job whose payload and headers stay on
-    /// disk (see [`Index::is_cold`]).
-    pub fn restore_cold(&mut self, job: Job) {
-        self.add(job, true, true)
+    /// The arrival number of job `id`: its key in durable storage.
+    pub fn seq_of(&self, id: JobId) -> Option<u64> {
+        self.jobs.get(&id).map(|e| e.seq)
     }
 
     /// Whether job `id` was restored without its payload and headers.
@@ -170,9 +172,13 @@ impl Index {
     }
 
     fn add(&mut self, job: Job, visible: bool, cold: bool) {
-        let id = job.id;
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.add_at(job, seq, visible, cold)
+    }
+
+    fn add_at(&mut self, job: Job, seq: u64, visible: bool, cold: bool) {
+        let id = job.id;
         if let Some(idem) = &job.idempotency {
             self.idempotency.insert(idem.key.clone(), id);
         }
@@ -237,7 +243,8 @@ impl Index {
     }
 
     /// Forgets job `id` (an insert that could not be made durable).
-    pub fn remove(&mut self, id: JobId) -> Option<Job> {
+    /// Returns the job and its arrival number.
+    pub fn remove(&mut self, id: JobId) -> Option<(Job, u64)> {
         self.forget(id)
     }
 
@@ -309,7 +316,12 @@ impl Index {
     }
 
     /// See [`Store::clear`]. Returns the cancelled ids and the forgotten ones.
-    pub fn clear(&mut self, queue: Option<&Queue>, now: Timestamp) -> (Vec<JobId>, Vec<JobId>) {
+    /// The forgotten ones come with their arrival numbers.
+    pub fn clear(
+        &mut self,
+        queue: Option<&Queue>,
+        now: Timestamp,
+    ) -> (Vec<JobId>, Vec<(JobId, u64)>) {
         let ids: Vec<(JobId, Status)> = self
             .jobs
             .values()
@@ -319,8 +331,9 @@ impl Index {
         let (mut cancelled, mut forgotten) = (Vec::new(), Vec::new());
         for (id, status) in ids {
             if status.is_ended() {
-                self.forget(id);
-                forgotten.push(id);
+                if let Some((_, seq)) = self.forget(id) {
+                    forgotten.push((id, seq));
+                }
             } else if self.transition(id, |j| j.cancel(now)).is_ok() {
                 cancelled.push(id);
             }
@@ -396,7 +409,8 @@ impl Index {
     }
 
     /// Forgets jobs ended at least `ttl` before `now`; returns their ids.
-    pub fn purge_expired(&mut self, ttl: Duration, now: Timestamp) -> Vec<JobId> {
+    /// Returns their ids with their arrival numbers.
+    pub fn purge_expired(&mut self, ttl: Duration, now: Timestamp) -> Vec<(JobId, u64)> {
         let mut purged = Vec::new();
         while let Some(&(ended_at, id)) = self.ended.front() {
             if ended_at + ttl > now {
@@ -409,8 +423,9 @@ impl Index {
                 .get(&id)
                 .is_some_and(|e| e.job.is_expired(ttl, now))
             {
-                self.forget(id);
-                purged.push(id);
+                if let Some((_, seq)) = self.forget(id) {
+                    purged.push((id, seq));
+                }
             }
         }
         purged
