@@ -10,6 +10,8 @@
 # PAYLOAD [100] CLIENTS [64] WORKERS [8] LONG_POLL [5] BENCH [../shared/bench]
 # OUT [/tmp/jobq-bench/<timestamp>] CASES [idealq memory embedded embedded-normal]
 # PREFILL [0]: pending jobs stored (in a queue no worker polls) before each jobq run.
+# Case embedded-backlog is the embedded store with BACKLOG [100000] such jobs stored first,
+# to compare with case embedded in the same run.
 # Cases postgres and postgres-2nodes need PG_URL [postgres://postgres@127.0.0.1:5432/postgres]:
 # each run creates a fresh database and drops it. postgres-2nodes runs two nodes on one
 # database and two load generators at once, each with half the clients and workers against
@@ -88,6 +90,7 @@ for round in $(seq 1 "$RUNS"); do
       memory) $JOBQ serve --storage memory --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       embedded) $JOBQ serve --data-dir "$DIR" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       embedded-normal) $JOBQ serve --data-dir "$DIR" --sync normal --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      embedded-backlog) $JOBQ serve --data-dir "$DIR" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       postgres) url=$(newdb); $JOBQ serve --postgres-url "$url" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       postgres-2nodes)
         url=$(newdb)
@@ -102,7 +105,9 @@ for round in $(seq 1 "$RUNS"); do
     PID=$!
     $B/syncbench wait-port "127.0.0.1:$PORT" --timeout 30
     label=$c
-    if [[ $c != idealq && $PREFILL -gt 0 ]]; then
+    if [[ $c == embedded-backlog ]]; then
+      prefill "$PORT" "${BACKLOG:-100000}"
+    elif [[ $c != idealq && $PREFILL -gt 0 ]]; then
       prefill "$PORT" "$PREFILL"
       label="$c-prefill$PREFILL"
     fi
