@@ -117,6 +117,26 @@ async fn kill9_mid_submit_burst_loses_no_acknowledged_job() {
     );
 }
 
+/// A sync submit in the background, and the job handed to a worker
+/// (one long-poll: the submit wakes it).
+async fn submit_and_take(
+    http: &reqwest::Client,
+    p: &Proc,
+    body: &'static str,
+) -> (tokio::task::JoinHandle<reqwest::Response>, Value) {
+    let client = {
+        let (http, url) = (http.clone(), p.url("/api/submit"));
+        tokio::spawn(async move { http.post(url).body(body).send().await.unwrap() })
+    };
+    let r = http
+        .get(p.url("/api/worker/poll?wait=10"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "no job within the long-poll");
+    (client, r.json().await.unwrap())
+}
+
 fn body_of(key: &str) -> String {
     let mut it = key.trim_start_matches("k-").split('-');
     let (s, n) = (it.next().unwrap(), it.next().unwrap());
@@ -248,16 +268,7 @@ async fn sigterm_lets_the_running_job_finish_and_exits_zero() {
     let data = dir.path().join("data");
     let mut p = Proc::start(&data, free_port(), &["--shutdown-grace", "20"]).await;
     let http = reqwest::Client::new();
-    let client = {
-        let (http, url) = (http.clone(), p.url("/api/submit"));
-        tokio::spawn(async move { http.post(url).body("\"work\"").send().await.unwrap() })
-    };
-    let job = loop {
-        if let Some(j) = poll(&http, &p).await {
-            break j;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let (client, job) = submit_and_take(&http, &p, "\"work\"").await;
     let id = job["job_id"].as_str().unwrap().to_owned();
     p.term();
     // New submits are refused while the running job drains.
@@ -315,16 +326,7 @@ async fn grace_over_answers_waiting_clients_503_and_keeps_their_jobs() {
     let data = dir.path().join("data");
     let mut p = Proc::start(&data, free_port(), &["--shutdown-grace", "0.5"]).await;
     let http = reqwest::Client::new();
-    let client = {
-        let (http, url) = (http.clone(), p.url("/api/submit"));
-        tokio::spawn(async move { http.post(url).body("\"stuck\"").send().await.unwrap() })
-    };
-    let job = loop {
-        if let Some(j) = poll(&http, &p).await {
-            break j;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let (client, job) = submit_and_take(&http, &p, "\"stuck\"").await;
     p.term();
     let resp = tokio::time::timeout(Duration::from_secs(10), client)
         .await
