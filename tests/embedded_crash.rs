@@ -387,27 +387,28 @@ fn start_up_errors_are_one_clear_line() {
     let (code, err) = start_fails(&["--data-dir", corrupt.to_str().unwrap(), "--listen", &listen]);
     assert_one_line_failure(code, &err, "jobq.db");
 
-    // A SQLite database of another program.
-    let foreign = dir.path().join("foreign");
-    std::fs::create_dir(&foreign).unwrap();
-    {
-        let c = rusqlite::Connection::open(foreign.join("jobq.db")).unwrap();
-        c.execute_batch("CREATE TABLE customers (id INTEGER PRIMARY KEY)")
+    // A SQLite database of another program, and one of a newer jobq.
+    for (name, sql, says) in [
+        (
+            "foreign",
+            "CREATE TABLE customers (id INTEGER PRIMARY KEY)",
+            "not a jobq database",
+        ),
+        (
+            "newer",
+            "PRAGMA application_id = 1785684593; PRAGMA user_version = 99;",
+            "newer",
+        ),
+    ] {
+        let data = dir.path().join(name);
+        std::fs::create_dir(&data).unwrap();
+        rusqlite::Connection::open(data.join("jobq.db"))
+            .unwrap()
+            .execute_batch(sql)
             .unwrap();
+        let (code, err) = start_fails(&["--data-dir", data.to_str().unwrap(), "--listen", &listen]);
+        assert_one_line_failure(code, &err, says);
     }
-    let (code, err) = start_fails(&["--data-dir", foreign.to_str().unwrap(), "--listen", &listen]);
-    assert_one_line_failure(code, &err, "not a jobq database");
-
-    // A schema newer than this binary.
-    let newer = dir.path().join("newer");
-    std::fs::create_dir(&newer).unwrap();
-    {
-        let c = rusqlite::Connection::open(newer.join("jobq.db")).unwrap();
-        c.execute_batch("PRAGMA application_id = 1785684593; PRAGMA user_version = 99;")
-            .unwrap();
-    }
-    let (code, err) = start_fails(&["--data-dir", newer.to_str().unwrap(), "--listen", &listen]);
-    assert_one_line_failure(code, &err, "newer");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

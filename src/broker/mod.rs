@@ -586,9 +586,4 @@ impl Broker {
     pub fn is_stopping(&self) -> bool {
         self.inner.stopping.is_cancelled()
     }
-
-    /// A token cancelled when shutdown begins.
-    pub fn stopping(&self) -> CancellationToken {
-        self.inner.stopping.clone()
-    }
 }

@@ -750,9 +750,3 @@ impl Drop for EmbeddedStore {
         self.tx.lock().take();
     }
 }
-
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn is<T: Send + std::marker::Sync>() {}
-    is::<EmbeddedStore>();
-}
