@@ -2,11 +2,11 @@
 //! `--data-dir`, with every job also held in an in-memory [`Index`] that
 //! serves all reads and hand-outs.
 //!
-//! Writes go through one writer thread that commits them in batches (group
-//! commit): whatever arrived while the previous batch was being written goes
-//! into the next transaction, so one fsync covers many requests. Changes are
-//! applied to the index and queued for the writer under the index lock, so
-//! the log order is the order in which they happened.
+//! Writes are committed in batches (group commit, see [`log`]): whatever
+//! arrived while the previous batch was being written goes into the next
+//! transaction, so one commit and one fsync cover many requests. Changes are
+//! applied to the index and queued under the index lock, so the log order is
+//! the order in which they happened.
 //!
 //! Payloads and headers live in a table of their own and are read back at
 //! hand-out for jobs loaded at start-up, so a restart with a million pending
@@ -18,27 +18,29 @@
 //! returns running jobs to pending anyway. Heartbeats are not written.
 //!
 //! When a batch cannot be committed (disk full), the store turns read-only:
-//! writes answer `Unavailable` (503) at once, reads go on, and the writer
-//! retries the batch until it commits, then takes writes again.
+//! writes answer `Unavailable` (503) at once, reads go on, and a background
+//! thread retries the batch until it commits, then writes are taken again.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OpenFlags};
-use tokio::sync::oneshot;
+use rusqlite::{Connection, OpenFlags};
+
+mod log;
+
+use log::{Durable, Log, Op};
 
 use super::memory::Index;
 use super::{
     ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, Inserted, JobRecord,
     ListFilter, OpenError, Result, Store,
 };
-use crate::job::{Completion, Idempotency, Job, JobId, LeaseId, NewJob, Queue, Timestamp};
+use crate::job::{Completion, Idempotency, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp};
 
 /// File name of the database inside `--data-dir`.
 pub const DB_FILE: &str = "jobq.db";
@@ -48,39 +50,18 @@ pub const DB_FILE: &str = "jobq.db";
 const APPLICATION_ID: i32 = 0x6a6f_6271;
 
 /// Schema migrations; `PRAGMA user_version` is how many have been applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_jobs.sql")];
-
-/// Most commands folded into one transaction.
-const MAX_BATCH: usize = 4096;
-
-/// Pause between retries of a batch that failed to commit.
-const RETRY_PAUSE: Duration = Duration::from_millis(500);
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../migrations/sqlite/0001_jobs.sql"),
+    include_str!("../../../migrations/sqlite/0002_no_running_index.sql"),
+];
 
 /// How commits reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sync {
-    /// fsync the WAL at every commit: an acknowledged write survives power loss.
+    /// fdatasync the WAL before acknowledging a write: it survives power loss.
     Full,
-    /// No fsync at commit: survives a crash of jobq (`kill -9`), not of the machine.
+    /// No fsync before acknowledging: survives a crash of jobq (`kill -9`), not of the machine.
     Normal,
-}
-
-/// A change to write; the `u64` is the job's arrival number, its row key.
-enum Op {
-    Insert(u64, Job),
-    Update(u64, Job),
-    Delete(u64),
-}
-
-/// Ops to write in order; `done` (if any) hears when they are durable.
-struct Cmd {
-    ops: Vec<Op>,
-    done: Option<oneshot::Sender<Result<(), String>>>,
-}
-
-enum Msg {
-    Write(Cmd),
-    Close(oneshot::Sender<Result<(), String>>),
 }
 
 /// Name of the lock file that keeps a second process off the data dir.
@@ -89,14 +70,9 @@ const LOCK_FILE: &str = "jobq.lock";
 /// `--storage embedded`.
 pub struct EmbeddedStore {
     index: Mutex<Index>,
-    /// Reads inputs of jobs restored without them (WAL readers do not block the writer).
-    reader: Arc<Mutex<Connection>>,
+    log: Arc<Log>,
     /// Held (locked) for the store's lifetime.
     _lock: std::fs::File,
-    tx: Mutex<Option<mpsc::Sender<Msg>>>,
-    /// Set while the writer cannot commit; writes are refused meanwhile.
-    read_only: Arc<AtomicBool>,
-    writer: Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
 }
 
@@ -148,28 +124,24 @@ impl EmbeddedStore {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| fail(&format!("cannot open {shown}"), &e))?;
-        let index = prepare(&conn, &shown, sync)?;
-        let reader = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| fail(&format!("cannot open {shown} for reading"), &e))?;
-        let read_only = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel();
-        let writer = {
-            let read_only = read_only.clone();
-            std::thread::Builder::new()
-                .name("jobq-writer".into())
-                .spawn(move || writer_loop(conn, rx, read_only))
-                .map_err(|e| fail("cannot start the writer thread", &e))?
+        let index = prepare(&conn, &shown)?;
+        let wal = match sync {
+            Sync::Normal => None,
+            Sync::Full => {
+                // SQLite keeps the WAL file (reusing it from the start after
+                // each checkpoint) until the connection closes, so this
+                // handle stays its file.
+                let wal_path = data_dir.join(format!("{DB_FILE}-wal"));
+                let wal = std::fs::File::open(&wal_path)
+                    .map_err(|e| fail(&format!("cannot open {}", wal_path.display()), &e))?;
+                Some(wal)
+            }
         };
+        let log = Log::start(conn, wal).map_err(|e| fail("cannot start the log threads", &e))?;
         Ok(EmbeddedStore {
             index: Mutex::new(index),
-            reader: Arc::new(Mutex::new(reader)),
+            log,
             _lock: lock,
-            tx: Mutex::new(Some(tx)),
-            read_only,
-            writer: Mutex::new(Some(writer)),
             path,
         })
     }
@@ -180,7 +152,10 @@ impl EmbeddedStore {
     }
 
     fn check_writable(&self) -> Result<()> {
-        if self.read_only.load(Ordering::Acquire) {
+        let health = self.log.health();
+        if let Some(e) = health.sync_failed.get() {
+            Err(Error::Unavailable(format!("{}: {e}", self.path.display())))
+        } else if health.read_only.load(Ordering::Acquire) {
             Err(Error::Unavailable(format!(
                 "{} cannot be written (disk full?); retrying in the background",
                 self.path.display()
@@ -191,49 +166,40 @@ impl EmbeddedStore {
     }
 
     /// Queues `ops`; with `durable`, returns a receiver that hears when they
-    /// (and everything queued before them) are on disk. Call under the index
-    /// lock so the log keeps the order of the changes.
-    fn send(
-        &self,
-        ops: Vec<Op>,
-        durable: bool,
-    ) -> Result<Option<oneshot::Receiver<Result<(), String>>>> {
-        let (done, rx) = if durable {
-            let (t, r) = oneshot::channel();
-            (Some(t), Some(r))
-        } else {
-            (None, None)
-        };
-        let tx = self.tx.lock();
-        let tx = tx.as_ref().ok_or_else(|| unavailable("store is closed"))?;
-        tx.send(Msg::Write(Cmd { ops, done }))
-            .map_err(|_| unavailable("writer thread stopped"))?;
-        Ok(rx)
+    /// (and everything queued before them) are durable. Call under the
+    /// index lock so the log keeps the order of the changes, then
+    /// [`Self::durable`] after releasing it.
+    fn send(&self, ops: Vec<Op>, durable: bool) -> Option<Durable> {
+        self.log.push(ops, durable)
     }
 
-    async fn durable(rx: Option<oneshot::Receiver<Result<(), String>>>) -> Result<()> {
-        match rx {
-            None => Ok(()),
-            Some(rx) => match rx.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(Error::Unavailable(e)),
-                Err(_) => Err(unavailable("writer thread stopped")),
-            },
+    /// Commits what is queued (unless a request already is) and waits until
+    /// `rx`'s changes are durable.
+    async fn durable(&self, rx: Option<Durable>) -> Result<()> {
+        let Some(rx) = rx else {
+            return Ok(());
+        };
+        self.log.flush();
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Unavailable(e)),
+            Err(_) => Err(unavailable("store is closed")),
         }
     }
 
     /// Reads the payload and headers of a job restored without them.
     async fn read_input(&self, id: JobId, seq: u64) -> Result<(Bytes, Bytes)> {
-        let reader = self.reader.clone();
+        let log = self.log.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = reader.lock();
-            let mut stmt =
-                conn.prepare_cached("SELECT payload, headers FROM inputs WHERE seq = ?1")?;
-            stmt.query_row([seq as i64], |r| {
-                Ok((
-                    Bytes::from(r.get::<_, Vec<u8>>(0)?),
-                    Bytes::from(r.get::<_, Vec<u8>>(1)?),
-                ))
+            log.read(|conn| {
+                let mut stmt =
+                    conn.prepare_cached("SELECT payload, headers FROM inputs WHERE seq = ?1")?;
+                stmt.query_row([seq as i64], |r| {
+                    Ok((
+                        Bytes::from(r.get::<_, Vec<u8>>(0)?),
+                        Bytes::from(r.get::<_, Vec<u8>>(1)?),
+                    ))
+                })
             })
         })
         .await
@@ -266,16 +232,16 @@ impl EmbeddedStore {
             self.check_writable()?;
             let (job, extra) = f(&mut index)?;
             let seq = Self::seq(&index, job.id)?;
-            let rx = self.send(vec![Op::Update(seq, job.clone())], true)?;
+            let rx = self.send(vec![Op::Update(seq, job.clone())], true);
             ((job, extra), rx)
         };
-        Self::durable(rx).await?;
+        self.durable(rx).await?;
         Ok(out)
     }
 }
 
 /// Checks, migrates and loads the database.
-fn prepare(conn: &Connection, shown: &str, sync: Sync) -> Result<Index, OpenError> {
+fn prepare(conn: &Connection, shown: &str) -> Result<Index, OpenError> {
     let fail = |what: &str, e: &rusqlite::Error| {
         if is_busy(e) {
             OpenError::Failed(format!("{shown} is in use by another jobq process"))
@@ -283,6 +249,11 @@ fn prepare(conn: &Connection, shown: &str, sync: Sync) -> Result<Index, OpenErro
             OpenError::Failed(format!("{shown}: {what}: {e}"))
         }
     };
+    // Set before the first access: SQLite then keeps the WAL index in
+    // process memory instead of a shared-memory file and takes no file
+    // locks per transaction. Only this connection uses the file.
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+        .map_err(|e| fail("cannot lock", &e))?;
     let app_id: i32 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))
         .map_err(|e| fail("not a readable SQLite database", &e))?;
@@ -305,11 +276,10 @@ fn prepare(conn: &Connection, shown: &str, sync: Sync) -> Result<Index, OpenErro
     }
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(|e| fail("cannot enable WAL", &e))?;
-    let sync_mode = match sync {
-        Sync::Full => "FULL",
-        Sync::Normal => "NORMAL",
-    };
-    conn.pragma_update(None, "synchronous", sync_mode)
+    // NORMAL in both modes: SQLite then syncs only around checkpoints, which
+    // keeps the files consistent; with `Sync::Full` the syncer threads make
+    // each commit durable before it is acknowledged (see `writer`).
+    conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(|e| fail("cannot set synchronous", &e))?;
     let write = |sql: &str| {
         conn.execute_batch(sql)
@@ -321,8 +291,6 @@ fn prepare(conn: &Connection, shown: &str, sync: Sync) -> Result<Index, OpenErro
         write(&format!("PRAGMA user_version = {}", i + 1))?;
     }
     write(&format!("PRAGMA application_id = {APPLICATION_ID}"))?;
-    // A restart returns running jobs to pending; their attempts stay counted.
-    write("UPDATE jobs SET status = 'pending' WHERE status = 'running'")?;
     write("COMMIT")?;
     load(conn).map_err(|e| fail("cannot load jobs", &e))
 }
@@ -344,7 +312,13 @@ fn load(conn: &Connection) -> rusqlite::Result<Index> {
     let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM jobs ORDER BY seq"))?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        let job = row_to_job(r, &mut queues)?;
+        let mut job = row_to_job(r, &mut queues)?;
+        if job.status == Status::Running {
+            // A restart returns running jobs to pending; their attempts stay
+            // counted. The row keeps saying `running` until the job's next
+            // change is written, and is read the same way at every start.
+            job.status = Status::Pending;
+        }
         let seq: i64 = r.get(13)?;
         let cold = !job.status.is_ended();
         index.restore(job, seq as u64, cold);
@@ -413,129 +387,6 @@ fn row_to_job(
     })
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, read_only: Arc<AtomicBool>) {
-    let mut batch: Vec<Cmd> = Vec::new();
-    let mut close: Option<oneshot::Sender<Result<(), String>>> = None;
-    loop {
-        if batch.is_empty() && close.is_none() {
-            match rx.recv() {
-                Ok(Msg::Write(c)) => batch.push(c),
-                Ok(Msg::Close(done)) => close = Some(done),
-                Err(_) => return,
-            }
-        }
-        while batch.len() < MAX_BATCH && close.is_none() {
-            match rx.try_recv() {
-                Ok(Msg::Write(c)) => batch.push(c),
-                Ok(Msg::Close(done)) => close = Some(done),
-                Err(_) => break,
-            }
-        }
-        if batch.is_empty() {
-            if let Some(done) = close.take() {
-                // Everything is committed; folding the WAL into the database
-                // file only makes the next start faster, so a failure is no error.
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "final checkpoint failed; the WAL is replayed at next start");
-                }
-                let _ = done.send(Ok(()));
-                return;
-            }
-            continue;
-        }
-        match commit(&mut conn, &batch) {
-            Ok(()) => {
-                if read_only.swap(false, Ordering::AcqRel) {
-                    tracing::info!("storage writable again");
-                }
-                for cmd in batch.drain(..) {
-                    if let Some(done) = cmd.done {
-                        let _ = done.send(Ok(()));
-                    }
-                }
-            }
-            Err(e) => {
-                // Keep the batch (it is the log) and retry it; its callers
-                // are told now, so they do not hang while the disk is full.
-                if !read_only.swap(true, Ordering::AcqRel) {
-                    tracing::error!(error = %e, "cannot commit to the embedded store; read-only until it can");
-                }
-                for cmd in batch.iter_mut() {
-                    if let Some(done) = cmd.done.take() {
-                        let _ = done.send(Err(format!("cannot write: {e}")));
-                    }
-                }
-                std::thread::sleep(RETRY_PAUSE);
-            }
-        }
-    }
-}
-
-fn commit(conn: &mut Connection, batch: &[Cmd]) -> rusqlite::Result<()> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO jobs (seq, id, queue, priority, status, attempts, created_at, idem_key, idem_fp) \
-             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?7)",
-        )?;
-        let mut insert_input =
-            tx.prepare_cached("INSERT INTO inputs (seq, payload, headers) VALUES (?1, ?2, ?3)")?;
-        let mut update = tx.prepare_cached(
-            "UPDATE jobs SET status = ?2, attempts = ?3, started_at = ?4, ended_at = ?5, lease_id = ?6, \
-             result = ?7, error = ?8 WHERE seq = ?1",
-        )?;
-        let mut delete = tx.prepare_cached("DELETE FROM jobs WHERE seq = ?1")?;
-        let mut delete_input = tx.prepare_cached("DELETE FROM inputs WHERE seq = ?1")?;
-        // An update that a later update of the same job in this batch
-        // overwrites (a hand-out and its complete, typically) is skipped.
-        let mut last_update: std::collections::HashMap<u64, usize, foldhash::fast::RandomState> =
-            Default::default();
-        for (i, op) in batch.iter().flat_map(|c| &c.ops).enumerate() {
-            if let Op::Update(seq, _) = op {
-                last_update.insert(*seq, i);
-            }
-        }
-        for (i, op) in batch.iter().flat_map(|c| &c.ops).enumerate() {
-            match op {
-                Op::Update(seq, _) if last_update.get(seq) != Some(&i) => {}
-                Op::Insert(seq, j) => {
-                    insert.execute(params![
-                        *seq as i64,
-                        j.id.0.as_bytes(),
-                        j.queue.as_str(),
-                        j.priority,
-                        j.created_at.0,
-                        j.idempotency.as_ref().map(|i| i.key.as_str()),
-                        j.idempotency.as_ref().map(|i| &i.fingerprint[..]),
-                    ])?;
-                    insert_input.execute(params![*seq as i64, &j.payload[..], &j.headers[..]])?;
-                }
-                Op::Update(seq, j) => {
-                    update.execute(params![
-                        *seq as i64,
-                        j.status.as_str(),
-                        j.attempts,
-                        j.started_at.map(|t| t.0),
-                        j.ended_at.map(|t| t.0),
-                        j.lease_id.map(|l| l.0.as_bytes().to_vec()),
-                        j.result.as_deref(),
-                        j.error.as_deref(),
-                    ])?;
-                    if j.status.is_ended() {
-                        // Nothing reads an ended job's input again.
-                        delete_input.execute(params![*seq as i64])?;
-                    }
-                }
-                Op::Delete(seq) => {
-                    delete.execute(params![*seq as i64])?;
-                    delete_input.execute(params![*seq as i64])?;
-                }
-            }
-        }
-    }
-    tx.commit()
-}
-
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn insert(&self, job: NewJob, max_pending: u64) -> Result<Inserted> {
@@ -546,13 +397,7 @@ impl Store for EmbeddedStore {
                 Inserted::Created(job) => {
                     let seq = Self::seq(&index, job.id)?;
                     let rx = self.send(vec![Op::Insert(seq, job.clone())], true);
-                    match rx {
-                        Ok(rx) => (Inserted::Created(job), rx),
-                        Err(e) => {
-                            index.remove(job.id);
-                            return Err(e);
-                        }
-                    }
+                    (Inserted::Created(job), rx)
                 }
                 existing => return Ok(existing),
             }
@@ -560,14 +405,14 @@ impl Store for EmbeddedStore {
         let Inserted::Created(job) = &inserted else {
             unreachable!()
         };
-        match Self::durable(rx).await {
+        match self.durable(rx).await {
             Ok(()) => {
                 self.index.lock().publish(job.id);
                 Ok(inserted)
             }
             Err(e) => {
-                // Undo: the insert may still reach the disk when the writer
-                // recovers, so a delete follows it in the log.
+                // Undo: the insert may still reach the disk once the disk
+                // has room again, so a delete follows it in the log.
                 let mut index = self.index.lock();
                 if let Some((_, seq)) = index.remove(job.id) {
                     let _ = self.send(vec![Op::Delete(seq)], false);
@@ -584,9 +429,9 @@ impl Store for EmbeddedStore {
             let Some(claimed) = index.claim(p)? else {
                 return Ok(None);
             };
-            // Lazily: a restart returns running jobs to pending anyway.
+            // Deferred: a restart returns running jobs to pending anyway.
             let seq = Self::seq(&index, claimed.job.id)?;
-            self.send(vec![Op::Update(seq, claimed.job.clone())], false)?;
+            self.log.push_handout(seq, claimed.job.clone());
             let cold = index.is_cold(claimed.job.id).then_some(seq);
             (claimed, cold)
         };
@@ -626,10 +471,10 @@ impl Store for EmbeddedStore {
             } else {
                 Vec::new()
             };
-            let rx = self.send(ops, true)?;
+            let rx = self.send(ops, true);
             (job, how, rx)
         };
-        Self::durable(rx).await?;
+        self.durable(rx).await?;
         Ok((job, how))
     }
 
@@ -666,10 +511,10 @@ impl Store for EmbeddedStore {
                 }
             }
             ops.extend(forgotten.into_iter().map(|(_, seq)| Op::Delete(seq)));
-            let rx = self.send(ops, true)?;
+            let rx = self.send(ops, true);
             (cancelled, rx)
         };
-        Self::durable(rx).await?;
+        self.durable(rx).await?;
         Ok(cancelled)
     }
 
@@ -688,7 +533,7 @@ impl Store for EmbeddedStore {
     async fn rescue_expired(&self, now: Timestamp, max_attempts: u32) -> Result<Vec<Job>> {
         let (changed, rx) = {
             let mut index = self.index.lock();
-            if self.read_only.load(Ordering::Acquire) {
+            if self.check_writable().is_err() {
                 return Ok(Vec::new());
             }
             let changed = index.rescue_expired(now, max_attempts);
@@ -699,10 +544,10 @@ impl Store for EmbeddedStore {
                 .iter()
                 .filter_map(|j| Some(Op::Update(index.seq_of(j.id)?, j.clone())))
                 .collect();
-            let rx = self.send(ops, true)?;
+            let rx = self.send(ops, true);
             (changed, rx)
         };
-        Self::durable(rx).await?;
+        self.durable(rx).await?;
         Ok(changed)
     }
 
@@ -715,7 +560,7 @@ impl Store for EmbeddedStore {
             self.send(
                 purged.into_iter().map(|(_, seq)| Op::Delete(seq)).collect(),
                 false,
-            )?;
+            );
         }
         Ok(n)
     }
@@ -725,28 +570,14 @@ impl Store for EmbeddedStore {
     }
 
     async fn healthy(&self) -> bool {
-        !self.read_only.load(Ordering::Acquire) && self.tx.lock().is_some()
+        self.check_writable().is_ok() && !self.log.is_closed()
     }
 
     async fn close(&self) -> Result<()> {
-        let Some(tx) = self.tx.lock().take() else {
-            return Ok(());
-        };
-        let (done, rx) = oneshot::channel();
-        tx.send(Msg::Close(done))
-            .map_err(|_| unavailable("writer thread stopped"))?;
-        let r = rx.await.map_err(|_| unavailable("writer thread stopped"))?;
-        let handle = self.writer.lock().take();
-        if let Some(h) = handle {
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
-        }
-        r.map_err(Error::Unavailable)
-    }
-}
-
-impl Drop for EmbeddedStore {
-    fn drop(&mut self) {
-        // Dropping the sender ends the writer after the queued batches.
-        self.tx.lock().take();
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.close())
+            .await
+            .map_err(unavailable)?
+            .map_err(Error::Unavailable)
     }
 }

@@ -1,0 +1,626 @@
+//! The embedded store's write path (group commit).
+//!
+//! Changes are queued in the order they happen (under the index lock) and
+//! committed in batches. There is no writer thread to hand them to: the
+//! request that queued a change and finds the connection free becomes the
+//! *leader* and commits everything queued, its own change and those of the
+//! requests that came while the previous batch was being written. A request
+//! that finds the connection busy just waits; the leader picks its change up.
+//! This saves two thread switches per write, which on a small machine cost
+//! more than the SQLite work itself. Changes nobody waits for (hand-outs,
+//! purges) ride along with the next batch, or are committed by a background
+//! thread shortly after.
+//!
+//! Why the fsync is not the commit's own (`--sync full`): SQLite's
+//! `synchronous=FULL` would hold the connection through each batch's fsync,
+//! so every request would wait for the fsync in flight and then its own.
+//! Here SQLite commits without syncing (`synchronous=NORMAL`, which still
+//! syncs around checkpoints, so the files stay consistent), and syncer
+//! threads call `fdatasync` on the WAL file: the batches written before a
+//! call began are durable when it returns, and are only then acknowledged.
+//! Two syncers let a sync start as soon as a batch is written, even while
+//! another is in flight.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use rusqlite::{params, Connection};
+use tokio::sync::oneshot;
+
+use crate::job::Job;
+
+/// Pause between retries of a batch that failed to commit.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// How long a change nobody waits for may stay queued: hand-outs (which a
+/// later change of the job, usually its completion, makes unnecessary),
+/// deletions of ended jobs' inputs and of purged jobs.
+pub(super) const DEFER: Duration = Duration::from_millis(100);
+
+/// Batches one leader commits before handing the rest to the background
+/// thread, so that no request is held up committing others' changes for long.
+const MAX_ROUNDS: usize = 4;
+
+/// Syncer threads: one sync may start while another is in flight.
+const SYNCERS: usize = 2;
+
+/// A change to write; the `u64` is the job's arrival number, its row key.
+pub(super) enum Op {
+    Insert(u64, Job),
+    Update(u64, Job),
+    Delete(u64),
+}
+
+/// Told `Ok` once a command's changes are durable.
+pub(super) type Done = oneshot::Sender<Result<(), String>>;
+
+/// Waits for a command to be durable.
+pub(super) type Durable = oneshot::Receiver<Result<(), String>>;
+
+/// Ops to write in order; `done` (if any) hears when they are durable.
+struct Cmd {
+    ops: Vec<Op>,
+    done: Option<Done>,
+}
+
+/// What is waiting to be written.
+#[derive(Default)]
+struct Queue {
+    /// Changes in the order they happened.
+    cmds: Vec<Cmd>,
+    /// Hand-outs not yet written, by arrival number; a later change of the
+    /// job replaces its hand-out (it carries the attempt count too).
+    handouts: HashMap<u64, Job, foldhash::fast::RandomState>,
+    /// Jobs that ended, whose input rows are to be deleted.
+    ended: Vec<u64>,
+}
+
+/// One transaction's worth of [`Queue`].
+#[derive(Default)]
+struct Batch {
+    cmds: Vec<Cmd>,
+    handouts: Vec<(u64, Job)>,
+    ended: Vec<u64>,
+}
+
+impl Queue {
+    fn take(&mut self, deferred: bool) -> Batch {
+        let mut b = Batch {
+            cmds: std::mem::take(&mut self.cmds),
+            ..Batch::default()
+        };
+        if deferred {
+            b.handouts = self.handouts.drain().collect();
+            b.ended = std::mem::take(&mut self.ended);
+        }
+        b
+    }
+
+    fn is_empty(&self, deferred: bool) -> bool {
+        self.cmds.is_empty() && !(deferred && !(self.handouts.is_empty() && self.ended.is_empty()))
+    }
+}
+
+/// Whether the log can take writes.
+#[derive(Default)]
+pub(super) struct Health {
+    /// Set while a batch cannot be committed (disk full); cleared when it can.
+    pub read_only: AtomicBool,
+    /// Set for good by a failed fdatasync: the kernel may have dropped the
+    /// pages it could not write, so a later sync would prove nothing.
+    pub sync_failed: OnceLock<String>,
+}
+
+/// The queue of changes and the connection that writes them.
+pub(super) struct Log {
+    queue: Mutex<Queue>,
+    /// Held by the leader while it commits; `None` once closed.
+    conn: Mutex<Option<Connection>>,
+    syncer: Option<Syncer>,
+    health: Arc<Health>,
+    background: Arc<Signal>,
+    background_thread: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+/// Wakes the background thread.
+#[derive(Default)]
+struct Signal {
+    state: Mutex<SignalState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct SignalState {
+    /// Something is queued that no leader may take soon.
+    lazy: bool,
+    /// A leader stopped with changes still queued: commit them now.
+    urgent: bool,
+    stop: bool,
+}
+
+impl Log {
+    /// Takes over `conn`; with `wal` (the database's WAL file), commits are
+    /// acknowledged only once an fdatasync of it has made them durable.
+    pub(super) fn start(conn: Connection, wal: Option<File>) -> std::io::Result<Arc<Log>> {
+        let health = Arc::new(Health::default());
+        let syncer = wal
+            .map(|wal| Syncer::start(wal, health.clone()))
+            .transpose()?;
+        let log = Arc::new(Log {
+            queue: Mutex::new(Queue::default()),
+            conn: Mutex::new(Some(conn)),
+            syncer,
+            health,
+            background: Arc::default(),
+            background_thread: Mutex::new(None),
+            closed: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&log);
+        let signal = log.background.clone();
+        let thread = std::thread::Builder::new()
+            .name("jobq-log".into())
+            .spawn(move || background(weak, signal))?;
+        *log.background_thread.lock() = Some(thread);
+        Ok(log)
+    }
+
+    pub(super) fn health(&self) -> &Health {
+        &self.health
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Queues `ops`; with `durable`, returns a receiver that hears when they
+    /// (and everything queued before them) are durable — after a
+    /// [`Log::flush`]. Call under the index lock, so that the log keeps the
+    /// order in which the changes happened.
+    pub(super) fn push(&self, ops: Vec<Op>, durable: bool) -> Option<Durable> {
+        let (done, rx) = if durable {
+            let (t, r) = oneshot::channel();
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        let mut q = self.queue.lock();
+        for op in &ops {
+            match op {
+                Op::Insert(..) => {}
+                Op::Update(seq, job) => {
+                    q.handouts.remove(seq);
+                    if job.status.is_ended() {
+                        q.ended.push(*seq);
+                    }
+                }
+                Op::Delete(seq) => {
+                    q.handouts.remove(seq);
+                }
+            }
+        }
+        q.cmds.push(Cmd { ops, done });
+        drop(q);
+        if !durable {
+            self.background.wake(false);
+        }
+        rx
+    }
+
+    /// Queues the write of a hand-out, deferred: a restart returns running
+    /// jobs to pending anyway, and the job's next change (usually its
+    /// completion) carries the attempt count too. Call under the index lock.
+    pub(super) fn push_handout(&self, seq: u64, job: Job) {
+        self.queue.lock().handouts.insert(seq, job);
+        self.background.wake(false);
+    }
+
+    /// Commits everything queued, unless another thread is already doing so
+    /// (it will take what this one queued). Blocks for one or a few commits:
+    /// tens of microseconds, without fsync.
+    pub(super) fn flush(&self) {
+        loop {
+            {
+                let Some(mut conn) = self.conn.try_lock() else {
+                    return;
+                };
+                for _ in 0..MAX_ROUNDS {
+                    if !self.commit_queued(&mut conn, false) {
+                        return;
+                    }
+                }
+                if !self.queue.lock().is_empty(false) {
+                    drop(conn);
+                    self.background.wake(true);
+                    return;
+                }
+            }
+            // A request that queued after the last look may have found the
+            // connection busy and left its change to this leader.
+            if self.queue.lock().is_empty(false) || self.health.read_only.load(Ordering::Acquire)
+            {
+                return;
+            }
+        }
+    }
+
+    /// Commits what is queued (with `deferred`, the deferred writes too) as
+    /// one batch; false when there was nothing to commit or it failed.
+    fn commit_queued(&self, conn: &mut Option<Connection>, deferred: bool) -> bool {
+        let batch = self.queue.lock().take(deferred);
+        if batch.cmds.is_empty() && batch.handouts.is_empty() && batch.ended.is_empty() {
+            return false;
+        }
+        let Some(c) = conn.as_mut() else {
+            answer(batch.cmds.into_iter().filter_map(|c| c.done), || {
+                Err("store is closed".into())
+            });
+            return false;
+        };
+        self.commit(c, batch)
+    }
+
+    /// Commits one batch; false (and the batch back at the head of the
+    /// queue) when it cannot.
+    fn commit(&self, conn: &mut Connection, mut batch: Batch) -> bool {
+        match write_batch(conn, &batch) {
+            Ok(()) => {
+                if self.health.read_only.swap(false, Ordering::AcqRel) {
+                    tracing::info!("storage writable again");
+                }
+                let done = batch.cmds.into_iter().filter_map(|c| c.done);
+                match &self.syncer {
+                    Some(s) => s.written(done.collect()),
+                    None => answer(done, || Ok(())),
+                }
+                true
+            }
+            Err(e) => {
+                // Keep the changes (they are the log) to retry them first;
+                // their callers are told now, so they do not hang while the
+                // disk is full. Deferred hand-outs are dropped: a later
+                // change may have replaced them meanwhile.
+                if !self.health.read_only.swap(true, Ordering::AcqRel) {
+                    tracing::error!(error = %e, "cannot commit to the embedded store; read-only until it can");
+                }
+                answer(batch.cmds.iter_mut().filter_map(|c| c.done.take()), || {
+                    Err(format!("cannot write: {e}"))
+                });
+                let mut queue = self.queue.lock();
+                let later = std::mem::take(&mut queue.cmds);
+                queue.cmds = batch.cmds;
+                queue.cmds.extend(later);
+                queue.ended.extend(batch.ended);
+                false
+            }
+        }
+    }
+
+    /// Runs `f` on the connection, waiting for a leader to finish.
+    pub(super) fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, String> {
+        let conn = self.conn.lock();
+        let conn = conn.as_ref().ok_or("store is closed")?;
+        f(conn).map_err(|e| e.to_string())
+    }
+
+    /// Commits what is queued, waits for the syncers, folds the WAL into the
+    /// database file and closes the connection. Later writes fail.
+    pub(super) fn close(&self) -> Result<(), String> {
+        self.closed.store(true, Ordering::Release);
+        self.background.stop();
+        if let Some(t) = self.background_thread.lock().take() {
+            // The background thread itself may be closing the log (it held
+            // the last reference for a moment): it cannot wait for itself.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+        let mut conn = self.conn.lock();
+        let Some(mut c) = conn.take() else {
+            return Ok(());
+        };
+        let batch = self.queue.lock().take(true);
+        let committed = (batch.cmds.is_empty() && batch.handouts.is_empty() && batch.ended.is_empty())
+            || self.commit(&mut c, batch);
+        if let Some(s) = &self.syncer {
+            s.stop();
+        }
+        if !committed {
+            return Err("the last changes could not be written".into());
+        }
+        // Folding the WAL into the database file only makes the next start
+        // faster, so a failure is no error.
+        if let Err(e) = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "final checkpoint failed; the WAL is replayed at next start");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        // Commits what is still queued (the background thread holds only a
+        // weak reference, so it cannot do it any more).
+        let _ = self.close();
+    }
+}
+
+impl Signal {
+    fn wake(&self, urgent: bool) {
+        let mut st = self.state.lock();
+        if urgent {
+            st.urgent = true;
+        } else if st.lazy {
+            return;
+        } else {
+            st.lazy = true;
+        }
+        self.cv.notify_one();
+    }
+
+    fn stop(&self) {
+        self.state.lock().stop = true;
+        self.cv.notify_one();
+    }
+}
+
+/// Commits changes that no leader took: lazy and deferred ones after
+/// [`DEFER`], urgent ones at once; retries a batch that failed every
+/// [`RETRY_PAUSE`].
+fn background(log: Weak<Log>, signal: Arc<Signal>) {
+    loop {
+        let urgent = {
+            let mut st = signal.state.lock();
+            loop {
+                if st.stop {
+                    return;
+                }
+                if st.urgent || st.lazy {
+                    break st.urgent;
+                }
+                let read_only = log
+                    .upgrade()
+                    .is_some_and(|l| l.health.read_only.load(Ordering::Acquire));
+                if read_only {
+                    if signal.cv.wait_for(&mut st, RETRY_PAUSE).timed_out() {
+                        break true;
+                    }
+                } else {
+                    signal.cv.wait(&mut st);
+                }
+            }
+        };
+        if !urgent {
+            std::thread::sleep(DEFER);
+        }
+        {
+            // Cleared before committing: a change queued from now on wakes us again.
+            let mut st = signal.state.lock();
+            st.urgent = false;
+            if !urgent {
+                st.lazy = false;
+            }
+        }
+        let Some(log) = log.upgrade() else {
+            return;
+        };
+        let mut conn = log.conn.lock();
+        for _ in 0..MAX_ROUNDS {
+            if !log.commit_queued(&mut conn, !urgent) {
+                break;
+            }
+        }
+    }
+}
+
+fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO jobs (seq, id, queue, priority, status, attempts, created_at, idem_key, idem_fp) \
+             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?7)",
+        )?;
+        let mut insert_input =
+            tx.prepare_cached("INSERT INTO inputs (seq, payload, headers) VALUES (?1, ?2, ?3)")?;
+        let mut update = tx.prepare_cached(
+            "UPDATE jobs SET status = ?2, attempts = ?3, started_at = ?4, ended_at = ?5, lease_id = ?6, \
+             result = ?7, error = ?8 WHERE seq = ?1",
+        )?;
+        let mut delete = tx.prepare_cached("DELETE FROM jobs WHERE seq = ?1")?;
+        let mut delete_input = tx.prepare_cached("DELETE FROM inputs WHERE seq = ?1")?;
+        let mut update_job = |seq: u64, j: &Job| {
+            update.execute(params![
+                seq as i64,
+                j.status.as_str(),
+                j.attempts,
+                j.started_at.map(|t| t.0),
+                j.ended_at.map(|t| t.0),
+                j.lease_id.map(|l| l.0.as_bytes().to_vec()),
+                j.result.as_deref(),
+                j.error.as_deref(),
+            ])
+        };
+        // Deferred hand-outs first: a later change of the same job, queued
+        // after they were taken, is in `cmds` and must win.
+        for (seq, j) in &batch.handouts {
+            update_job(*seq, j)?;
+        }
+        // An update that a later update of the same job in this batch
+        // overwrites is skipped.
+        let mut last_update: HashMap<u64, usize, foldhash::fast::RandomState> = Default::default();
+        for (i, op) in batch.cmds.iter().flat_map(|c| &c.ops).enumerate() {
+            if let Op::Update(seq, _) = op {
+                last_update.insert(*seq, i);
+            }
+        }
+        for (i, op) in batch.cmds.iter().flat_map(|c| &c.ops).enumerate() {
+            match op {
+                Op::Update(seq, _) if last_update.get(seq) != Some(&i) => {}
+                Op::Insert(seq, j) => {
+                    insert.execute(params![
+                        *seq as i64,
+                        j.id.0.as_bytes(),
+                        j.queue.as_str(),
+                        j.priority,
+                        j.created_at.0,
+                        j.idempotency.as_ref().map(|i| i.key.as_str()),
+                        j.idempotency.as_ref().map(|i| &i.fingerprint[..]),
+                    ])?;
+                    insert_input.execute(params![*seq as i64, &j.payload[..], &j.headers[..]])?;
+                }
+                Op::Update(seq, j) => {
+                    update_job(*seq, j)?;
+                }
+                Op::Delete(seq) => {
+                    delete.execute(params![*seq as i64])?;
+                    delete_input.execute(params![*seq as i64])?;
+                }
+            }
+        }
+        // Nothing reads an ended job's input again; deleted in arrival
+        // order, neighbours share pages.
+        let mut ended = batch.ended.clone();
+        ended.sort_unstable();
+        for seq in ended {
+            delete_input.execute(params![seq as i64])?;
+        }
+    }
+    tx.commit()
+}
+
+fn answer(done: impl IntoIterator<Item = Done>, outcome: impl Fn() -> Result<(), String>) {
+    for d in done {
+        let _ = d.send(outcome());
+    }
+}
+
+/// Acknowledges committed batches once an fdatasync of the WAL that began
+/// after they were written has returned.
+struct Syncer {
+    shared: Arc<SyncShared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct SyncShared {
+    state: Mutex<SyncState>,
+    cv: Condvar,
+    wal: File,
+    health: Arc<Health>,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// Number of the last batch written to the WAL.
+    written: u64,
+    /// The last batch that a sync already begun covers.
+    started: u64,
+    /// The last batch known durable.
+    synced: u64,
+    /// Acknowledgements of written batches, oldest first, by batch number.
+    waiting: VecDeque<(u64, Vec<Done>)>,
+    stopping: bool,
+}
+
+impl Syncer {
+    fn start(wal: File, health: Arc<Health>) -> std::io::Result<Syncer> {
+        let shared = Arc::new(SyncShared {
+            state: Mutex::new(SyncState::default()),
+            cv: Condvar::new(),
+            wal,
+            health,
+        });
+        let syncer = Syncer {
+            shared,
+            threads: Mutex::new(Vec::new()),
+        };
+        for i in 0..SYNCERS {
+            let shared = syncer.shared.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("jobq-sync-{i}"))
+                .spawn(move || shared.run());
+            match thread {
+                Ok(t) => syncer.threads.lock().push(t),
+                Err(e) => {
+                    syncer.stop();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(syncer)
+    }
+
+    /// A batch is in the WAL; `done` hear once it is durable.
+    fn written(&self, done: Vec<Done>) {
+        if done.is_empty() {
+            // Nothing waits for it; the next sync covers it anyway.
+            return;
+        }
+        if let Some(e) = self.shared.health.sync_failed.get() {
+            return answer(done, || Err(e.clone()));
+        }
+        let mut st = self.shared.state.lock();
+        st.written += 1;
+        let n = st.written;
+        st.waiting.push_back((n, done));
+        drop(st);
+        self.shared.cv.notify_one();
+    }
+
+    /// Returns once every written batch has been synced (or failed to).
+    fn stop(&self) {
+        self.shared.state.lock().stopping = true;
+        self.shared.cv.notify_all();
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl SyncShared {
+    fn run(&self) {
+        let mut st = self.state.lock();
+        loop {
+            if st.written > st.started {
+                let target = st.written;
+                st.started = target;
+                drop(st);
+                let r = self.wal.sync_data();
+                st = self.state.lock();
+                let mut ready = Vec::new();
+                let outcome = match r {
+                    Ok(()) => {
+                        st.synced = st.synced.max(target);
+                        while st.waiting.front().is_some_and(|(n, _)| *n <= st.synced) {
+                            ready.extend(st.waiting.pop_front().map(|(_, d)| d));
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let msg = format!("fsync of the WAL failed: {e}; restart jobq");
+                        if self.health.sync_failed.set(msg.clone()).is_ok() {
+                            tracing::error!(error = %e, "fsync of the WAL failed; refusing writes until restart");
+                        }
+                        ready.extend(st.waiting.drain(..).map(|(_, d)| d));
+                        Err(msg)
+                    }
+                };
+                drop(st);
+                answer(ready.into_iter().flatten(), || outcome.clone());
+                st = self.state.lock();
+                continue;
+            }
+            if st.stopping {
+                return;
+            }
+            self.cv.wait(&mut st);
+        }
+    }
+}
