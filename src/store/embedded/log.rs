@@ -11,15 +11,16 @@
 //! purges) ride along with the next batch, or are committed by a background
 //! thread shortly after.
 //!
-//! Why the fsync is not the commit's own (`--sync full`): SQLite's
-//! `synchronous=FULL` would hold the connection through each batch's fsync,
-//! so every request would wait for the fsync in flight and then its own.
-//! Here SQLite commits without syncing (`synchronous=NORMAL`, which still
-//! syncs around checkpoints, so the files stay consistent), and syncer
-//! threads call `fdatasync` on the WAL file: the batches written before a
-//! call began are durable when it returns, and are only then acknowledged.
-//! Two syncers let a sync start as soon as a batch is written, even while
-//! another is in flight.
+//! Why the fsync is not the commit's own: SQLite's `synchronous=FULL` would
+//! hold the connection through each batch's fsync, so every request would
+//! wait for the fsync in flight and then its own, and nothing could be
+//! committed meanwhile. Here SQLite commits without syncing
+//! (`synchronous=NORMAL`, which still syncs around checkpoints, so the files
+//! stay consistent), and a syncer thread calls `fdatasync` on the WAL file:
+//! the batches written before a call began are durable when it returns.
+//! With `--sync full` they are acknowledged only then; with `--sync normal`
+//! at once (they are in the OS, safe from a crash of jobq) and the syncer
+//! runs at most every [`SYNC_INTERVAL`].
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -34,6 +35,10 @@ use tokio::sync::oneshot;
 
 use crate::job::Job;
 
+/// With `--sync normal`, the longest a commit waits for its fdatasync: a
+/// power loss loses at most about this much acknowledged work.
+pub(super) const SYNC_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Pause between retries of a batch that failed to commit.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
@@ -45,9 +50,6 @@ pub(super) const DEFER: Duration = Duration::from_millis(100);
 /// Batches one leader commits before handing the rest to the background
 /// thread, so that no request is held up committing others' changes for long.
 const MAX_ROUNDS: usize = 4;
-
-/// Syncer threads: one sync may start while another is in flight.
-const SYNCERS: usize = 2;
 
 /// A change to write; the `u64` is the job's arrival number, its row key.
 pub(super) enum Op {
@@ -121,7 +123,7 @@ pub(super) struct Log {
     queue: Mutex<Queue>,
     /// Held by the leader while it commits; `None` once closed.
     conn: Mutex<Option<Connection>>,
-    syncer: Option<Syncer>,
+    syncer: Syncer,
     health: Arc<Health>,
     background: Arc<Signal>,
     background_thread: Mutex<Option<JoinHandle<()>>>,
@@ -145,13 +147,15 @@ struct SignalState {
 }
 
 impl Log {
-    /// Takes over `conn`; with `wal` (the database's WAL file), commits are
-    /// acknowledged only once an fdatasync of it has made them durable.
-    pub(super) fn start(conn: Connection, wal: Option<File>) -> std::io::Result<Arc<Log>> {
+    /// Takes over `conn`; `wal` is the database's WAL file, synced as
+    /// `policy` says.
+    pub(super) fn start(
+        conn: Connection,
+        wal: File,
+        policy: SyncPolicy,
+    ) -> std::io::Result<Arc<Log>> {
         let health = Arc::new(Health::default());
-        let syncer = wal
-            .map(|wal| Syncer::start(wal, health.clone()))
-            .transpose()?;
+        let syncer = Syncer::start(wal, policy, health.clone())?;
         let log = Arc::new(Log {
             queue: Mutex::new(Queue::default()),
             conn: Mutex::new(Some(conn)),
@@ -229,21 +233,19 @@ impl Log {
                 let Some(mut conn) = self.conn.try_lock() else {
                     return;
                 };
-                for _ in 0..MAX_ROUNDS {
-                    if !self.commit_queued(&mut conn, false) {
+                let mut rounds = 0;
+                while self.commit_queued(&mut conn, false) {
+                    rounds += 1;
+                    if rounds == MAX_ROUNDS {
+                        drop(conn);
+                        self.background.wake(true);
                         return;
                     }
-                }
-                if !self.queue.lock().is_empty(false) {
-                    drop(conn);
-                    self.background.wake(true);
-                    return;
                 }
             }
             // A request that queued after the last look may have found the
             // connection busy and left its change to this leader.
-            if self.queue.lock().is_empty(false) || self.health.read_only.load(Ordering::Acquire)
-            {
+            if self.queue.lock().is_empty(false) || self.health.read_only.load(Ordering::Acquire) {
                 return;
             }
         }
@@ -273,11 +275,8 @@ impl Log {
                 if self.health.read_only.swap(false, Ordering::AcqRel) {
                     tracing::info!("storage writable again");
                 }
-                let done = batch.cmds.into_iter().filter_map(|c| c.done);
-                match &self.syncer {
-                    Some(s) => s.written(done.collect()),
-                    None => answer(done, || Ok(())),
-                }
+                self.syncer
+                    .written(batch.cmds.into_iter().filter_map(|c| c.done).collect());
                 true
             }
             Err(e) => {
@@ -311,7 +310,7 @@ impl Log {
         f(conn).map_err(|e| e.to_string())
     }
 
-    /// Commits what is queued, waits for the syncers, folds the WAL into the
+    /// Commits what is queued, waits for the syncer, folds the WAL into the
     /// database file and closes the connection. Later writes fail.
     pub(super) fn close(&self) -> Result<(), String> {
         self.closed.store(true, Ordering::Release);
@@ -328,11 +327,10 @@ impl Log {
             return Ok(());
         };
         let batch = self.queue.lock().take(true);
-        let committed = (batch.cmds.is_empty() && batch.handouts.is_empty() && batch.ended.is_empty())
-            || self.commit(&mut c, batch);
-        if let Some(s) = &self.syncer {
-            s.stop();
-        }
+        let committed =
+            (batch.cmds.is_empty() && batch.handouts.is_empty() && batch.ended.is_empty())
+                || self.commit(&mut c, batch);
+        self.syncer.stop();
         if !committed {
             return Err("the last changes could not be written".into());
         }
@@ -502,17 +500,29 @@ fn answer(done: impl IntoIterator<Item = Done>, outcome: impl Fn() -> Result<(),
     }
 }
 
-/// Acknowledges committed batches once an fdatasync of the WAL that began
-/// after they were written has returned.
+/// How the syncer thread makes commits durable.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum SyncPolicy {
+    /// Acknowledge a commit only once an fdatasync that began after it
+    /// was written has returned.
+    EachCommit,
+    /// Acknowledge at once (the commit is in the OS: it survives `kill -9`)
+    /// and fdatasync whatever was written at most this long afterwards.
+    Interval(Duration),
+}
+
+/// Makes committed batches durable with fdatasync of the WAL, on a thread
+/// of its own, so that committing the next batch need not wait for it.
 struct Syncer {
     shared: Arc<SyncShared>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 struct SyncShared {
     state: Mutex<SyncState>,
     cv: Condvar,
     wal: File,
+    policy: SyncPolicy,
     health: Arc<Health>,
 }
 
@@ -522,63 +532,63 @@ struct SyncState {
     written: u64,
     /// The last batch that a sync already begun covers.
     started: u64,
-    /// The last batch known durable.
-    synced: u64,
     /// Acknowledgements of written batches, oldest first, by batch number.
     waiting: VecDeque<(u64, Vec<Done>)>,
+    /// The thread waits for a write (rather than syncing or pausing).
+    idle: bool,
     stopping: bool,
 }
 
 impl Syncer {
-    fn start(wal: File, health: Arc<Health>) -> std::io::Result<Syncer> {
+    fn start(wal: File, policy: SyncPolicy, health: Arc<Health>) -> std::io::Result<Syncer> {
         let shared = Arc::new(SyncShared {
             state: Mutex::new(SyncState::default()),
             cv: Condvar::new(),
             wal,
+            policy,
             health,
         });
-        let syncer = Syncer {
-            shared,
-            threads: Mutex::new(Vec::new()),
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("jobq-sync".into())
+                .spawn(move || shared.run())?
         };
-        for i in 0..SYNCERS {
-            let shared = syncer.shared.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("jobq-sync-{i}"))
-                .spawn(move || shared.run());
-            match thread {
-                Ok(t) => syncer.threads.lock().push(t),
-                Err(e) => {
-                    syncer.stop();
-                    return Err(e);
-                }
-            }
-        }
-        Ok(syncer)
+        Ok(Syncer {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
-    /// A batch is in the WAL; `done` hear once it is durable.
+    /// A batch is in the WAL; `done` hear once it is durable (as the
+    /// policy defines it).
     fn written(&self, done: Vec<Done>) {
-        if done.is_empty() {
-            // Nothing waits for it; the next sync covers it anyway.
-            return;
-        }
         if let Some(e) = self.shared.health.sync_failed.get() {
             return answer(done, || Err(e.clone()));
         }
         let mut st = self.shared.state.lock();
         st.written += 1;
         let n = st.written;
-        st.waiting.push_back((n, done));
+        let done = match self.shared.policy {
+            SyncPolicy::EachCommit if !done.is_empty() => {
+                st.waiting.push_back((n, done));
+                Vec::new()
+            }
+            _ => done,
+        };
+        let idle = std::mem::take(&mut st.idle);
         drop(st);
-        self.shared.cv.notify_one();
+        if idle {
+            self.shared.cv.notify_one();
+        }
+        answer(done, || Ok(()));
     }
 
     /// Returns once every written batch has been synced (or failed to).
     fn stop(&self) {
         self.shared.state.lock().stopping = true;
         self.shared.cv.notify_all();
-        for t in self.threads.lock().drain(..) {
+        if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
         }
     }
@@ -588,7 +598,7 @@ impl SyncShared {
     fn run(&self) {
         let mut st = self.state.lock();
         loop {
-            if st.written > st.started {
+            if st.written > st.started && self.health.sync_failed.get().is_none() {
                 let target = st.written;
                 st.started = target;
                 drop(st);
@@ -597,8 +607,7 @@ impl SyncShared {
                 let mut ready = Vec::new();
                 let outcome = match r {
                     Ok(()) => {
-                        st.synced = st.synced.max(target);
-                        while st.waiting.front().is_some_and(|(n, _)| *n <= st.synced) {
+                        while st.waiting.front().is_some_and(|(n, _)| *n <= target) {
                             ready.extend(st.waiting.pop_front().map(|(_, d)| d));
                         }
                         Ok(())
@@ -615,11 +624,17 @@ impl SyncShared {
                 drop(st);
                 answer(ready.into_iter().flatten(), || outcome.clone());
                 st = self.state.lock();
+                if let SyncPolicy::Interval(pause) = self.policy {
+                    // Writes are not waited for; wake early only to stop.
+                    let until = std::time::Instant::now() + pause;
+                    while !st.stopping && !self.cv.wait_until(&mut st, until).timed_out() {}
+                }
                 continue;
             }
             if st.stopping {
                 return;
             }
+            st.idle = true;
             self.cv.wait(&mut st);
         }
     }
