@@ -63,9 +63,10 @@ pub enum Storage {
 /// When the embedded store's commits reach the disk.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncMode {
-    /// fsync at every commit: acknowledged writes survive power loss.
+    /// Answer writes once the WAL is fsynced: they survive power loss.
     Full,
-    /// No fsync at commit: acknowledged writes survive a crash of jobq, not of the machine.
+    /// Answer writes once they are in the WAL (they survive a crash of jobq)
+    /// and fsync it within 50 ms: a power cut loses at most that much.
     Normal,
 }
 
@@ -114,8 +115,9 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBQ_STORAGE", value_enum, default_value_t = Storage::Embedded)]
     pub storage: Storage,
 
-    /// Embedded store: `full` fsyncs every group commit (survives power loss);
-    /// `normal` leaves that to the OS (survives `kill -9`, not a power cut).
+    /// Embedded store: `full` answers writes once fsynced (survives power
+    /// loss); `normal` once written, fsyncing within 50 ms (survives `kill -9`;
+    /// a power cut loses at most the last 50 ms).
     #[arg(long, env = "JOBQ_SYNC", value_enum, default_value_t = SyncMode::Full)]
     pub sync: SyncMode,
 

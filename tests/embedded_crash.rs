@@ -194,6 +194,63 @@ async fn kill9_with_jobs_running_returns_them_to_pending() {
     assert_eq!(seen, 5);
 }
 
+/// Hand-outs are written deferred (docs/storage.md) and skipped when the
+/// job changes first; once the deferred writes are in, a kill must find
+/// completed jobs completed (a stale hand-out never overwrites them) and
+/// running ones with their attempt counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_after_deferred_writes_keeps_completions_and_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut p = Proc::start(&data, free_port(), &[]).await;
+    let http = reqwest::Client::new();
+    for i in 0..10 {
+        let r = http
+            .post(p.url("/api/jobs"))
+            .body(format!("{{\"i\":{i}}}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let mut completed = HashSet::new();
+    for _ in 0..5 {
+        let j = poll(&http, &p).await.expect("a job");
+        let id = j["job_id"].as_str().unwrap().to_owned();
+        let r = http
+            .post(p.url(&format!("/api/worker/complete/{id}")))
+            .body(format!("{{\"done\":\"{id}\"}}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        completed.insert(id);
+    }
+    let mut running = HashSet::new();
+    for _ in 0..3 {
+        let j = poll(&http, &p).await.expect("a job");
+        running.insert(j["job_id"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    p.kill9();
+
+    let p = Proc::start(&data, free_port(), &[]).await;
+    let jobs = list_all(&http, &p).await;
+    assert_eq!(jobs.len(), 10);
+    for j in &jobs {
+        let id = j["job_id"].as_str().unwrap();
+        if completed.contains(id) {
+            assert_eq!(j["status"], "completed", "{j}");
+            assert_eq!(j["attempts"], 1, "{j}");
+            assert_eq!(j["payload"]["done"], id, "{j}");
+        } else {
+            assert_eq!(j["status"], "pending", "{j}");
+            let attempts = if running.contains(id) { 1 } else { 0 };
+            assert_eq!(j["attempts"], attempts, "{j}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_right_after_completes_keeps_every_result() {
     let dir = tempfile::tempdir().unwrap();

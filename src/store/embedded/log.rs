@@ -103,8 +103,14 @@ impl Queue {
         b
     }
 
-    fn is_empty(&self, deferred: bool) -> bool {
-        self.cmds.is_empty() && !(deferred && !(self.handouts.is_empty() && self.ended.is_empty()))
+    fn has_cmds(&self) -> bool {
+        !self.cmds.is_empty()
+    }
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.cmds.is_empty() && self.handouts.is_empty() && self.ended.is_empty()
     }
 }
 
@@ -245,7 +251,7 @@ impl Log {
             }
             // A request that queued after the last look may have found the
             // connection busy and left its change to this leader.
-            if self.queue.lock().is_empty(false) || self.health.read_only.load(Ordering::Acquire) {
+            if !self.queue.lock().has_cmds() || self.health.read_only.load(Ordering::Acquire) {
                 return;
             }
         }
@@ -255,7 +261,7 @@ impl Log {
     /// one batch; false when there was nothing to commit or it failed.
     fn commit_queued(&self, conn: &mut Option<Connection>, deferred: bool) -> bool {
         let batch = self.queue.lock().take(deferred);
-        if batch.cmds.is_empty() && batch.handouts.is_empty() && batch.ended.is_empty() {
+        if batch.is_empty() {
             return false;
         }
         let Some(c) = conn.as_mut() else {
@@ -327,9 +333,7 @@ impl Log {
             return Ok(());
         };
         let batch = self.queue.lock().take(true);
-        let committed =
-            (batch.cmds.is_empty() && batch.handouts.is_empty() && batch.ended.is_empty())
-                || self.commit(&mut c, batch);
+        let committed = batch.is_empty() || self.commit(&mut c, batch);
         self.syncer.stop();
         if !committed {
             return Err("the last changes could not be written".into());
@@ -483,15 +487,32 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
                 }
             }
         }
-        // Nothing reads an ended job's input again; deleted in arrival
-        // order, neighbours share pages.
-        let mut ended = batch.ended.clone();
-        ended.sort_unstable();
-        for seq in ended {
-            delete_input.execute(params![seq as i64])?;
+        // Nothing reads an ended job's input again. Jobs mostly end in the
+        // order they arrived, so the rows go in runs of consecutive keys,
+        // one range delete each.
+        let mut delete_inputs =
+            tx.prepare_cached("DELETE FROM inputs WHERE seq BETWEEN ?1 AND ?2")?;
+        for (first, last) in runs(&batch.ended) {
+            delete_inputs.execute(params![first as i64, last as i64])?;
         }
     }
     tx.commit()
+}
+
+/// `seqs` sorted and collapsed into runs of consecutive numbers, as
+/// (first, last) pairs.
+fn runs(seqs: &[u64]) -> Vec<(u64, u64)> {
+    let mut sorted = seqs.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for s in sorted {
+        match out.last_mut() {
+            Some((_, last)) if *last + 1 == s => *last = s,
+            _ => out.push((s, s)),
+        }
+    }
+    out
 }
 
 fn answer(done: impl IntoIterator<Item = Done>, outcome: impl Fn() -> Result<(), String>) {
@@ -637,5 +658,20 @@ impl SyncShared {
             st.idle = true;
             self.cv.wait(&mut st);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs;
+
+    #[test]
+    fn runs_collapse_consecutive_numbers() {
+        assert_eq!(runs(&[]), vec![]);
+        assert_eq!(runs(&[5]), vec![(5, 5)]);
+        assert_eq!(
+            runs(&[7, 3, 4, 5, 9, 8, 20, 4]),
+            vec![(3, 5), (7, 9), (20, 20)]
+        );
     }
 }
