@@ -54,6 +54,16 @@ impl Index {
         Self::default()
     }
 
+    /// An empty index with room for `jobs` jobs: loading a million jobs
+    /// into a map that doubles as it grows would leave the allocator
+    /// holding the old tables.
+    pub fn with_capacity(jobs: usize) -> Self {
+        Index {
+            jobs: HashMap::with_capacity_and_hasher(jobs, Default::default()),
+            ..Self::default()
+        }
+    }
+
     fn count(&mut self, queue: &Queue, from: Option<Status>, to: Option<Status>) {
         let q = self.per_queue.entry(queue.clone()).or_default();
         if let Some(s) = from {

@@ -315,7 +315,8 @@ const COLUMNS: &str =
      result, error, idem_key, idem_fp, seq";
 
 fn load(conn: &Connection) -> rusqlite::Result<Index> {
-    let mut index = Index::new();
+    let rows: i64 = conn.query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))?;
+    let mut index = Index::with_capacity(usize::try_from(rows).unwrap_or(0));
     let mut queues: std::collections::HashMap<String, Queue> = std::collections::HashMap::new();
     let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM jobs ORDER BY seq"))?;
     let mut rows = stmt.query([])?;
