@@ -14,8 +14,10 @@
 //!
 //! What waits for the disk (see `docs/storage.md`): a submit (before any
 //! worker can see the job), a complete, a fail, a cancel, a clear and a
-//! lease rescue. A hand-out is written lazily, with the next batch: a restart
-//! returns running jobs to pending anyway. Heartbeats are not written.
+//! lease rescue. A hand-out is written deferred, up to 100 ms later, and not
+//! at all if the job changes first (its next write carries the attempt
+//! count): a restart returns running jobs to pending anyway. Heartbeats are
+//! not written.
 //!
 //! When a batch cannot be committed (disk full), the store turns read-only:
 //! writes answer `Unavailable` (503) at once, reads go on, and a background
