@@ -27,7 +27,7 @@ use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use rusqlite::{params, Connection};
@@ -173,9 +173,10 @@ impl Log {
         });
         let weak = Arc::downgrade(&log);
         let signal = log.background.clone();
+        let health = log.health.clone();
         let thread = std::thread::Builder::new()
             .name("jobq-log".into())
-            .spawn(move || background(weak, signal))?;
+            .spawn(move || background(weak, signal, health))?;
         *log.background_thread.lock() = Some(thread);
         Ok(log)
     }
@@ -200,6 +201,12 @@ impl Log {
             (None, None)
         };
         let mut q = self.queue.lock();
+        if self.closed.load(Ordering::Acquire) {
+            drop(q);
+            answer(done, || Err("store is closed".into()));
+            return rx;
+        }
+        let mut lazy = !durable;
         for op in &ops {
             match op {
                 Op::Insert(..) => {}
@@ -207,6 +214,7 @@ impl Log {
                     q.handouts.remove(seq);
                     if job.status.is_ended() {
                         q.ended.push(*seq);
+                        lazy = true;
                     }
                 }
                 Op::Delete(seq) => {
@@ -216,7 +224,7 @@ impl Log {
         }
         q.cmds.push(Cmd { ops, done });
         drop(q);
-        if !durable {
+        if lazy {
             self.background.wake(false);
         }
         rx
@@ -275,7 +283,7 @@ impl Log {
 
     /// Commits one batch; false (and the batch back at the head of the
     /// queue) when it cannot.
-    fn commit(&self, conn: &mut Connection, mut batch: Batch) -> bool {
+    fn commit(&self, conn: &mut Connection, batch: Batch) -> bool {
         match write_batch(conn, &batch) {
             Ok(()) => {
                 if self.health.read_only.swap(false, Ordering::AcqRel) {
@@ -293,14 +301,22 @@ impl Log {
                 if !self.health.read_only.swap(true, Ordering::AcqRel) {
                     tracing::error!(error = %e, "cannot commit to the embedded store; read-only until it can");
                 }
-                answer(batch.cmds.iter_mut().filter_map(|c| c.done.take()), || {
-                    Err(format!("cannot write: {e}"))
-                });
                 let mut queue = self.queue.lock();
                 let later = std::mem::take(&mut queue.cmds);
                 queue.cmds = batch.cmds;
                 queue.cmds.extend(later);
                 queue.ended.extend(batch.ended);
+                // Everything queued behind the failed batch waits for it:
+                // tell those callers too.
+                let done: Vec<Done> = queue
+                    .cmds
+                    .iter_mut()
+                    .filter_map(|c| c.done.take())
+                    .collect();
+                drop(queue);
+                answer(done, || Err(format!("cannot write: {e}")));
+                // The background thread retries (it may be waiting without a timeout).
+                self.background.cv.notify_one();
                 false
             }
         }
@@ -311,15 +327,33 @@ impl Log {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, String> {
-        let conn = self.conn.lock();
-        let conn = conn.as_ref().ok_or("store is closed")?;
-        f(conn).map_err(|e| e.to_string())
+        let out = {
+            let conn = self.conn.lock();
+            let conn = conn.as_ref().ok_or("store is closed")?;
+            f(conn).map_err(|e| e.to_string())
+        };
+        self.released();
+        out
+    }
+
+    /// Called by whoever held the connection without leading (a reader, the
+    /// background thread) after letting go: a request that queued a change
+    /// meanwhile found the connection busy and left it to the holder.
+    fn released(&self) {
+        if self.queue.lock().has_cmds() && !self.health.read_only.load(Ordering::Acquire) {
+            self.background.wake(true);
+        }
     }
 
     /// Commits what is queued, waits for the syncer, folds the WAL into the
     /// database file and closes the connection. Later writes fail.
     pub(super) fn close(&self) -> Result<(), String> {
-        self.closed.store(true, Ordering::Release);
+        {
+            // Under the queue lock: a change is either queued before this
+            // (and committed below) or refused.
+            let _queue = self.queue.lock();
+            self.closed.store(true, Ordering::Release);
+        }
         self.background.stop();
         if let Some(t) = self.background_thread.lock().take() {
             // The background thread itself may be closing the log (it held
@@ -337,6 +371,9 @@ impl Log {
         self.syncer.stop();
         if !committed {
             return Err("the last changes could not be written".into());
+        }
+        if let Some(e) = self.health.sync_failed.get() {
+            return Err(e.clone());
         }
         // Folding the WAL into the database file only makes the next start
         // faster, so a failure is no error.
@@ -375,51 +412,57 @@ impl Signal {
 }
 
 /// Commits changes that no leader took: lazy and deferred ones after
-/// [`DEFER`], urgent ones at once; retries a batch that failed every
-/// [`RETRY_PAUSE`].
-fn background(log: Weak<Log>, signal: Arc<Signal>) {
+/// [`DEFER`], urgent ones at once; while the store is read-only, retries
+/// the batch that failed every [`RETRY_PAUSE`] and nothing else.
+fn background(log: Weak<Log>, signal: Arc<Signal>, health: Arc<Health>) {
     loop {
-        let urgent = {
+        // (sleep first, take the deferred writes too)
+        let (sleep, deferred) = {
             let mut st = signal.state.lock();
+            let mut retry_at = None;
             loop {
                 if st.stop {
                     return;
                 }
-                if st.urgent || st.lazy {
-                    break st.urgent;
-                }
-                let read_only = log
-                    .upgrade()
-                    .is_some_and(|l| l.health.read_only.load(Ordering::Acquire));
-                if read_only {
-                    if signal.cv.wait_for(&mut st, RETRY_PAUSE).timed_out() {
-                        break true;
+                if health.read_only.load(Ordering::Acquire) {
+                    let at = *retry_at.get_or_insert_with(|| Instant::now() + RETRY_PAUSE);
+                    if signal.cv.wait_until(&mut st, at).timed_out() {
+                        break (false, true);
                     }
-                } else {
-                    signal.cv.wait(&mut st);
+                    continue;
                 }
+                if st.urgent {
+                    break (false, false);
+                }
+                if st.lazy {
+                    break (true, true);
+                }
+                signal.cv.wait(&mut st);
             }
         };
-        if !urgent {
+        if sleep {
             std::thread::sleep(DEFER);
         }
         {
             // Cleared before committing: a change queued from now on wakes us again.
             let mut st = signal.state.lock();
             st.urgent = false;
-            if !urgent {
+            if deferred {
                 st.lazy = false;
             }
         }
         let Some(log) = log.upgrade() else {
             return;
         };
-        let mut conn = log.conn.lock();
-        for _ in 0..MAX_ROUNDS {
-            if !log.commit_queued(&mut conn, !urgent) {
-                break;
+        {
+            let mut conn = log.conn.lock();
+            for _ in 0..MAX_ROUNDS {
+                if !log.commit_queued(&mut conn, deferred) {
+                    break;
+                }
             }
         }
+        log.released();
     }
 }
 
@@ -450,11 +493,6 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
                 j.error.as_deref(),
             ])
         };
-        // Deferred hand-outs first: a later change of the same job, queued
-        // after they were taken, is in `cmds` and must win.
-        for (seq, j) in &batch.handouts {
-            update_job(*seq, j)?;
-        }
         // An update that a later update of the same job in this batch
         // overwrites is skipped.
         let mut last_update: HashMap<u64, usize, foldhash::fast::RandomState> = Default::default();
@@ -486,6 +524,11 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
                     delete_input.execute(params![*seq as i64])?;
                 }
             }
+        }
+        // Deferred hand-outs last: queuing a change of a job drops its
+        // hand-out, so one still here is newer than the job's changes in `cmds`.
+        for (seq, j) in &batch.handouts {
+            update_job(*seq, j)?;
         }
         // Nothing reads an ended job's input again. Jobs mostly end in the
         // order they arrived, so the rows go in runs of consecutive keys,
@@ -584,10 +627,13 @@ impl Syncer {
     /// A batch is in the WAL; `done` hear once it is durable (as the
     /// policy defines it).
     fn written(&self, done: Vec<Done>) {
+        let mut st = self.shared.state.lock();
+        // Checked under the lock the syncer sets it under, so a batch is
+        // either answered here or drained there.
         if let Some(e) = self.shared.health.sync_failed.get() {
+            drop(st);
             return answer(done, || Err(e.clone()));
         }
-        let mut st = self.shared.state.lock();
         st.written += 1;
         let n = st.written;
         let done = match self.shared.policy {
