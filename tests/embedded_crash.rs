@@ -591,3 +591,89 @@ async fn disk_full_answers_503_then_recovers_without_loss() {
         "a refused submit must not appear later"
     );
 }
+
+/// Jobs restored at start-up are handed out with their input read back
+/// through the store's one connection, while submits and completes commit
+/// through it too: every request must be answered (none left behind by a
+/// reader holding the connection), every result must reach its client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restored_jobs_are_served_while_new_writes_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut p = Proc::start(&data, free_port(), &[]).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for i in 0..200 {
+        let r = http
+            .post(p.url("/api/jobs"))
+            .body(format!("{{\"restored\":{i}}}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    p.term();
+    assert!(p.wait_exit(Duration::from_secs(10)).await.success());
+
+    let p = Proc::start(&data, free_port(), &[]).await;
+    // 8 echo workers, until both the restored and the new jobs are done
+    // (or a minute has passed: the checks below then fail).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (http, done) = (http.clone(), done.clone());
+        let (poll_url, base) = (p.url("/api/worker/poll?wait=1"), p.url(""));
+        workers.push(tokio::spawn(async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while done.load(std::sync::atomic::Ordering::SeqCst) < 400
+                && std::time::Instant::now() < deadline
+            {
+                let r = http.get(&poll_url).send().await.unwrap();
+                if r.status() == 204 {
+                    continue;
+                }
+                assert_eq!(r.status(), 200);
+                let j: Value = r.json().await.unwrap();
+                let id = j["job_id"].as_str().unwrap();
+                let r = http
+                    .post(format!("{base}/api/worker/complete/{id}"))
+                    .body(j["payload"].to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }));
+    }
+    // 200 new synchronous submits from 8 clients meanwhile; each gets its own payload back.
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let (http, url) = (http.clone(), p.url("/api/submit"));
+        clients.push(tokio::spawn(async move {
+            for n in 0..25 {
+                let body = format!("{{\"c\":{c},\"n\":{n}}}");
+                let r = http.post(&url).body(body.clone()).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                let v: Value = r.json().await.unwrap();
+                assert_eq!(v["payload"], serde_json::from_str::<Value>(&body).unwrap());
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let jobs = list_all(&http, &p).await;
+    assert_eq!(jobs.len(), 400);
+    assert!(jobs.iter().all(|j| j["status"] == "completed"), "all done");
+    let restored = jobs
+        .iter()
+        .filter(|j| j["payload"].get("restored").is_some())
+        .count();
+    assert_eq!(restored, 200, "restored inputs read back intact");
+}
