@@ -39,6 +39,10 @@ use crate::job::Job;
 /// power loss loses at most about this much acknowledged work.
 pub(super) const SYNC_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Inputs (payload and headers) up to this size are kept in the job row;
+/// larger ones in a table of their own, so that start-up does not read them.
+const INLINE_MAX: usize = 1024;
+
 /// Pause between retries of a batch that failed to commit.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
@@ -470,14 +474,16 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO jobs (seq, id, queue, priority, status, attempts, created_at, idem_key, idem_fp) \
-             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?7)",
+            "INSERT INTO jobs (seq, id, queue, priority, status, attempts, created_at, idem_key, idem_fp, \
+             payload, headers) VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?7, ?8, ?9)",
         )?;
         let mut insert_input =
             tx.prepare_cached("INSERT INTO inputs (seq, payload, headers) VALUES (?1, ?2, ?3)")?;
+        // An ended job's inline input is emptied with the same write.
         let mut update = tx.prepare_cached(
             "UPDATE jobs SET status = ?2, attempts = ?3, started_at = ?4, ended_at = ?5, lease_id = ?6, \
-             result = ?7, error = ?8 WHERE seq = ?1",
+             result = ?7, error = ?8, payload = iif(?9, NULL, payload), \
+             headers = iif(?9, NULL, headers) WHERE seq = ?1",
         )?;
         let mut delete = tx.prepare_cached("DELETE FROM jobs WHERE seq = ?1")?;
         let mut delete_input = tx.prepare_cached("DELETE FROM inputs WHERE seq = ?1")?;
@@ -491,6 +497,7 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
                 j.lease_id.map(|l| l.0.as_bytes().to_vec()),
                 j.result.as_deref(),
                 j.error.as_deref(),
+                j.status.is_ended(),
             ])
         };
         // An update that a later update of the same job in this batch
@@ -505,6 +512,7 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
             match op {
                 Op::Update(seq, _) if last_update.get(seq) != Some(&i) => {}
                 Op::Insert(seq, j) => {
+                    let inline = j.payload.len() + j.headers.len() <= INLINE_MAX;
                     insert.execute(params![
                         *seq as i64,
                         j.id.0.as_bytes(),
@@ -513,8 +521,16 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
                         j.created_at.0,
                         j.idempotency.as_ref().map(|i| i.key.as_str()),
                         j.idempotency.as_ref().map(|i| &i.fingerprint[..]),
+                        inline.then_some(&j.payload[..]),
+                        inline.then_some(&j.headers[..]),
                     ])?;
-                    insert_input.execute(params![*seq as i64, &j.payload[..], &j.headers[..]])?;
+                    if !inline {
+                        insert_input.execute(params![
+                            *seq as i64,
+                            &j.payload[..],
+                            &j.headers[..]
+                        ])?;
+                    }
                 }
                 Op::Update(seq, j) => {
                     update_job(*seq, j)?;

@@ -55,6 +55,7 @@ const APPLICATION_ID: i32 = 0x6a6f_6271;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0001_jobs.sql"),
     include_str!("../../../migrations/sqlite/0002_no_running_index.sql"),
+    include_str!("../../../migrations/sqlite/0003_inline_inputs.sql"),
 ];
 
 /// How commits reach the disk.
@@ -314,7 +315,7 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 
 const COLUMNS: &str =
     "id, queue, priority, status, attempts, created_at, started_at, ended_at, lease_id, \
-     result, error, idem_key, idem_fp, seq";
+     result, error, idem_key, idem_fp, seq, payload, headers";
 
 fn load(conn: &Connection) -> rusqlite::Result<Index> {
     let rows: i64 = conn.query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))?;
@@ -331,7 +332,16 @@ fn load(conn: &Connection) -> rusqlite::Result<Index> {
             job.status = Status::Pending;
         }
         let seq: i64 = r.get(13)?;
-        let cold = !job.status.is_ended();
+        // Inline inputs come with the row; others are read back at hand-out.
+        let inline: Option<(Vec<u8>, Vec<u8>)> = match (r.get(14)?, r.get(15)?) {
+            (Some(p), Some(h)) => Some((p, h)),
+            _ => None,
+        };
+        let cold = !job.status.is_ended() && inline.is_none();
+        if let (Some((p, h)), false) = (inline, job.status.is_ended()) {
+            job.payload = Bytes::from(p);
+            job.headers = Bytes::from(h);
+        }
         index.restore(job, seq as u64, cold);
     }
     Ok(index)
