@@ -8,8 +8,9 @@
 //! applied to the index and queued under the index lock, so the log order is
 //! the order in which they happened.
 //!
-//! Payloads and headers live in a table of their own and are read back at
-//! hand-out for jobs loaded at start-up, so a restart with a million pending
+//! Inputs (payload and headers) of up to 1 KiB are kept in the job row;
+//! larger ones live in a table of their own and are read back at hand-out
+//! for jobs loaded at start-up, so a restart with a million large pending
 //! jobs reads and holds only their metadata.
 //!
 //! What waits for the disk (see `docs/storage.md`): a submit (before any
