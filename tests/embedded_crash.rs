@@ -30,6 +30,17 @@ async fn poll(http: &reqwest::Client, p: &Proc) -> Option<Value> {
     }
 }
 
+/// `POST /api/jobs` with `body`, which must be acknowledged (202).
+async fn enqueue(http: &reqwest::Client, p: &Proc, body: String) {
+    let r = http
+        .post(p.url("/api/jobs"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_mid_submit_burst_loses_no_acknowledged_job() {
     let dir = tempfile::tempdir().unwrap();
@@ -150,13 +161,7 @@ async fn kill9_with_jobs_running_returns_them_to_pending() {
     let mut p = Proc::start(&data, free_port(), &[]).await;
     let http = reqwest::Client::new();
     for i in 0..20 {
-        let r = http
-            .post(p.url("/api/jobs"))
-            .body(format!("{{\"i\":{i}}}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
+        enqueue(&http, &p, format!("{{\"i\":{i}}}")).await;
     }
     let mut running = HashSet::new();
     for _ in 0..5 {
@@ -166,13 +171,7 @@ async fn kill9_with_jobs_running_returns_them_to_pending() {
     // Hand-outs are written within 100 ms (docs/storage.md); then a
     // durable write puts them in front of it in the log.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = http
-        .post(p.url("/api/jobs"))
-        .body("{\"i\":20}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    enqueue(&http, &p, "{\"i\":20}".to_owned()).await;
     p.kill9();
 
     let p = Proc::start(&data, free_port(), &[]).await;
@@ -205,13 +204,7 @@ async fn kill9_after_deferred_writes_keeps_completions_and_attempts() {
     let mut p = Proc::start(&data, free_port(), &[]).await;
     let http = reqwest::Client::new();
     for i in 0..10 {
-        let r = http
-            .post(p.url("/api/jobs"))
-            .body(format!("{{\"i\":{i}}}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
+        enqueue(&http, &p, format!("{{\"i\":{i}}}")).await;
     }
     let mut completed = HashSet::new();
     for _ in 0..5 {
@@ -612,13 +605,7 @@ async fn restored_jobs_are_served_while_new_writes_commit() {
         } else {
             String::new()
         };
-        let r = http
-            .post(p.url("/api/jobs"))
-            .body(format!("{{\"restored\":{i},\"pad\":\"{pad}\"}}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
+        enqueue(&http, &p, format!("{{\"restored\":{i},\"pad\":\"{pad}\"}}")).await;
     }
     p.term();
     assert!(p.wait_exit(Duration::from_secs(10)).await.success());
