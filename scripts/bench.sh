@@ -16,7 +16,7 @@
 # each run creates a fresh database and drops it. postgres-2nodes runs two nodes on one
 # database and two load generators at once, each with half the clients and workers against
 # its own node (labels postgres-2nodes-a and -b; the pair's throughput is their sum).
-# Cases base-memory, base-embedded and base-embedded-normal run the memory and embedded cases with BASE_JOBQ, another
+# Cases base-memory, base-embedded, base-embedded-normal and base-postgres run those cases with BASE_JOBQ, another
 # jobq binary (say, built from an older commit with
 #   git worktree add /tmp/jobq-base <commit> && cargo build --release --manifest-path /tmp/jobq-base/Cargo.toml),
 # to compare two versions in one run.
@@ -98,6 +98,7 @@ for round in $(seq 1 "$RUNS"); do
       base-memory) ${BASE_JOBQ:?set BASE_JOBQ} serve --storage memory --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       base-embedded) ${BASE_JOBQ:?set BASE_JOBQ} serve --data-dir "$DIR" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       base-embedded-normal) ${BASE_JOBQ:?set BASE_JOBQ} serve --data-dir "$DIR" --sync normal --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      base-postgres) url=$(newdb); ${BASE_JOBQ:?set BASE_JOBQ} serve --postgres-url "$url" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       postgres) url=$(newdb); $JOBQ serve --postgres-url "$url" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       postgres-2nodes)
         url=$(newdb)
