@@ -190,6 +190,12 @@ impl Index {
         }
         if after.is_ended() && !before.is_ended() {
             self.ended.push_back((ended_at.unwrap_or_default(), id));
+            // Nothing shows an ended job's input again, and the job is kept
+            // for `--result-ttl`: a third of what each kept job held.
+            if let Some(entry) = self.jobs.get_mut(&id) {
+                entry.job.payload = bytes::Bytes::new();
+                entry.job.headers = bytes::Bytes::new();
+            }
         }
         if before != after {
             self.count(&queue, Some(before), Some(after));
@@ -618,5 +624,40 @@ mod tests {
         assert_eq!(index.jobs.values().count(), 500);
         assert!(!index.contains(ids[0]) && index.contains(ids[1]));
         assert_eq!(index.counts().total[Status::Pending.index()], 500);
+    }
+
+    #[test]
+    fn ended_jobs_keep_their_result_but_not_their_input() {
+        let mut index = Index::new();
+        let Inserted::Created(job) = index.insert(new_job(), u64::MAX, true).unwrap() else {
+            unreachable!()
+        };
+        let now = Timestamp(2);
+        let claimed = index
+            .claim(&ClaimParams {
+                queues: vec![Queue::default_queue()],
+                lease_id: LeaseId::new(),
+                now,
+                expires_at: Timestamp(3),
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            &claimed.job.payload[..],
+            b"{}",
+            "a running job has its input"
+        );
+        index
+            .complete(&CompleteParams {
+                id: job.id,
+                lease_id: None,
+                result: bytes::Bytes::from_static(b"done"),
+                now,
+            })
+            .unwrap();
+        let kept = index.get(job.id).unwrap().job;
+        assert_eq!(kept.status, Status::Completed);
+        assert_eq!(kept.result.as_deref(), Some(&b"done"[..]));
+        assert!(kept.payload.is_empty() && kept.headers.is_empty());
     }
 }
