@@ -6,12 +6,13 @@
 //! also the hot-path index of the embedded durable store.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
+use super::collections::{ChunkedQueue, ShardedMap};
 use super::{
     ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, Inserted, JobRecord,
     ListFilter, Result, StatusCounts, Store,
@@ -32,65 +33,39 @@ struct Entry {
     cold: bool,
 }
 
-/// Job table shards; a power of two.
-const SHARDS: usize = 64;
-
-/// The job table: `SHARDS` hash maps of boxed entries. A hash map grows by
-/// rehashing all of its slots at once, under the index lock, so every
-/// request waits for it: with 300-byte jobs in the slots and a quarter of a
-/// million jobs kept, that took 0.4 s here. Boxed entries make a slot 24
-/// bytes, and each shard holds a 64th of the jobs, so one rehash moves a
-/// few hundred kilobytes per million jobs. Boxing also keeps the empty
-/// slots that a hash map carries small.
-#[derive(Debug)]
-struct JobMap {
-    shards: Vec<HashMap<JobId, Box<Entry>, foldhash::fast::RandomState>>,
-}
-
-impl Default for JobMap {
-    fn default() -> Self {
-        Self::with_capacity(0)
-    }
-}
+/// The job table. Entries are boxed so that a slot is 24 bytes instead of a
+/// 300-byte job: a hash map keeps many slots empty, and growing moves them
+/// (see [`ShardedMap`]).
+#[derive(Debug, Default)]
+struct JobMap(ShardedMap<JobId, Box<Entry>>);
 
 impl JobMap {
     fn with_capacity(jobs: usize) -> Self {
-        let per_shard = jobs.div_ceil(SHARDS);
-        JobMap {
-            shards: (0..SHARDS)
-                .map(|_| HashMap::with_capacity_and_hasher(per_shard, Default::default()))
-                .collect(),
-        }
-    }
-
-    /// Job ids are random (UUID v4), so any of their random bytes spreads
-    /// them evenly.
-    fn shard(id: &JobId) -> usize {
-        usize::from(id.0.as_bytes()[15]) & (SHARDS - 1)
+        JobMap(ShardedMap::with_capacity(jobs))
     }
 
     fn get(&self, id: &JobId) -> Option<&Entry> {
-        self.shards[Self::shard(id)].get(id).map(|e| &**e)
+        self.0.get(id).map(|e| &**e)
     }
 
     fn get_mut(&mut self, id: &JobId) -> Option<&mut Entry> {
-        self.shards[Self::shard(id)].get_mut(id).map(|e| &mut **e)
+        self.0.get_mut(id).map(|e| &mut **e)
     }
 
     fn contains_key(&self, id: &JobId) -> bool {
-        self.shards[Self::shard(id)].contains_key(id)
+        self.0.contains_key(id)
     }
 
     fn insert(&mut self, id: JobId, entry: Entry) {
-        self.shards[Self::shard(&id)].insert(id, Box::new(entry));
+        self.0.insert(id, Box::new(entry));
     }
 
     fn remove(&mut self, id: &JobId) -> Option<Entry> {
-        self.shards[Self::shard(id)].remove(id).map(|e| *e)
+        self.0.remove(id).map(|e| *e)
     }
 
     fn values(&self) -> impl Iterator<Item = &Entry> {
-        self.shards.iter().flat_map(|s| s.values().map(|e| &**e))
+        self.0.values().map(|e| &**e)
     }
 }
 
@@ -111,8 +86,8 @@ pub struct Index {
     pending: HashMap<Queue, BTreeMap<PendingKey, JobId>>,
     leases: BTreeSet<(Timestamp, JobId)>,
     /// Ended jobs in the order they ended, for purging after `--result-ttl`.
-    ended: VecDeque<(Timestamp, JobId)>,
-    idempotency: HashMap<String, JobId>,
+    ended: ChunkedQueue<(Timestamp, JobId)>,
+    idempotency: ShardedMap<String, JobId>,
     total: StatusCounts,
     per_queue: HashMap<Queue, StatusCounts>,
     next_seq: u64,
@@ -604,7 +579,7 @@ mod tests {
     }
 
     #[test]
-    fn job_map_finds_every_job_across_its_shards() {
+    fn job_map_finds_every_job() {
         let mut index = Index::with_capacity(10);
         let ids: Vec<JobId> = (0..1000)
             .map(|_| match index.insert(new_job(), u64::MAX, true).unwrap() {
@@ -612,8 +587,6 @@ mod tests {
                 Inserted::Existing(_) => unreachable!(),
             })
             .collect();
-        let used = index.jobs.shards.iter().filter(|s| !s.is_empty()).count();
-        assert_eq!(used, SHARDS, "1000 random ids reach every shard");
         assert_eq!(index.jobs.values().count(), 1000);
         for (n, id) in ids.iter().enumerate() {
             assert_eq!(index.seq_of(*id), Some(n as u64));

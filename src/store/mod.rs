@@ -5,6 +5,7 @@
 //! silent overwrite. Stores hold no policy: limits and attempt counts come in
 //! as parameters, and `now` is passed in so tests control time.
 
+mod collections;
 pub mod embedded;
 pub mod memory;
 pub mod postgres;
@@ -146,7 +147,8 @@ pub enum StoreEvent {
     JobReady(Queue),
     /// This job ended (completed, failed, cancelled).
     JobEnded(JobId),
-    /// Many jobs changed at once (a clear): every waiter re-reads its job.
+    /// Many jobs changed at once (a clear), or changes may have been
+    /// missed: every waiter re-reads its job.
     Cleared,
 }
 
