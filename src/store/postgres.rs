@@ -17,12 +17,14 @@
 //!   run one at a time, each waiting for its own WAL flush (measured: submits
 //!   and completes queued on that lock; sending notifications apart gave
 //!   +55% jobs/s on one node). A notifier task sends what the node's
-//!   requests queued meanwhile in one statement instead. One dedicated connection per node
-//!   LISTENs, reconnecting with backoff; after a reconnect it emits
-//!   [`StoreEvent::Cleared`] so waiters re-read what they may have missed. A
-//!   once-a-second pass is the polling fallback: it refreshes the cached
-//!   pending count and signals every queue that holds pending jobs, so a lost
-//!   notification delays a hand-out by at most ~1 s.
+//!   requests queued meanwhile in one statement instead. One dedicated
+//!   connection per node LISTENs, reconnecting with backoff; after a
+//!   reconnect it emits [`StoreEvent::Cleared`] so waiters re-read what they
+//!   may have missed. Fallbacks for lost notifications: once a second, the
+//!   cached pending count is refreshed and every queue that holds pending
+//!   jobs is signalled (a hand-out is delayed by at most ~1 s); every 10 s,
+//!   every waiter re-reads its job (a node that died between a commit and
+//!   its notification delays clients on other nodes by at most ~10 s).
 //! - Connection failures become [`Error::Unavailable`] (HTTP 503); the pool
 //!   replaces dead connections on the next checkout, so a restarted server is
 //!   picked up without a restart of jobq.
@@ -78,6 +80,11 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 /// (the polling fallback behind LISTEN/NOTIFY).
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
+/// How often every waiting client re-reads its job: the fallback for an
+/// end that another node committed but could not announce (it died between
+/// the commit and the notification).
+const RECHECK_EVERY: Duration = Duration::from_secs(10);
+
 /// Longest pause between two attempts of the listener to reconnect.
 const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -85,11 +92,15 @@ const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// the answer may take): a connection that stopped answering is replaced.
 const LISTEN_PING: Duration = Duration::from_secs(5);
 
-/// Most notifications sent in one statement.
+/// Most changes announced in one statement.
 const NOTIFY_BATCH: usize = 1024;
 
-/// Attempts at sending a batch of notifications before it is dropped.
-const NOTIFY_ATTEMPTS: u32 = 3;
+/// Longest a statement sending notifications may take; and the pause before
+/// trying again after one failed.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most pollers one `r` notification wakes on a node.
+const MAX_WAKES: usize = 64;
 
 /// A transition that raced with another one (the re-read shows it is legal
 /// again) is retried this many times before giving up with 503.
@@ -140,7 +151,7 @@ pub struct PostgresStore {
     stop: CancellationToken,
     /// Queues this node's notifications for the notifier task; taken on
     /// close, which lets the task send what is left and end.
-    notes: Mutex<Option<mpsc::UnboundedSender<String>>>,
+    notes: Mutex<Option<mpsc::UnboundedSender<Note>>>,
     /// The notifier task, awaited on close.
     notifier: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -351,7 +362,7 @@ impl PostgresStore {
         tokio::spawn(listen(cfg, shared.clone(), stop.clone()));
         tokio::spawn(refresh_loop(shared.clone(), stop.clone()));
         let (notes, notes_rx) = mpsc::unbounded_channel();
-        let notifier = tokio::spawn(notifier(shared.pool.clone(), notes_rx));
+        let notifier = tokio::spawn(notifier(shared.pool.clone(), shared.node.clone(), notes_rx));
         tracing::info!(database = %target, pool_size, "PostgreSQL store ready");
         Ok(PostgresStore {
             shared,
@@ -403,13 +414,12 @@ impl PostgresStore {
         format!("{} ", self.shared.node)
     }
 
-    /// Announces a committed change to the other nodes: `r <queue>` for a
-    /// job that is pending, `e <id>` for one that ended.
+    /// Announces a committed change of `job` to the other nodes.
     fn notify(&self, job: &Job) {
         let note = if job.status == Status::Pending {
-            format!("{}r {}", self.prefix(), job.queue)
+            Note::Ready(job.queue.clone())
         } else {
-            format!("{}e {}", self.prefix(), job.id)
+            Note::Ended(job.id)
         };
         if let Some(tx) = &*self.notes.lock() {
             let _ = tx.send(note);
@@ -417,42 +427,101 @@ impl PostgresStore {
     }
 }
 
-/// Sends the notifications queued by this node's requests, as many as have
-/// queued while the previous batch was sent in one statement, until the
-/// sending side is dropped. A batch that cannot be sent is retried, then
-/// dropped: other nodes then rely on their fallbacks (the pending-queue
-/// refresh; a waiting client on another node is answered when its wait
-/// times out, with the result if the job has ended).
-async fn notifier(pool: Pool, mut rx: mpsc::UnboundedReceiver<String>) {
-    const SQL: &str = "select pg_notify('jobq', n) from unnest($1::text[]) as n";
-    let mut batch: Vec<String> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < NOTIFY_BATCH {
-            match rx.try_recv() {
-                Ok(n) => batch.push(n),
-                Err(_) => break,
-            }
-        }
-        // Many submits to one queue make one wake-up.
-        batch.sort_unstable();
-        batch.dedup();
-        for attempt in 1..=NOTIFY_ATTEMPTS {
-            let sent = async {
-                let client = pool.get().await.map_err(pool_err)?;
-                let stmt = client.prepare_cached(SQL).await.map_err(db_err)?;
-                client.execute(&stmt, &[&batch]).await.map_err(db_err)
+/// A committed change other nodes' waiters care about.
+#[derive(Debug)]
+enum Note {
+    /// A job is pending in this queue.
+    Ready(Queue),
+    /// This job has ended.
+    Ended(JobId),
+}
+
+/// Sends the notifications queued by this node's requests until the sending
+/// side is dropped: whatever queued while the previous statement ran goes
+/// into the next one, as `<node> r <queue> <n>` (n jobs became pending
+/// there: wake up to n pollers) and `<node> e <id>` payloads.
+///
+/// When a statement fails (PostgreSQL unreachable, its NOTIFY queue full),
+/// those notifications are lost. The next statement that succeeds also sends
+/// `<node> c`, on which other nodes' waiters re-read their jobs; while that
+/// is owed, a statement is tried every [`NOTIFY_TIMEOUT`] even if nothing
+/// new happens.
+async fn notifier(pool: Pool, node: String, mut rx: mpsc::UnboundedReceiver<Note>) {
+    let mut lost = false;
+    let mut open = true;
+    let mut tries_after_close = 0;
+    loop {
+        let mut ready: BTreeMap<Queue, usize> = BTreeMap::new();
+        let mut ended: Vec<JobId> = Vec::new();
+        let mut add = |n: Note| match n {
+            Note::Ready(q) => *ready.entry(q).or_default() += 1,
+            Note::Ended(id) => ended.push(id),
+        };
+        if open {
+            let first = if lost {
+                tokio::time::timeout(NOTIFY_TIMEOUT, rx.recv()).await.ok()
+            } else {
+                Some(rx.recv().await)
             };
-            match sent.await {
-                Ok(_) => break,
-                Err(e) if attempt == NOTIFY_ATTEMPTS => {
-                    tracing::warn!(error = %e, dropped = batch.len(), "cannot notify other nodes");
+            match first {
+                Some(Some(n)) => {
+                    add(n);
+                    for _ in 1..NOTIFY_BATCH {
+                        match rx.try_recv() {
+                            Ok(n) => add(n),
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => {
+                                open = false;
+                                break;
+                            }
+                        }
+                    }
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Some(None) => open = false,
+                None => {}
+            }
+        } else if lost && tries_after_close < 3 {
+            tries_after_close += 1;
+            tokio::time::sleep(NOTIFY_TIMEOUT / 4).await;
+        } else {
+            return;
+        }
+        let mut payloads: Vec<String> = Vec::with_capacity(ready.len() + ended.len() + 1);
+        if lost {
+            payloads.push(format!("{node} c"));
+        }
+        payloads.extend(ready.iter().map(|(q, n)| format!("{node} r {q} {n}")));
+        payloads.extend(ended.iter().map(|id| format!("{node} e {id}")));
+        if payloads.is_empty() {
+            continue;
+        }
+        match send_notifications(&pool, &payloads).await {
+            Ok(()) if lost => {
+                tracing::info!("notifying other nodes again; told them to re-read their jobs");
+                lost = false;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if !lost {
+                    tracing::warn!(error = %e, "cannot notify other nodes; will tell them to re-read");
+                }
+                lost = true;
             }
         }
-        batch.clear();
     }
+}
+
+/// One statement sending `payloads` on the channel, bounded by [`NOTIFY_TIMEOUT`].
+async fn send_notifications(pool: &Pool, payloads: &[String]) -> Result<()> {
+    const SQL: &str = "select pg_notify('jobq', n) from unnest($1::text[]) as n";
+    tokio::time::timeout(NOTIFY_TIMEOUT, async {
+        let client = pool.get().await.map_err(pool_err)?;
+        let stmt = client.prepare_cached(SQL).await.map_err(db_err)?;
+        client.execute(&stmt, &[&payloads]).await.map_err(db_err)?;
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|_| Err(Error::Unavailable("timed out".into())))
 }
 
 impl Shared {
@@ -491,14 +560,22 @@ impl Shared {
     }
 }
 
-/// The polling fallback: refreshes the pending count and signals pending
-/// queues every [`REFRESH_EVERY`] until `stop`.
+/// The polling fallbacks: refreshes the pending count and signals pending
+/// queues every [`REFRESH_EVERY`], and has every waiter re-read its job
+/// every [`RECHECK_EVERY`], until `stop`.
 async fn refresh_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(REFRESH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut recheck = tokio::time::interval(RECHECK_EVERY);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    recheck.reset();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
+            _ = recheck.tick() => {
+                let _ = shared.events.send(StoreEvent::Cleared);
+                continue;
+            }
             _ = tick.tick() => {}
         }
         if let Err(e) = shared.refresh().await {
@@ -507,18 +584,28 @@ async fn refresh_loop(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// Parses a notification payload `<node> <kind> [arg]`; `None` for this
-/// node's own and for anything malformed.
-fn parse_notification(own: &str, payload: &str) -> Option<StoreEvent> {
+/// Parses a notification payload `<node> <kind> [arg]` into the event and
+/// how many times to deliver it (`r <queue> <n>`: n jobs became pending, so
+/// up to n pollers are woken); `None` for this node's own and for anything
+/// malformed.
+fn parse_notification(own: &str, payload: &str) -> Option<(StoreEvent, usize)> {
     let mut parts = payload.splitn(3, ' ');
     let node = parts.next()?;
     if node == own {
         return None;
     }
     match (parts.next()?, parts.next()) {
-        ("r", Some(q)) => Queue::parse(q).ok().map(StoreEvent::JobReady),
-        ("e", Some(id)) => id.parse().ok().map(StoreEvent::JobEnded),
-        ("c", _) => Some(StoreEvent::Cleared),
+        ("r", Some(arg)) => {
+            // Without a count (a node of an earlier version): one job.
+            let (q, n) = match arg.split_once(' ') {
+                Some((q, n)) => (q, n.parse::<usize>().ok()?),
+                None => (arg, 1),
+            };
+            let q = Queue::parse(q).ok()?;
+            Some((StoreEvent::JobReady(q), n.clamp(1, MAX_WAKES)))
+        }
+        ("e", Some(id)) => id.parse().ok().map(|id| (StoreEvent::JobEnded(id), 1)),
+        ("c", _) => Some((StoreEvent::Cleared, 1)),
         _ => None,
     }
 }
@@ -577,7 +664,10 @@ async fn listen(cfg: tokio_postgres::Config, shared: Arc<Shared>, stop: Cancella
                                 }
                                 msg = nrx.recv() => match msg {
                                     Some(p) => {
-                                        if let Some(ev) = parse_notification(&shared.node, &p) {
+                                        if let Some((ev, n)) = parse_notification(&shared.node, &p) {
+                                            for _ in 1..n {
+                                                let _ = shared.events.send(ev.clone());
+                                            }
                                             let _ = shared.events.send(ev);
                                         }
                                     }
@@ -1027,8 +1117,12 @@ impl Store for PostgresStore {
         // for a job that ended here during the shutdown grace).
         drop(self.notes.lock().take());
         let notifier = self.notifier.lock().take();
-        if let Some(task) = notifier {
-            if tokio::time::timeout(POOL_TIMEOUT, task).await.is_err() {
+        if let Some(mut task) = notifier {
+            if tokio::time::timeout(NOTIFY_TIMEOUT, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
                 tracing::warn!("notifications to other nodes not all sent before closing");
             }
         }
@@ -1045,17 +1139,27 @@ mod tests {
     #[test]
     fn notifications_from_other_nodes_are_parsed() {
         let id = JobId::new();
+        let emails = StoreEvent::JobReady(Queue::parse("emails").unwrap());
+        assert_eq!(
+            parse_notification("me", "other r emails 3"),
+            Some((emails.clone(), 3))
+        );
+        assert_eq!(
+            parse_notification("me", "other r emails 1000"),
+            Some((emails.clone(), MAX_WAKES))
+        );
         assert_eq!(
             parse_notification("me", "other r emails"),
-            Some(StoreEvent::JobReady(Queue::parse("emails").unwrap()))
+            Some((emails, 1)),
+            "an earlier version's note"
         );
         assert_eq!(
             parse_notification("me", &format!("other e {id}")),
-            Some(StoreEvent::JobEnded(id))
+            Some((StoreEvent::JobEnded(id), 1))
         );
         assert_eq!(
             parse_notification("me", "other c"),
-            Some(StoreEvent::Cleared)
+            Some((StoreEvent::Cleared, 1))
         );
     }
 
@@ -1064,6 +1168,7 @@ mod tests {
         assert_eq!(parse_notification("me", "me r default"), None);
         assert_eq!(parse_notification("me", "other e not-a-uuid"), None);
         assert_eq!(parse_notification("me", "other x"), None);
+        assert_eq!(parse_notification("me", "other r emails many"), None);
         assert_eq!(parse_notification("me", ""), None);
     }
 
