@@ -570,6 +570,70 @@ async fn routing_errors_are_json(kind: Kind) {
     s.stop().await;
 }
 
+/// Sends `request` on a fresh connection (after `before`, answered first on
+/// the same connection) and reads the answer to it until the server closes
+/// the connection: (status, JSON body).
+async fn raw_answer(s: &TestServer, before: Option<&[u8]>, request: &[u8]) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    if let Some(first) = before {
+        c.write_all(first).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = within(BOUND, "the first answer", c.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200 "),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    c.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    within(BOUND, "the error answer and close", c.read_to_end(&mut out))
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete answer");
+    let status = head[9..12].parse().unwrap();
+    assert!(
+        head.lines().any(|l| l == "content-type: application/json"),
+        "{head}"
+    );
+    (status, serde_json::from_str(body).expect("a JSON body"))
+}
+
+/// Requests the HTTP parser refuses before any handler runs still get a
+/// JSON error, and an HTTP version other than 1.0 and 1.1 gets 505.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unparsable_requests_get_json_errors() {
+    let s = TestServer::start(Kind::Memory).await;
+    let cases: [(&[u8], u16); 5] = [
+        (b"GARBAGE\r\n\r\n", 400),
+        (
+            b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+            400,
+        ),
+        (b"GET /health HTTP/1.1\r\nbad header line\r\n\r\n", 400),
+        (b"GET /health HTTP/3.0\r\nHost: x\r\n\r\n", 505),
+        (b"GET /health HTTP/1.2\r\nHost: x\r\n\r\n", 505),
+    ];
+    for (request, status) in cases {
+        let (got, body) = raw_answer(&s, None, request).await;
+        assert_eq!(got, status, "{:?}", String::from_utf8_lossy(request));
+        assert!(body["error"].is_string(), "{body}");
+    }
+    // On a connection that already served a request, too.
+    let ok = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (got, body) = raw_answer(&s, Some(ok), b"GET /health HTTP/2.0\r\nHost: x\r\n\r\n").await;
+    assert_eq!(got, 505);
+    assert!(
+        body["error"].as_str().unwrap().contains("HTTP/2.0"),
+        "{body}"
+    );
+    s.stop().await;
+}
+
 async fn client_disconnect_cancels_pending_job(kind: Kind) {
     let s = TestServer::start(kind).await;
     let impatient = reqwest::Client::builder()

@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use crate::api::{self, ApiError, AppState};
+
+mod json_errors;
 use crate::broker::{maintenance, Broker};
 
 /// How long open connections get to finish once the drain is over.
@@ -134,7 +136,8 @@ pub async fn run(
                 Ok(resp)
             }
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+        let io = TokioIo::new(json_errors::JsonErrors::new(stream));
+        let conn = graceful.watch(http.serve_connection(io, svc));
         tokio::spawn(async move {
             let _ = conn.await;
         });
