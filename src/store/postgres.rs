@@ -16,7 +16,7 @@
 //!   from its commit until its commit record is flushed, so notifying commits
 //!   run one at a time, each waiting for its own WAL flush (measured: submits
 //!   and completes queued on that lock; sending notifications apart gave
-//!   +55% jobs/s on one node). A notifier task sends what the node's
+//!   +47–55% jobs/s on one node). A notifier task sends what the node's
 //!   requests queued meanwhile in one statement instead. One dedicated
 //!   connection per node LISTENs, reconnecting with backoff; after a
 //!   reconnect it emits [`StoreEvent::Cleared`] so waiters re-read what they
