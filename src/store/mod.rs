@@ -138,9 +138,9 @@ pub struct JobRecord {
     pub position: Option<u64>,
 }
 
-/// A change made elsewhere (another node on a shared database) that local
-/// waiters must hear about. In-process changes are signalled by the broker
-/// itself; only stores shared between processes emit these.
+/// A change that local waiters must hear about and the broker did not
+/// signal itself: made elsewhere (another node on a shared database), or a
+/// job made claimable before its insert returned (the embedded store).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreEvent {
     /// A job became pending in this queue (submitted, retried, rescued).
@@ -210,9 +210,10 @@ pub trait Store: Send + Sync + 'static {
     /// Pending jobs, for back-pressure. May be approximate for shared stores.
     fn pending_count(&self) -> u64;
 
-    /// Changes made by other processes sharing this store, for the broker to
-    /// relay to local waiters. Called once, by the broker; `None` for stores
-    /// that only this process writes.
+    /// Changes the broker did not make itself, for it to relay to local
+    /// waiters: those of other processes sharing this store, and jobs that
+    /// become claimable before `insert` returns. Called once, by the broker;
+    /// `None` for stores that have none.
     fn subscribe(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<StoreEvent>> {
         None
     }

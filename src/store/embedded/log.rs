@@ -68,10 +68,12 @@ pub(super) type Done = oneshot::Sender<Result<(), String>>;
 /// Waits for a command to be durable.
 pub(super) type Durable = oneshot::Receiver<Result<(), String>>;
 
-/// Ops to write in order; `done` (if any) hears when they are durable.
+/// Ops to write in order; `done` (if any) hears when they are durable,
+/// `committed` (if any) when they are in the WAL.
 struct Cmd {
     ops: Vec<Op>,
     done: Option<Done>,
+    committed: Option<Done>,
 }
 
 /// What is waiting to be written.
@@ -204,11 +206,28 @@ impl Log {
         } else {
             (None, None)
         };
+        self.push_cmd(ops, done, None);
+        rx
+    }
+
+    /// As [`Log::push`], also telling when the ops are committed (in the
+    /// WAL, safe from `kill -9`), which comes first: (committed, durable).
+    pub(super) fn push_tracked(&self, ops: Vec<Op>) -> (Durable, Durable) {
+        let (done, durable) = oneshot::channel();
+        let (committed, in_wal) = oneshot::channel();
+        self.push_cmd(ops, Some(done), Some(committed));
+        (in_wal, durable)
+    }
+
+    fn push_cmd(&self, ops: Vec<Op>, done: Option<Done>, committed: Option<Done>) {
+        let durable = done.is_some();
         let mut q = self.queue.lock();
         if self.closed.load(Ordering::Acquire) {
             drop(q);
-            answer(done, || Err("store is closed".into()));
-            return rx;
+            answer(done.into_iter().chain(committed), || {
+                Err("store is closed".into())
+            });
+            return;
         }
         let mut lazy = !durable;
         for op in &ops {
@@ -226,12 +245,15 @@ impl Log {
                 }
             }
         }
-        q.cmds.push(Cmd { ops, done });
+        q.cmds.push(Cmd {
+            ops,
+            done,
+            committed,
+        });
         drop(q);
         if lazy {
             self.background.wake(false);
         }
-        rx
     }
 
     /// Queues the write of a hand-out, deferred: a restart returns running
@@ -277,9 +299,13 @@ impl Log {
             return false;
         }
         let Some(c) = conn.as_mut() else {
-            answer(batch.cmds.into_iter().filter_map(|c| c.done), || {
-                Err("store is closed".into())
-            });
+            answer(
+                batch
+                    .cmds
+                    .into_iter()
+                    .flat_map(|c| c.done.into_iter().chain(c.committed)),
+                || Err("store is closed".into()),
+            );
             return false;
         };
         self.commit(c, batch)
@@ -293,8 +319,14 @@ impl Log {
                 if self.health.read_only.swap(false, Ordering::AcqRel) {
                     tracing::info!("storage writable again");
                 }
-                self.syncer
-                    .written(batch.cmds.into_iter().filter_map(|c| c.done).collect());
+                let mut done = Vec::with_capacity(batch.cmds.len());
+                let mut committed = Vec::new();
+                for c in batch.cmds {
+                    done.extend(c.done);
+                    committed.extend(c.committed);
+                }
+                answer(committed, || Ok(()));
+                self.syncer.written(done);
                 true
             }
             Err(e) => {
@@ -315,7 +347,7 @@ impl Log {
                 let done: Vec<Done> = queue
                     .cmds
                     .iter_mut()
-                    .filter_map(|c| c.done.take())
+                    .flat_map(|c| c.done.take().into_iter().chain(c.committed.take()))
                     .collect();
                 drop(queue);
                 answer(done, || Err(format!("cannot write: {e}")));

@@ -13,8 +13,8 @@
 //! for jobs loaded at start-up, so a restart with a million large pending
 //! jobs reads and holds only their metadata.
 //!
-//! What waits for the disk (see `docs/storage.md`): a submit (before any
-//! worker can see the job), a complete, a fail, a cancel, a clear and a
+//! What waits for the disk (see `docs/storage.md`): a submit (workers can
+//! take the job once it is committed), a complete, a fail, a cancel, a clear and a
 //! lease rescue. A hand-out is written deferred, up to 100 ms later, and not
 //! at all if the job changes first (its next write carries the attempt
 //! count): a restart returns running jobs to pending anyway. Heartbeats are
@@ -41,7 +41,7 @@ use log::{Durable, Log, Op, SyncPolicy};
 use super::memory::Index;
 use super::{
     ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, Inserted, JobRecord,
-    ListFilter, OpenError, Result, Store,
+    ListFilter, OpenError, Result, Store, StoreEvent,
 };
 use crate::job::{Completion, Idempotency, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp};
 
@@ -77,6 +77,9 @@ const LOCK_FILE: &str = "jobq.lock";
 pub struct EmbeddedStore {
     index: Mutex<Index>,
     log: Arc<Log>,
+    /// Tells the broker that a job became claimable (see `insert`).
+    events: tokio::sync::mpsc::UnboundedSender<StoreEvent>,
+    events_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<StoreEvent>>>,
     /// Held (locked) for the store's lifetime.
     _lock: std::fs::File,
     path: PathBuf,
@@ -84,6 +87,15 @@ pub struct EmbeddedStore {
 
 fn unavailable(e: impl std::fmt::Display) -> Error {
     Error::Unavailable(e.to_string())
+}
+
+/// Waits for the log's answer about a change (queued and flushed already).
+async fn settled(rx: Durable) -> Result<()> {
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::Unavailable(e)),
+        Err(_) => Err(unavailable("store is closed")),
+    }
 }
 
 impl EmbeddedStore {
@@ -142,9 +154,12 @@ impl EmbeddedStore {
         };
         let log =
             Log::start(conn, wal, policy).map_err(|e| fail("cannot start the log threads", &e))?;
+        let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(EmbeddedStore {
             index: Mutex::new(index),
             log,
+            events,
+            events_rx: Mutex::new(Some(events_rx)),
             _lock: lock,
             path,
         })
@@ -187,11 +202,7 @@ impl EmbeddedStore {
         // so that one commit takes them all.
         tokio::task::yield_now().await;
         self.log.flush();
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::Unavailable(e)),
-            Err(_) => Err(unavailable("store is closed")),
-        }
+        settled(rx).await
     }
 
     /// Reads the payload and headers of a job restored without them.
@@ -412,14 +423,15 @@ fn row_to_job(
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn insert(&self, job: NewJob, max_pending: u64) -> Result<Inserted> {
-        let (inserted, rx) = {
+        let (inserted, committed, durable) = {
             let mut index = self.index.lock();
             self.check_writable()?;
             match index.insert(job, max_pending, false)? {
                 Inserted::Created(job) => {
                     let seq = Self::seq(&index, job.id)?;
-                    let rx = self.send(vec![Op::Insert(seq, job.clone())], true);
-                    (Inserted::Created(job), rx)
+                    let (committed, durable) =
+                        self.log.push_tracked(vec![Op::Insert(seq, job.clone())]);
+                    (Inserted::Created(job), committed, durable)
                 }
                 existing => return Ok(existing),
             }
@@ -427,11 +439,19 @@ impl Store for EmbeddedStore {
         let Inserted::Created(job) = &inserted else {
             unreachable!()
         };
-        match self.durable(rx).await {
-            Ok(()) => {
-                self.index.lock().publish(job.id);
-                Ok(inserted)
-            }
+        // Claimable once committed: it is in the store then (SPEC §5: a
+        // `kill -9` keeps it), and a worker need not wait for the fsync too.
+        // The submit is answered only once it is durable; a worker's
+        // complete is durable only after it (the WAL is written in order),
+        // so no result of a job that a power cut could lose is acknowledged.
+        let mut outcome = self.durable(Some(committed)).await;
+        if outcome.is_ok() {
+            self.index.lock().publish(job.id);
+            let _ = self.events.send(StoreEvent::JobReady(job.queue.clone()));
+            outcome = settled(durable).await;
+        }
+        match outcome {
+            Ok(()) => Ok(inserted),
             Err(e) => {
                 // Undo: the insert may still reach the disk once the disk
                 // has room again, so a delete follows it in the log.
@@ -589,6 +609,10 @@ impl Store for EmbeddedStore {
 
     fn pending_count(&self) -> u64 {
         self.index.lock().pending_count()
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<StoreEvent>> {
+        self.events_rx.lock().take()
     }
 
     async fn healthy(&self) -> bool {
