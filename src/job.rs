@@ -263,8 +263,9 @@ pub struct Job {
     pub result: Option<Bytes>,
     /// Why it failed (or why the last attempt failed, while retried).
     pub error: Option<String>,
-    /// The idempotency key it was submitted under, if any.
-    pub idempotency: Option<Idempotency>,
+    /// The idempotency key it was submitted under, if any. Boxed: most jobs
+    /// have none, and every kept job is held in memory.
+    pub idempotency: Option<Box<Idempotency>>,
 }
 
 /// What a client submits; the store turns it into a [`Job`].
@@ -304,7 +305,7 @@ impl NewJob {
             lease_expires_at: None,
             result: None,
             error: None,
-            idempotency: self.idempotency,
+            idempotency: self.idempotency.map(Box::new),
         }
     }
 }

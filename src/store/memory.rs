@@ -25,12 +25,36 @@ type PendingKey = (Reverse<i32>, u64);
 #[derive(Debug)]
 struct Entry {
     job: Job,
+    /// The arrival number (see [`Entry::seq`]) and, in the top bit, whether
+    /// the job is cold (see [`Entry::cold`]). One word instead of two: an
+    /// entry of 256 bytes takes the allocator's 256-byte size class instead
+    /// of the 320-byte one, for every job kept.
+    seq_cold: u64,
+}
+
+/// The bit of [`Entry::seq_cold`] that says the job is cold.
+const COLD: u64 = 1 << 63;
+
+impl Entry {
+    fn new(job: Job, seq: u64, cold: bool) -> Self {
+        debug_assert!(seq & COLD == 0);
+        Entry {
+            job,
+            seq_cold: seq | if cold { COLD } else { 0 },
+        }
+    }
+
     /// Arrival order, the tie-breaker between equal priorities (and the key
     /// a retried job goes back under, so it keeps its place).
-    seq: u64,
+    fn seq(&self) -> u64 {
+        self.seq_cold & !COLD
+    }
+
     /// The job's payload and headers are not held in memory (a durable
     /// store loaded it without them, and reads them at hand-out).
-    cold: bool,
+    fn cold(&self) -> bool {
+        self.seq_cold & COLD != 0
+    }
 }
 
 /// The job table. Entries are boxed so that a slot is 24 bytes instead of a
@@ -138,7 +162,7 @@ impl Index {
             entry.job.status,
             entry.job.lease_expires_at,
             entry.job.queue.clone(),
-            Self::pending_key(&entry.job, entry.seq),
+            Self::pending_key(&entry.job, entry.seq()),
             entry.job.ended_at,
         );
         if before == Status::Pending && after != Status::Pending {
@@ -192,6 +216,7 @@ impl Index {
 
     fn forget(&mut self, id: JobId) -> Option<(Job, u64)> {
         let entry = self.jobs.remove(&id)?;
+        let seq = entry.seq();
         let job = entry.job;
         if let Some(idem) = &job.idempotency {
             if self.idempotency.get(&idem.key) == Some(&id) {
@@ -201,7 +226,7 @@ impl Index {
         let before = job.status;
         if before == Status::Pending {
             if let Some(map) = self.pending.get_mut(&job.queue) {
-                map.remove(&Self::pending_key(&job, entry.seq));
+                map.remove(&Self::pending_key(&job, seq));
                 if map.is_empty() {
                     self.pending.remove(&job.queue);
                 }
@@ -211,7 +236,7 @@ impl Index {
             self.leases.remove(&(t, id));
         }
         self.count(&job.queue, Some(before), None);
-        Some((job, entry.seq))
+        Some((job, seq))
     }
 
     /// Adds a job as it stands, under the arrival number `seq` it was
@@ -224,12 +249,12 @@ impl Index {
 
     /// The arrival number of job `id`: its key in durable storage.
     pub fn seq_of(&self, id: JobId) -> Option<u64> {
-        self.jobs.get(&id).map(|e| e.seq)
+        self.jobs.get(&id).map(Entry::seq)
     }
 
     /// Whether job `id` was restored without its payload and headers.
     pub fn is_cold(&self, id: JobId) -> bool {
-        self.jobs.get(&id).is_some_and(|e| e.cold)
+        self.jobs.get(&id).is_some_and(Entry::cold)
     }
 
     fn add(&mut self, job: Job, visible: bool, cold: bool) {
@@ -257,7 +282,7 @@ impl Index {
         if status.is_ended() {
             self.ended.push_back((job.ended_at.unwrap_or_default(), id));
         }
-        self.jobs.insert(id, Entry { job, seq, cold });
+        self.jobs.insert(id, Entry::new(job, seq, cold));
         self.count(&queue, None, Some(status));
     }
 
@@ -295,7 +320,7 @@ impl Index {
             return;
         };
         if entry.job.status == Status::Pending {
-            let key = Self::pending_key(&entry.job, entry.seq);
+            let key = Self::pending_key(&entry.job, entry.seq());
             self.pending
                 .entry(entry.job.queue.clone())
                 .or_default()
@@ -407,7 +432,8 @@ impl Index {
         let entry = self.jobs.get(&id)?;
         let position = (entry.job.status == Status::Pending).then(|| {
             self.pending.get(&entry.job.queue).map_or(0, |m| {
-                m.range(..Self::pending_key(&entry.job, entry.seq)).count() as u64
+                m.range(..Self::pending_key(&entry.job, entry.seq()))
+                    .count() as u64
             })
         });
         Some(JobRecord {
@@ -430,7 +456,7 @@ impl Index {
             .filter(|e| f.queue.as_ref().is_none_or(|q| *q == e.job.queue))
             .collect();
         let newest_first =
-            |a: &&Entry, b: &&Entry| (b.job.created_at, b.seq).cmp(&(a.job.created_at, a.seq));
+            |a: &&Entry, b: &&Entry| (b.job.created_at, b.seq()).cmp(&(a.job.created_at, a.seq()));
         if hits.len() > f.limit && f.limit > 0 {
             hits.select_nth_unstable_by(f.limit - 1, newest_first);
         }
@@ -597,6 +623,25 @@ mod tests {
         assert_eq!(index.jobs.values().count(), 500);
         assert!(!index.contains(ids[0]) && index.contains(ids[1]));
         assert_eq!(index.counts().total[Status::Pending.index()], 500);
+    }
+
+    #[test]
+    fn entries_keep_arrival_number_and_coldness_in_one_word() {
+        assert_eq!(
+            std::mem::size_of::<Entry>(),
+            256,
+            "fits the 256-byte size class"
+        );
+        for (seq, cold) in [
+            (0, false),
+            (0, true),
+            (41, true),
+            (COLD - 1, false),
+            (COLD - 1, true),
+        ] {
+            let e = Entry::new(new_job().into_job(), seq, cold);
+            assert_eq!((e.seq(), e.cold()), (seq, cold));
+        }
     }
 
     #[test]

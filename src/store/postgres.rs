@@ -199,10 +199,10 @@ fn job_from_row(row: &Row) -> Result<Job> {
     let idem_key: Option<String> = row.try_get(14).map_err(get_err)?;
     let fingerprint: Option<Vec<u8>> = row.try_get(15).map_err(get_err)?;
     let idempotency = match (idem_key, fingerprint) {
-        (Some(key), Some(fp)) => Some(Idempotency {
+        (Some(key), Some(fp)) => Some(Box::new(Idempotency {
             key,
             fingerprint: fp.try_into().map_err(|_| bad_row("fingerprint"))?,
-        }),
+        })),
         _ => None,
     };
     Ok(Job {

@@ -411,10 +411,10 @@ fn row_to_job(
         result: r.get::<_, Option<Vec<u8>>>(9)?.map(Bytes::from),
         error: r.get(10)?,
         idempotency: match (idem_key, idem_fp) {
-            (Some(key), Some(fp)) => Some(Idempotency {
+            (Some(key), Some(fp)) => Some(Box::new(Idempotency {
                 key,
                 fingerprint: fp.try_into().map_err(|_| bad_data("bad fingerprint"))?,
-            }),
+            })),
             _ => None,
         },
     })
