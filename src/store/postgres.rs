@@ -126,6 +126,47 @@ struct PendingCache {
     /// Bumped by every local change, so a refresh that overlapped one does
     /// not overwrite it with an older figure.
     epoch: u64,
+    /// Local changes under way. A refresh that ran while one was under way
+    /// is dropped: its query may have seen the change committed before the
+    /// change was added here, and would count it twice.
+    in_flight: u32,
+}
+
+impl PendingCache {
+    /// A local change that may move the count begins.
+    fn begin(&mut self) {
+        self.in_flight += 1;
+        self.epoch += 1;
+    }
+
+    /// The change's effect on the count, once it has committed.
+    fn adjust(&mut self, delta: i64) {
+        self.count = self.count.saturating_add_signed(delta);
+        self.epoch += 1;
+    }
+
+    /// The change is over (applied or failed).
+    fn end(&mut self) {
+        self.in_flight -= 1;
+        self.epoch += 1;
+    }
+
+    /// A count read from the database by a refresh that began at `epoch`:
+    /// taken only if no local change began, ended or was under way since.
+    fn refreshed(&mut self, epoch: u64, total: u64) {
+        if self.epoch == epoch && self.in_flight == 0 {
+            self.count = total;
+        }
+    }
+}
+
+/// Marks a local change that may move the pending count as under way.
+struct InFlight<'a>(&'a Shared);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.pending.lock().end();
+    }
 }
 
 /// What the store's background tasks share with it.
@@ -525,17 +566,23 @@ async fn send_notifications(pool: &Pool, payloads: &[String]) -> Result<()> {
 }
 
 impl Shared {
+    /// Call before a statement that may change the pending count; keep the
+    /// guard until the change is applied with [`Shared::adjust_pending`].
+    fn change(&self) -> InFlight<'_> {
+        self.pending.lock().begin();
+        InFlight(self)
+    }
+
     /// Applies a local change to the pending count.
     fn adjust_pending(&self, delta: i64) {
-        let mut p = self.pending.lock();
-        p.count = p.count.saturating_add_signed(delta);
-        p.epoch += 1;
+        self.pending.lock().adjust(delta);
     }
 
     /// Reads the pending count per queue from the database, stores the total
     /// and signals every queue that has pending jobs (the polling fallback).
     async fn refresh(&self) -> Result<()> {
         let epoch = self.pending.lock().epoch;
+        // (A change under way now bumps the epoch when it ends.)
         let client = self.pool.get().await.map_err(pool_err)?;
         let stmt = client
             .prepare_cached(
@@ -552,10 +599,7 @@ impl Shared {
                 let _ = self.events.send(StoreEvent::JobReady(q));
             }
         }
-        let mut p = self.pending.lock();
-        if p.epoch == epoch {
-            p.count = total;
-        }
+        self.pending.lock().refreshed(epoch, total);
         Ok(())
     }
 }
@@ -701,6 +745,8 @@ impl Drop for PostgresStore {
 #[async_trait]
 impl Store for PostgresStore {
     async fn insert(&self, job: NewJob, max_pending: u64) -> Result<Inserted> {
+        // Keeps a concurrent refresh of the pending count from counting it twice.
+        let _change = self.shared.change();
         const INSERT: &str = concat!(
             "with ins as (insert into jobq_jobs ",
             "(id, queue, payload, headers, priority, status, created_at, idem_key, idem_fingerprint) ",
@@ -767,6 +813,8 @@ impl Store for PostgresStore {
     }
 
     async fn claim(&self, p: &ClaimParams) -> Result<Option<Claimed>> {
+        // Keeps a concurrent refresh of the pending count from counting it twice.
+        let _change = self.shared.change();
         const SQL: &str = concat!(
             "with next as (select id as nid from jobq_jobs ",
             "where status = 'pending' and queue = $1 ",
@@ -856,6 +904,8 @@ impl Store for PostgresStore {
     }
 
     async fn fail(&self, p: &FailParams) -> Result<Job> {
+        // Keeps a concurrent refresh of the pending count from counting it twice.
+        let _change = self.shared.change();
         const SQL: &str = concat!(
             "with u as (update jobq_jobs set error = $3, ",
             "status = case when $4 and attempts < $5 then 'pending' else 'failed' end, ",
@@ -923,6 +973,8 @@ impl Store for PostgresStore {
     }
 
     async fn cancel(&self, id: JobId, only_pending: bool, now: Timestamp) -> Result<Job> {
+        // Keeps a concurrent refresh of the pending count from counting it twice.
+        let _change = self.shared.change();
         const SQL: &str = concat!(
             "with old as (select id as cid, status as old_status from jobq_jobs ",
             "where id = $1 and (status = 'pending' or (not $2 and status = 'running')) for update), ",
@@ -1048,6 +1100,8 @@ impl Store for PostgresStore {
     }
 
     async fn rescue_expired(&self, now: Timestamp, max_attempts: u32) -> Result<Vec<Job>> {
+        // Keeps a concurrent refresh of the pending count from counting it twice.
+        let _change = self.shared.change();
         const SQL: &str = concat!(
             "with x as (select id as xid from jobq_jobs where status = 'running' ",
             "and lease_expires_at <= $1 for update skip locked), ",
@@ -1161,6 +1215,31 @@ mod tests {
             parse_notification("me", "other c"),
             Some((StoreEvent::Cleared, 1))
         );
+    }
+
+    #[test]
+    fn a_refresh_never_counts_a_local_change_twice() {
+        // A submit commits, a refresh reads the count with it, then the
+        // submit adds itself: the refresh must not be taken.
+        let mut p = PendingCache::default();
+        p.begin();
+        let epoch = p.epoch;
+        p.adjust(1);
+        p.refreshed(epoch, 1);
+        p.end();
+        assert_eq!(p.count, 1);
+        // The refresh began after the commit, before the submit added itself.
+        let mut p = PendingCache::default();
+        p.begin();
+        let epoch = p.epoch;
+        p.refreshed(epoch, 1);
+        p.adjust(1);
+        p.end();
+        assert_eq!(p.count, 1, "not 2");
+        // Nothing under way: the database's figure wins.
+        let epoch = p.epoch;
+        p.refreshed(epoch, 7);
+        assert_eq!(p.count, 7);
     }
 
     #[test]
