@@ -4,6 +4,7 @@
 //! in-memory ones by calling them, SQL ones by mirroring them in `WHERE`
 //! clauses checked by the shared conformance tests).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -308,6 +309,44 @@ impl NewJob {
             idempotency: self.idempotency.map(Box::new),
         }
     }
+}
+
+/// Counts per status.
+pub type StatusCounts = [u64; 5];
+
+/// Job counts, total and per queue.
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    /// Per status over all queues, indexed by [`Status::index`].
+    pub total: StatusCounts,
+    /// Per queue, per status.
+    pub queues: BTreeMap<String, StatusCounts>,
+}
+
+/// A job with the facts about it that only the store knows.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    /// The job.
+    pub job: Job,
+    /// Jobs ahead of it in its queue, while pending.
+    pub position: Option<u64>,
+}
+
+/// Headers never passed to workers (the rule of docs/api.md, "Headers"):
+/// hop-by-hop ones, the body length, and credentials (a client's token must
+/// never reach a worker). `name` is lower-case.
+pub fn is_private_header(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "te"
+            | "upgrade"
+            | "content-length"
+            | "authorization"
+            | "cookie"
+    ) || name.starts_with("proxy-")
 }
 
 /// Why a transition was refused. Each maps to one HTTP status in the API layer.

@@ -5,12 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::{encode, job_json, json, ApiError, ApiResult, AppState, Params};
+use crate::broker::ListRequest;
 use crate::job::Status;
-use crate::store::ListFilter;
-
-/// Default and largest `limit` of `/api/admin/jobs`.
-const LIST_DEFAULT: usize = 100;
-const LIST_MAX: usize = 1000;
 
 /// `GET /api/admin/stats`.
 pub async fn stats(State(st): State<AppState>) -> ApiResult<Response> {
@@ -50,9 +46,9 @@ pub async fn jobs(State(st): State<AppState>, params: Params) -> ApiResult<Respo
         .map(|s| s.parse::<Status>().map_err(ApiError::BadRequest))
         .transpose()?;
     let limit = match params.get("limit") {
-        None => LIST_DEFAULT,
+        None => None,
         Some(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => n.min(LIST_MAX),
+            Ok(n) if n > 0 => Some(n),
             _ => {
                 return Err(ApiError::BadRequest(format!(
                     "bad limit {v:?}: expected a positive integer"
@@ -60,12 +56,14 @@ pub async fn jobs(State(st): State<AppState>, params: Params) -> ApiResult<Respo
             }
         },
     };
-    let filter = ListFilter {
-        status,
-        queue: params.queue("queue")?,
-        limit,
-    };
-    let jobs = st.broker.list(&filter).await?;
+    let jobs = st
+        .broker
+        .list(ListRequest {
+            status,
+            queue: params.queue("queue")?,
+            limit,
+        })
+        .await?;
     let mut body = Vec::with_capacity(64 + 256 * jobs.len());
     body.extend_from_slice(b"{\"jobs\":[");
     for (i, job) in jobs.iter().enumerate() {

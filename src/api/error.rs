@@ -6,7 +6,6 @@ use axum::response::{IntoResponse, Response};
 use super::encode::Obj;
 use crate::broker;
 use crate::job::{JobId, Status, TransitionError};
-use crate::store;
 
 /// Every way an API call can end other than success.
 #[derive(Debug)]
@@ -21,8 +20,6 @@ pub enum ApiError {
     NotImplemented(String),
     /// No such job (or forgotten after `--result-ttl`).
     JobNotFound(JobId),
-    /// Something else named in the request does not exist.
-    NotFound(String),
     /// The job is not in a state that allows this call.
     Conflict(Option<JobId>, TransitionError),
     /// Body over `--max-body`.
@@ -52,16 +49,6 @@ pub enum ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
-    /// Maps a broker error about job `id`.
-    pub fn for_job(id: JobId) -> impl FnOnce(broker::Error) -> ApiError {
-        move |e| match e {
-            broker::Error::Store(store::Error::NotFound) => ApiError::JobNotFound(id),
-            broker::Error::Store(store::Error::Transition(t)) => ApiError::Conflict(Some(id), t),
-            broker::Error::ShuttingDown => ApiError::ShuttingDown(Some(id)),
-            other => other.into(),
-        }
-    }
-
     /// The answer a waiting client gets for a job that ended without a result.
     pub fn for_ended(job: &crate::job::Job) -> Option<ApiError> {
         match job.status {
@@ -79,14 +66,13 @@ impl ApiError {
 impl From<broker::Error> for ApiError {
     fn from(e: broker::Error) -> Self {
         match e {
-            broker::Error::ShuttingDown => ApiError::ShuttingDown(None),
-            broker::Error::Store(s) => match s {
-                store::Error::NotFound => ApiError::NotFound("job not found".into()),
-                store::Error::Transition(t) => ApiError::Conflict(None, t),
-                store::Error::QueueFull(n) => ApiError::QueueFull(n),
-                store::Error::IdempotencyMismatch => ApiError::IdempotencyMismatch(None),
-                store::Error::Unavailable(msg) => ApiError::Unavailable(msg),
-            },
+            broker::Error::ShuttingDown(id) => ApiError::ShuttingDown(id),
+            broker::Error::NotFound(id) => ApiError::JobNotFound(id),
+            broker::Error::Conflict(id, t) => ApiError::Conflict(Some(id), t),
+            broker::Error::QueueFull(n) => ApiError::QueueFull(n),
+            broker::Error::IdempotencyMismatch => ApiError::IdempotencyMismatch(None),
+            broker::Error::Invalid(m) => ApiError::BadRequest(m),
+            broker::Error::Unavailable(msg) => ApiError::Unavailable(msg),
         }
     }
 }
@@ -114,7 +100,6 @@ impl IntoResponse for ApiError {
                 Some(*id),
                 None,
             ),
-            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone(), None, None),
             ApiError::Conflict(id, t) => (StatusCode::CONFLICT, t.to_string(), *id, None),
             ApiError::TooLarge(max) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -124,7 +109,7 @@ impl IntoResponse for ApiError {
             ),
             ApiError::IdempotencyMismatch(id) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                store::Error::IdempotencyMismatch.to_string(),
+                broker::Error::IdempotencyMismatch.to_string(),
                 *id,
                 None,
             ),

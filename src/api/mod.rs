@@ -19,16 +19,12 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use bytes::Bytes;
 
-use crate::broker::Broker;
-use crate::job::{JobId, Queue};
+use crate::broker::{Broker, MAX_WAIT};
+use crate::job::{is_private_header, JobId, Queue};
 pub use error::{ApiError, ApiResult};
 
 /// The header naming the job an answer is about.
 pub const X_JOB_ID: HeaderName = HeaderName::from_static("x-job-id");
-
-/// Longest wait a request may ask for (`timeout`, `wait`, `Prefer: wait`).
-/// Longer values are clamped: timers need a finite deadline.
-pub const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Shared state of all handlers.
 #[derive(Clone)]
@@ -161,10 +157,10 @@ impl Params {
         self.get(name).map(|v| parse_secs(name, v)).transpose()
     }
 
-    /// `name` as a list of queues (`a,b`), or `[default]` when absent.
+    /// `name` as a list of queues (`a,b`); empty when absent (the broker's default).
     pub fn queues(&self, name: &str) -> ApiResult<Vec<Queue>> {
         let Some(v) = self.get(name) else {
-            return Ok(vec![Queue::default_queue()]);
+            return Ok(Vec::new());
         };
         let mut out: Vec<Queue> = Vec::new();
         for part in v.split(',') {
@@ -207,22 +203,6 @@ pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> ApiResult<Option<&'
             })
         })
         .transpose()
-}
-
-/// Headers never passed to workers: hop-by-hop ones, the body length, and
-/// credentials (a client's token must never reach a worker).
-fn is_private_header(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "transfer-encoding"
-            | "te"
-            | "upgrade"
-            | "content-length"
-            | "authorization"
-            | "cookie"
-    ) || name.starts_with("proxy-")
 }
 
 /// The headers a worker sees, as a JSON object (`name: value`; repeated

@@ -3,17 +3,19 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use serde::Deserialize;
 
 use super::{encode, header_str, job_json, ApiError, ApiResult, AppState, Body, Params, PathId};
+use crate::broker::{CompleteRequest, FailRequest, HeartbeatRequest, PollRequest};
 use crate::job::LeaseId;
 
 /// `GET /api/worker/poll[?queue=a,b][&wait=N]`.
 pub async fn poll(State(st): State<AppState>, params: Params) -> ApiResult<Response> {
-    let queues = params.queues("queue")?;
-    let wait = params.secs("wait")?.unwrap_or_default();
-    match st.broker.poll(&queues, wait).await? {
+    let req = PollRequest {
+        queues: params.queues("queue")?,
+        wait: params.secs("wait")?.unwrap_or_default(),
+    };
+    match st.broker.poll(req).await? {
         Some(job) => Ok(job_json(StatusCode::OK, job.id, encode::handout(&job))),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
@@ -41,16 +43,13 @@ pub async fn complete(
     headers: HeaderMap,
     Body(body): Body,
 ) -> ApiResult<Response> {
-    let lease = lease(&params, &headers)?;
-    let result = if body.is_empty() {
-        Bytes::from_static(b"{}")
-    } else {
-        body
-    };
     st.broker
-        .complete(id, lease, result)
-        .await
-        .map_err(ApiError::for_job(id))?;
+        .complete(CompleteRequest {
+            id,
+            lease: lease(&params, &headers)?,
+            result: body,
+        })
+        .await?;
     let body = encode::Obj::with_capacity(80)
         .str("message", "Job completed")
         .id("job_id", &id)
@@ -88,15 +87,19 @@ pub async fn fail(
         })?
     };
     let error = match parsed.error {
-        None | Some(serde_json::Value::Null) => "worker reported failure".to_owned(),
-        Some(serde_json::Value::String(s)) => s,
-        Some(other) => other.to_string(),
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(other) => Some(other.to_string()),
     };
     let job = st
         .broker
-        .fail(id, lease, error, parsed.retry.unwrap_or(true))
-        .await
-        .map_err(ApiError::for_job(id))?;
+        .fail(FailRequest {
+            id,
+            lease,
+            error,
+            retry: parsed.retry,
+        })
+        .await?;
     let body = encode::Obj::with_capacity(80)
         .id("job_id", &id)
         .str("status", job.status.as_str())
@@ -112,12 +115,13 @@ pub async fn heartbeat(
     params: Params,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let lease = lease(&params, &headers)?;
     let job = st
         .broker
-        .heartbeat(id, lease)
-        .await
-        .map_err(ApiError::for_job(id))?;
+        .heartbeat(HeartbeatRequest {
+            id,
+            lease: lease(&params, &headers)?,
+        })
+        .await?;
     let body = encode::Obj::with_capacity(96)
         .id("job_id", &id)
         .time("lease_expires_at", job.lease_expires_at)

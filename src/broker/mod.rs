@@ -1,35 +1,109 @@
-//! The broker: the only API for a job's lifecycle. It decides policy (wait
-//! times, leases, attempts, back-pressure, shutdown), applies transitions
-//! through the [`Store`], and wakes whoever waits on a change. Handlers
-//! (HTTP, and later gRPC) are thin translations onto these methods.
+//! The broker: the only API for a job's lifecycle. It makes every decision
+//! about a job (ids, timestamps from its [`Clock`], idempotency
+//! fingerprints, defaults, wait times, leases, attempts, back-pressure,
+//! shutdown), applies transitions through the [`Store`], and wakes whoever
+//! waits on a change. Faces (HTTP, gRPC, the dashboard) parse a request into
+//! one of the structs of [`request`], call one method here, and render what
+//! it returns; they never see the store.
 
+pub mod clock;
 pub mod maintenance;
+pub mod request;
 pub mod waiters;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{Completion, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp};
+use crate::job::{
+    Completion, Counts, Idempotency, Job, JobId, JobRecord, LeaseId, NewJob, Queue, Status,
+    Timestamp, TransitionError,
+};
 use crate::store::{
-    self, ClaimParams, CompleteParams, Counts, FailParams, Inserted, JobRecord, ListFilter, Store,
-    StoreEvent,
+    self, ClaimParams, CompleteParams, FailParams, Inserted, ListFilter, Store, StoreEvent,
+};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use request::{
+    CompleteRequest, FailRequest, HeartbeatRequest, ListRequest, PollRequest, SubmitRequest,
+    WaitFor,
 };
 use waiters::{AnyNotified, JobWaiters, QueueSignals, Waiter, Wake};
 
-/// Broker errors: the store's, plus refusals that are the broker's own policy.
+/// Longest wait a request may ask for (a submit's, a poll's, a `GET ?wait`).
+/// Longer values are clamped: timers need a finite deadline.
+pub const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Longest accepted `Idempotency-Key`, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// Default `limit` of a job listing.
+pub const LIST_DEFAULT: usize = 100;
+
+/// Largest `limit` of a job listing.
+pub const LIST_MAX: usize = 1000;
+
+/// The error a failing worker reports when it gives no text.
+pub const FAIL_ERROR_DEFAULT: &str = "worker reported failure";
+
+/// Why the broker refused or could not do what was asked. Every face maps
+/// these once (HTTP in `api::error`); store errors never reach a face.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The server is shutting down and takes no new work.
+    /// The server is shutting down and takes no new work (with the job a
+    /// waiting client was waiting for, if any).
     #[error("server is shutting down")]
-    ShuttingDown,
-    /// A store refusal or failure.
-    #[error(transparent)]
-    Store(#[from] store::Error),
+    ShuttingDown(Option<JobId>),
+    /// No such job (never existed, or forgotten after `--result-ttl`).
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    /// The job is not in a state that allows this call.
+    #[error("{1}")]
+    Conflict(JobId, TransitionError),
+    /// Back-pressure: `--max-queued` jobs are pending.
+    #[error("queue is full ({0} jobs pending); retry later")]
+    QueueFull(u64),
+    /// An `Idempotency-Key` reused for a different body or queue.
+    #[error("Idempotency-Key was already used for a different request (other body or queue)")]
+    IdempotencyMismatch,
+    /// A request value the broker refuses (the text says which and why).
+    #[error("{0}")]
+    Invalid(String),
+    /// The store cannot serve right now; nothing was changed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl Error {
+    /// Maps a store error about job `id`.
+    fn about(id: JobId) -> impl FnOnce(store::Error) -> Error {
+        move |e| match e {
+            store::Error::NotFound => Error::NotFound(id),
+            store::Error::Transition(t) => Error::Conflict(id, t),
+            other => other.into(),
+        }
+    }
+}
+
+impl From<store::Error> for Error {
+    /// For store calls about no one job (insert, claim, clear, listings).
+    fn from(e: store::Error) -> Self {
+        match e {
+            store::Error::QueueFull(n) => Error::QueueFull(n),
+            store::Error::IdempotencyMismatch => Error::IdempotencyMismatch,
+            store::Error::Unavailable(m) => Error::Unavailable(m),
+            // Only calls about one job report these, and they map them with `about`.
+            store::Error::NotFound => Error::Unavailable("the store lost a job".into()),
+            store::Error::Transition(t) => Error::Unavailable(format!("unexpected refusal: {t}")),
+        }
+    }
 }
 
 /// `Result` with the broker's [`Error`].
@@ -53,7 +127,7 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
-    /// Defaults of SPEC §1.
+    /// Defaults of the documented flags (docs/configuration.md).
     pub fn new() -> Self {
         BrokerConfig {
             wait_timeout: Some(Duration::from_secs(60)),
@@ -81,6 +155,8 @@ pub struct Broker {
 struct Inner {
     store: Arc<dyn Store>,
     cfg: BrokerConfig,
+    /// Wall-clock time for every timestamp the broker writes.
+    clock: Arc<dyn Clock>,
     waiters: Arc<JobWaiters>,
     signals: QueueSignals,
     /// False once shutdown began: submits and polls are refused.
@@ -94,29 +170,22 @@ struct Inner {
     started: Instant,
 }
 
-/// A new job as the API layer hands it over.
+/// How a sync submit ended for its client.
 #[derive(Debug)]
-pub struct Submit {
-    /// The job.
-    pub job: NewJob,
-    /// Whether the caller will wait for the job to end (registers a waiter).
-    pub wait: bool,
-}
-
-/// What a submit produced.
-#[derive(Debug)]
-pub struct Submission {
-    /// The job as it stands (new, or the one its idempotency key names).
-    pub job: Job,
-    /// Whether this submit created the job (false: attached by idempotency key).
-    pub created: bool,
-    /// Registered before the job became visible, when the caller waits.
-    pub waiter: Option<Waiter>,
+pub enum SyncOutcome {
+    /// The job ended (completed, failed or cancelled), or had already
+    /// ended when an idempotent submit attached to it.
+    Ended(Box<Job>),
+    /// The wait ran out first; the job goes on.
+    Accepted(Box<Job>),
+    /// The job was forgotten while the client waited (a clear): it counts
+    /// as cancelled.
+    Gone(JobId),
 }
 
 /// How a wait for a job's end ended.
 #[derive(Debug)]
-pub enum WaitOutcome {
+enum WaitOutcome {
     /// The job ended; this is how it stands.
     Ended(Box<Job>),
     /// The wait time passed first.
@@ -140,17 +209,58 @@ pub struct Stats {
     pub uptime_s: u64,
 }
 
+/// Cancels a sync submit's job if the submit is dropped (its client went
+/// away) before the job ended, even while its insert is still committing:
+/// the insert is then finished by a task of its own and the job cancelled
+/// after it. The client's own waiter is dropped first, so the broker sees
+/// only the clients that still wait.
+struct AbandonOnDrop {
+    broker: Broker,
+    id: JobId,
+    /// Whether dropping now cancels the job.
+    armed: bool,
+    waiter: Option<Waiter>,
+    /// An insert that did not finish at once, running as its own task.
+    inserting: Option<tokio::task::JoinHandle<store::Result<Inserted>>>,
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.waiter = None;
+        let inserting = self.inserting.take();
+        if !self.armed && inserting.is_none() {
+            return;
+        }
+        let (broker, id) = (self.broker.clone(), self.id);
+        tokio::spawn(async move {
+            if let Some(insert) = inserting {
+                match insert.await {
+                    Ok(Ok(Inserted::Created(_))) => {}
+                    _ => return, // not stored, or attached to another client's job
+                }
+            }
+            broker.abandon(id).await
+        });
+    }
+}
+
 impl Broker {
-    /// A broker over `store`.
+    /// A broker over `store`, reading time from the system clock.
     ///
     /// Must be called inside a Tokio runtime when the store emits events
     /// (a task relays them to local waiters).
     pub fn new(store: Arc<dyn Store>, cfg: BrokerConfig) -> Self {
+        Self::with_clock(store, cfg, Arc::new(SystemClock))
+    }
+
+    /// A broker over `store` whose timestamps come from `clock` (tests).
+    pub fn with_clock(store: Arc<dyn Store>, cfg: BrokerConfig, clock: Arc<dyn Clock>) -> Self {
         let events = store.subscribe();
         let broker = Broker {
             inner: Arc::new(Inner {
                 store,
                 cfg,
+                clock,
                 waiters: Arc::new(JobWaiters::default()),
                 signals: QueueSignals::default(),
                 accepting: AtomicBool::new(true),
@@ -197,59 +307,167 @@ impl Broker {
         &*self.inner.store
     }
 
+    fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
     fn check_accepting(&self) -> Result<()> {
         if self.inner.accepting.load(Ordering::Acquire) {
             Ok(())
         } else {
-            Err(Error::ShuttingDown)
+            Err(Error::ShuttingDown(None))
         }
     }
 
-    /// Stores a new job (or attaches to the one its idempotency key names).
+    /// Turns a client's request into the job to store: id, time, defaults,
+    /// and the idempotency fingerprint (queue and body: a key reused for
+    /// other work is refused).
+    fn new_job(&self, req: SubmitRequest) -> Result<NewJob> {
+        let queue = req.queue.unwrap_or_else(Queue::default_queue);
+        let idempotency = match req.idempotency_key {
+            None => None,
+            Some(k) if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY => {
+                return Err(Error::Invalid(format!(
+                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+                )))
+            }
+            Some(key) => {
+                let mut h = Sha256::new();
+                h.update(queue.as_str().as_bytes());
+                h.update([0]);
+                h.update(&req.payload);
+                Some(Idempotency {
+                    key,
+                    fingerprint: h.finalize().into(),
+                })
+            }
+        };
+        Ok(NewJob {
+            id: JobId::new(),
+            queue,
+            payload: req.payload,
+            headers: req.headers,
+            priority: req.priority.unwrap_or(0),
+            created_at: self.now(),
+            idempotency,
+        })
+    }
+
+    /// Stores a job without waiting for it (or finds the one its
+    /// idempotency key names). Returns the job as it stands.
     ///
     /// # Errors
-    /// [`Error::ShuttingDown`]; the store's `QueueFull`, `IdempotencyMismatch`, `Unavailable`.
-    pub async fn submit(&self, s: Submit) -> Result<Submission> {
+    /// [`Error::ShuttingDown`], [`Error::Invalid`] (idempotency key),
+    /// [`Error::QueueFull`], [`Error::IdempotencyMismatch`], [`Error::Unavailable`].
+    pub async fn enqueue(&self, req: SubmitRequest) -> Result<Job> {
         self.check_accepting()?;
-        let mut waiter = s
-            .wait
-            .then(|| self.inner.waiters.register_submitter(s.job.id));
-        match self
-            .store()
-            .insert(s.job, self.inner.cfg.max_queued)
-            .await?
-        {
+        let job = self.new_job(req)?;
+        match self.store().insert(job, self.inner.cfg.max_queued).await? {
             Inserted::Created(job) => {
                 self.inner.signals.job_ready(&job.queue);
-                Ok(Submission {
-                    job,
-                    created: true,
-                    waiter,
-                })
+                Ok(job)
             }
-            Inserted::Existing(job) => {
-                let mut job = job;
-                if s.wait && !job.status.is_ended() {
+            Inserted::Existing(job) => Ok(job),
+        }
+    }
+
+    /// Stores a job and waits for it to end, up to `wait`. Dropping the
+    /// returned future (the client went away) cancels the job if no worker
+    /// has it yet and no other client waits for it.
+    ///
+    /// # Errors
+    /// As [`Broker::enqueue`]; [`Error::ShuttingDown`] with the job's id when
+    /// the shutdown grace ran out during the wait.
+    pub async fn submit_and_wait(&self, req: SubmitRequest, wait: WaitFor) -> Result<SyncOutcome> {
+        self.check_accepting()?;
+        let job = self.new_job(req)?;
+        let id = job.id;
+        let mut guard = AbandonOnDrop {
+            broker: self.clone(),
+            id,
+            armed: false,
+            // Registered before the job becomes visible: no wake-up is lost.
+            waiter: Some(self.inner.waiters.register_submitter(id)),
+            inserting: None,
+        };
+        let inserted = self.insert_drop_safe(job, &mut guard).await?;
+        let (job, waiter) = match inserted {
+            Inserted::Created(job) => {
+                self.inner.signals.job_ready(&job.queue);
+                guard.armed = true;
+                (job, guard.waiter.take())
+            }
+            Inserted::Existing(mut job) => {
+                // Attached by idempotency key: wait for the first submit's job.
+                guard.waiter = None;
+                let mut waiter = None;
+                if !job.status.is_ended() {
                     waiter = Some(self.inner.waiters.register_submitter(job.id));
                     // It may have ended between insert and registration.
-                    if let Some(rec) = self.store().get(job.id).await? {
+                    if let Some(rec) = self
+                        .store()
+                        .get(job.id)
+                        .await
+                        .map_err(Error::about(job.id))?
+                    {
                         job = rec.job;
                     }
-                } else {
-                    waiter = None;
                 }
-                Ok(Submission {
-                    job,
-                    created: false,
-                    waiter,
-                })
+                (job, waiter)
             }
+        };
+        let id = job.id;
+        let (Some(waiter), false) = (waiter, job.status.is_ended()) else {
+            guard.armed = false;
+            return Ok(SyncOutcome::Ended(Box::new(job)));
+        };
+        let outcome = self.wait(waiter, self.wait_limit(wait)).await;
+        guard.armed = false;
+        match outcome? {
+            WaitOutcome::Ended(job) => Ok(SyncOutcome::Ended(job)),
+            WaitOutcome::Gone => Ok(SyncOutcome::Gone(id)),
+            WaitOutcome::ShuttingDown => Err(Error::ShuttingDown(Some(id))),
+            WaitOutcome::TimedOut => match self.store().get(id).await.map_err(Error::about(id))? {
+                None => Ok(SyncOutcome::Gone(id)),
+                Some(rec) if rec.job.status.is_ended() => Ok(SyncOutcome::Ended(Box::new(rec.job))),
+                Some(rec) => Ok(SyncOutcome::Accepted(Box::new(rec.job))),
+            },
+        }
+    }
+
+    /// Inserts `job`; an insert that does not finish at once (a commit to
+    /// wait for) runs as a task of its own, held by `guard`, so that a
+    /// caller dropped meanwhile still sees its job cancelled once stored.
+    async fn insert_drop_safe(&self, job: NewJob, guard: &mut AbandonOnDrop) -> Result<Inserted> {
+        let store = self.inner.store.clone();
+        let max = self.inner.cfg.max_queued;
+        let mut insert: Pin<Box<dyn Future<Output = store::Result<Inserted>> + Send>> =
+            Box::pin(async move { store.insert(job, max).await });
+        let first = std::future::poll_fn(|cx| Poll::Ready(insert.as_mut().poll(cx))).await;
+        if let Poll::Ready(r) = first {
+            return Ok(r?);
+        }
+        let handle = guard.inserting.insert(tokio::spawn(insert));
+        let r = handle.await;
+        guard.inserting = None;
+        match r {
+            Ok(r) => Ok(r?),
+            Err(e) => Err(Error::Unavailable(format!("insert task failed: {e}"))),
+        }
+    }
+
+    /// The wait a sync submit gets.
+    fn wait_limit(&self, wait: WaitFor) -> Option<Duration> {
+        match wait {
+            WaitFor::ServerDefault => self.inner.cfg.wait_timeout,
+            WaitFor::Forever => None,
+            WaitFor::Up(d) => Some(d.min(MAX_WAIT)),
         }
     }
 
     /// Waits until the job of `waiter` ends, `timeout` passes (`None`: no
     /// limit) or the shutdown grace runs out.
-    pub async fn wait(&self, mut waiter: Waiter, timeout: Option<Duration>) -> Result<WaitOutcome> {
+    async fn wait(&self, mut waiter: Waiter, timeout: Option<Duration>) -> Result<WaitOutcome> {
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let sleep = async {
             match deadline {
@@ -271,7 +489,7 @@ impl Broker {
             };
             let job = match wake {
                 Wake::Ended(job) => job,
-                Wake::Changed => match self.store().get(id).await? {
+                Wake::Changed => match self.store().get(id).await.map_err(Error::about(id))? {
                     Some(rec) => Box::new(rec.job),
                     None => return Ok(WaitOutcome::Gone),
                 },
@@ -285,7 +503,7 @@ impl Broker {
             } else {
                 self.inner.waiters.register(id)
             };
-            if let Some(rec) = self.store().get(id).await? {
+            if let Some(rec) = self.store().get(id).await.map_err(Error::about(id))? {
                 if rec.job.status.is_ended() {
                     return Ok(WaitOutcome::Ended(Box::new(rec.job)));
                 }
@@ -293,35 +511,47 @@ impl Broker {
         }
     }
 
-    /// One job with its queue position; with `wait`, first waits up to that
-    /// long for it to end.
+    /// One job with its queue position; with a non-zero `wait`, first waits
+    /// up to that long (capped at [`MAX_WAIT`]) for it to end.
     ///
     /// # Errors
-    /// The store's `NotFound` and `Unavailable`.
-    pub async fn get(&self, id: JobId, wait: Option<Duration>) -> Result<JobRecord> {
-        let waiter = wait.map(|_| self.inner.waiters.register(id));
-        let rec = self.store().get(id).await?.ok_or(store::Error::NotFound)?;
+    /// [`Error::NotFound`], [`Error::Unavailable`].
+    pub async fn get(&self, id: JobId, wait: Duration) -> Result<JobRecord> {
+        let waiter = (!wait.is_zero()).then(|| self.inner.waiters.register(id));
+        let rec = self
+            .store()
+            .get(id)
+            .await
+            .map_err(Error::about(id))?
+            .ok_or(Error::NotFound(id))?;
         let (Some(waiter), false) = (waiter, rec.job.status.is_ended()) else {
             return Ok(rec);
         };
-        match self.wait(waiter, wait).await? {
+        match self.wait(waiter, Some(wait.min(MAX_WAIT))).await? {
             WaitOutcome::Ended(job) => Ok(JobRecord {
                 job: *job,
                 position: None,
             }),
-            WaitOutcome::Gone => Err(store::Error::NotFound.into()),
-            WaitOutcome::TimedOut | WaitOutcome::ShuttingDown => {
-                Ok(self.store().get(id).await?.ok_or(store::Error::NotFound)?)
-            }
+            WaitOutcome::Gone => Err(Error::NotFound(id)),
+            WaitOutcome::TimedOut | WaitOutcome::ShuttingDown => self
+                .store()
+                .get(id)
+                .await
+                .map_err(Error::about(id))?
+                .ok_or(Error::NotFound(id)),
         }
     }
 
     /// Cancels a pending or running job; its waiting clients are answered.
     ///
     /// # Errors
-    /// The store's `NotFound`, `Transition` (already ended) and `Unavailable`.
+    /// [`Error::NotFound`], [`Error::Conflict`] (already ended), [`Error::Unavailable`].
     pub async fn cancel(&self, id: JobId) -> Result<Job> {
-        let job = self.store().cancel(id, false, Timestamp::now()).await?;
+        let job = self
+            .store()
+            .cancel(id, false, self.now())
+            .await
+            .map_err(Error::about(id))?;
         self.ended(&job, Status::Running);
         Ok(job)
     }
@@ -330,12 +560,12 @@ impl Broker {
     /// Not while other clients that submitted it still wait for it (they
     /// attached to it by its `Idempotency-Key`); watchers (`GET ?wait`) do
     /// not keep it.
-    pub async fn abandon(&self, id: JobId) {
+    async fn abandon(&self, id: JobId) {
         if self.inner.waiters.has_submitter(id) {
             tracing::debug!(job.id = %id, "client went away; others still wait, job kept");
             return;
         }
-        match self.store().cancel(id, true, Timestamp::now()).await {
+        match self.store().cancel(id, true, self.now()).await {
             Ok(job) => {
                 tracing::debug!(job.id = %id, "client went away; pending job cancelled");
                 self.inner.waiters.wake(id, Some(&job));
@@ -345,24 +575,30 @@ impl Broker {
         }
     }
 
-    /// Hands out a job from the first non-empty of `queues`, waiting up to
-    /// `wait` for one to arrive.
+    /// Hands out a job from the first non-empty of the request's queues,
+    /// waiting up to its `wait` (capped at [`MAX_WAIT`]) for one to arrive.
     ///
     /// # Errors
     /// [`Error::ShuttingDown`] (also when shutdown begins during the wait);
-    /// the store's `Unavailable`.
-    pub async fn poll(&self, queues: &[Queue], wait: Duration) -> Result<Option<Job>> {
+    /// [`Error::Unavailable`].
+    pub async fn poll(&self, req: PollRequest) -> Result<Option<Job>> {
         self.check_accepting()?;
+        let queues = if req.queues.is_empty() {
+            vec![Queue::default_queue()]
+        } else {
+            req.queues
+        };
+        let wait = req.wait.min(MAX_WAIT);
         let deadline = tokio::time::Instant::now() + wait;
         let signals = if wait.is_zero() {
             Vec::new()
         } else {
-            self.inner.signals.signals(queues)
+            self.inner.signals.signals(&queues)
         };
         let _polling = (!wait.is_zero()).then(|| self.inner.signals.polling());
         loop {
             let mut notified = AnyNotified::new(&signals);
-            if let Some(job) = self.claim(queues).await? {
+            if let Some(job) = self.claim(&queues).await? {
                 return Ok(Some(job));
             }
             if tokio::time::Instant::now() >= deadline {
@@ -371,13 +607,13 @@ impl Broker {
             tokio::select! {
                 _ = notified.wait() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
-                _ = self.inner.stopping.cancelled() => return Err(Error::ShuttingDown),
+                _ = self.inner.stopping.cancelled() => return Err(Error::ShuttingDown(None)),
             }
         }
     }
 
     async fn claim(&self, queues: &[Queue]) -> Result<Option<Job>> {
-        let now = Timestamp::now();
+        let now = self.now();
         let p = ClaimParams {
             queues: queues.to_vec(),
             lease_id: LeaseId::new(),
@@ -396,31 +632,36 @@ impl Broker {
         Ok(Some(claimed.job))
     }
 
-    /// The job a poll of `queues` would get, without taking it.
+    /// The job a poll of `queues` (empty: `default`) would get, without taking it.
     ///
     /// # Errors
-    /// The store's `Unavailable`.
+    /// [`Error::Unavailable`].
     pub async fn peek(&self, queues: &[Queue]) -> Result<Option<Job>> {
+        if queues.is_empty() {
+            return Ok(self.store().peek(&[Queue::default_queue()]).await?);
+        }
         Ok(self.store().peek(queues).await?)
     }
 
-    /// Records a worker's result; the waiting client gets it.
+    /// Records a worker's result; the waiting client gets it. An empty
+    /// result is stored as `{}` (what the first version did).
     ///
     /// # Errors
-    /// The store's `NotFound`, `Transition` (not running, stale lease), `Unavailable`.
-    pub async fn complete(
-        &self,
-        id: JobId,
-        lease_id: Option<LeaseId>,
-        result: Bytes,
-    ) -> Result<Job> {
+    /// [`Error::NotFound`], [`Error::Conflict`] (not running, stale lease),
+    /// [`Error::Unavailable`].
+    pub async fn complete(&self, req: CompleteRequest) -> Result<Job> {
+        let id = req.id;
         let p = CompleteParams {
             id,
-            lease_id,
-            result,
-            now: Timestamp::now(),
+            lease_id: req.lease,
+            result: if req.result.is_empty() {
+                Bytes::from_static(b"{}")
+            } else {
+                req.result
+            },
+            now: self.now(),
         };
-        let (job, how) = self.store().complete(&p).await?;
+        let (job, how) = self.store().complete(&p).await.map_err(Error::about(id))?;
         if how == Completion::Completed {
             self.ended(&job, Status::Running);
         }
@@ -428,26 +669,22 @@ impl Broker {
     }
 
     /// Records a worker's failure: back to pending while attempts remain and
-    /// `retry` allows, else failed (the waiting client gets 502).
+    /// the request allows a retry (the default), else failed (the waiting
+    /// client gets its error).
     ///
     /// # Errors
     /// As [`Broker::complete`].
-    pub async fn fail(
-        &self,
-        id: JobId,
-        lease_id: Option<LeaseId>,
-        error: String,
-        retry: bool,
-    ) -> Result<Job> {
+    pub async fn fail(&self, req: FailRequest) -> Result<Job> {
+        let id = req.id;
         let p = FailParams {
             id,
-            lease_id,
-            error,
-            retry,
+            lease_id: req.lease,
+            error: req.error.unwrap_or_else(|| FAIL_ERROR_DEFAULT.to_owned()),
+            retry: req.retry.unwrap_or(true),
             max_attempts: self.inner.cfg.max_attempts,
-            now: Timestamp::now(),
+            now: self.now(),
         };
-        let job = self.store().fail(&p).await?;
+        let job = self.store().fail(&p).await.map_err(Error::about(id))?;
         self.after_release(&job);
         Ok(job)
     }
@@ -456,18 +693,21 @@ impl Broker {
     ///
     /// # Errors
     /// As [`Broker::complete`].
-    pub async fn heartbeat(&self, id: JobId, lease_id: Option<LeaseId>) -> Result<Job> {
-        let expires = Timestamp::now() + self.inner.cfg.lease;
-        Ok(self.store().heartbeat(id, lease_id, expires).await?)
+    pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<Job> {
+        let expires = self.now() + self.inner.cfg.lease;
+        self.store()
+            .heartbeat(req.id, req.lease, expires)
+            .await
+            .map_err(Error::about(req.id))
     }
 
     /// Cancels every pending and running job (of `queue`, if given) and
     /// forgets ended ones. Returns how many jobs were cancelled.
     ///
     /// # Errors
-    /// The store's `Unavailable`.
+    /// [`Error::Unavailable`].
     pub async fn clear(&self, queue: Option<&Queue>) -> Result<usize> {
-        let cancelled = self.store().clear(queue, Timestamp::now()).await?;
+        let cancelled = self.store().clear(queue, self.now()).await?;
         for id in &cancelled {
             self.inner.waiters.wake(*id, None);
         }
@@ -478,15 +718,20 @@ impl Broker {
     /// Jobs, newest first.
     ///
     /// # Errors
-    /// The store's `Unavailable`.
-    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Job>> {
-        Ok(self.store().list(filter).await?)
+    /// [`Error::Unavailable`].
+    pub async fn list(&self, req: ListRequest) -> Result<Vec<Job>> {
+        let filter = ListFilter {
+            status: req.status,
+            queue: req.queue,
+            limit: req.limit.unwrap_or(LIST_DEFAULT).clamp(1, LIST_MAX),
+        };
+        Ok(self.store().list(&filter).await?)
     }
 
     /// Counters for the admin API.
     ///
     /// # Errors
-    /// The store's `Unavailable`.
+    /// [`Error::Unavailable`].
     pub async fn stats(&self) -> Result<Stats> {
         Ok(Stats {
             counts: self.store().counts().await?,
@@ -522,9 +767,9 @@ impl Broker {
     /// One maintenance pass: rescue expired leases, purge old jobs.
     ///
     /// # Errors
-    /// The store's `Unavailable`.
+    /// [`Error::Unavailable`].
     pub async fn maintain(&self, purge: bool) -> Result<(usize, u64)> {
-        let now = Timestamp::now();
+        let now = self.now();
         let rescued = self
             .store()
             .rescue_expired(now, self.inner.cfg.max_attempts)

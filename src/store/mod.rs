@@ -10,7 +10,6 @@ pub mod embedded;
 pub mod memory;
 pub mod postgres;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,6 +18,7 @@ use bytes::Bytes;
 use crate::job::{
     Completion, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp, TransitionError,
 };
+pub use crate::job::{Counts, JobRecord, StatusCounts};
 
 /// Store errors. `Unavailable` is the only one that is not the caller's doing.
 #[derive(Debug, thiserror::Error)]
@@ -115,27 +115,6 @@ pub struct ListFilter {
     pub queue: Option<Queue>,
     /// At most this many (newest first by `created_at`).
     pub limit: usize,
-}
-
-/// Counts per status.
-pub type StatusCounts = [u64; 5];
-
-/// Job counts, total and per queue.
-#[derive(Debug, Clone, Default)]
-pub struct Counts {
-    /// Per status over all queues, indexed by [`Status::index`].
-    pub total: StatusCounts,
-    /// Per queue, per status.
-    pub queues: BTreeMap<String, StatusCounts>,
-}
-
-/// A job with the facts about it that only the store knows.
-#[derive(Debug, Clone)]
-pub struct JobRecord {
-    /// The job.
-    pub job: Job,
-    /// Jobs ahead of it in its queue, while pending.
-    pub position: Option<u64>,
 }
 
 /// A change that local waiters must hear about and the broker did not
