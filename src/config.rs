@@ -1,53 +1,20 @@
-//! Command line and environment: every `serve` flag of SPEC §1 also reads
-//! `JOBQ_<FLAG>`; `PORT` is honoured for compatibility.
+//! The server's configuration: every `serve` flag also reads `JOBQ_<FLAG>`;
+//! `PORT` is honoured for compatibility. The subcommands that wrap it live
+//! in [`crate::cli`], which imports this module (never the other way round).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::PossibleValue;
+use clap::{Args, ValueEnum};
 
 use crate::broker::BrokerConfig;
 use crate::server::ServerConfig;
+use crate::store::SyncMode;
 
 /// Default `--listen`.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:3000";
-
-/// jobq: a synchronous job queue. A client's HTTP request is held open until
-/// a worker finishes its job; the worker's result is the response.
-#[derive(Parser, Debug)]
-#[command(name = "jobq", version, about, args_conflicts_with_subcommands = true)]
-pub struct Cli {
-    /// What to run; without one, `serve`.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    /// `serve` flags, accepted without the subcommand too.
-    #[command(flatten)]
-    pub serve: ServeArgs,
-}
-
-/// Subcommands.
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Run the server (the default).
-    Serve(ServeArgs),
-    /// Run a shell command once per job: payload on stdin, stdout is the result.
-    Worker(crate::cli::worker::WorkerArgs),
-    /// Submit a job and print its result.
-    Submit(crate::cli::submit::SubmitArgs),
-    /// Show one job; print its result once completed.
-    Job(crate::cli::admin::JobArgs),
-    /// Show the server's counts per status and queue.
-    Stats(crate::cli::admin::StatsArgs),
-    /// List jobs, newest first.
-    Jobs(crate::cli::admin::JobsArgs),
-    /// Cancel a job.
-    Cancel(crate::cli::admin::CancelArgs),
-    /// Cancel every pending and running job and forget ended ones.
-    Clear(crate::cli::admin::ClearArgs),
-    /// Load a server through its HTTP API and report jobs/s and latency.
-    Bench(crate::cli::bench::BenchArgs),
-}
 
 /// Where jobs are kept.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,14 +27,22 @@ pub enum Storage {
     Postgres,
 }
 
-/// When the embedded store's commits reach the disk.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SyncMode {
-    /// Answer writes once the WAL is fsynced: they survive power loss.
-    Full,
-    /// Answer writes once they are in the WAL (they survive a crash of jobq)
-    /// and fsync it within 50 ms: a power cut loses at most that much.
-    Normal,
+/// `--sync` takes the store's own type: one name for the mode everywhere.
+impl ValueEnum for SyncMode {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[SyncMode::Full, SyncMode::Normal]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            SyncMode::Full => {
+                PossibleValue::new("full").help("Answer writes once the WAL is fsynced: they survive power loss")
+            }
+            SyncMode::Normal => PossibleValue::new("normal").help(
+                "Answer writes once they are in the WAL (they survive a crash of jobq) and fsync it within 50 ms",
+            ),
+        })
+    }
 }
 
 /// Log line format.
@@ -184,15 +159,12 @@ impl ServeArgs {
 
     /// The storage backend these flags select.
     pub fn backend(&self) -> crate::store::Backend {
-        use crate::store::{embedded, Backend};
+        use crate::store::Backend;
         match self.effective_storage() {
             Storage::Memory => Backend::Memory,
             Storage::Embedded => Backend::Embedded {
                 data_dir: self.data_dir.clone(),
-                sync: match self.sync {
-                    SyncMode::Full => embedded::Sync::Full,
-                    SyncMode::Normal => embedded::Sync::Normal,
-                },
+                sync: self.sync,
             },
             Storage::Postgres => Backend::Postgres {
                 url: self.postgres_url.clone().unwrap_or_default(),
@@ -237,6 +209,8 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
 
     #[test]
     fn cli_is_well_formed() {

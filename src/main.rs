@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use jobq::broker::Broker;
-use jobq::config::{Cli, Command, LogFormat, ServeArgs};
+use jobq::cli::{Cli, Command};
+use jobq::config::{LogFormat, ServeArgs};
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]

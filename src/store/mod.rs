@@ -7,6 +7,7 @@
 
 mod collections;
 pub mod embedded;
+pub mod index;
 pub mod memory;
 pub mod postgres;
 
@@ -209,6 +210,18 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// When the embedded store's commits reach the disk (`--sync`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// fdatasync the WAL before acknowledging a write: it survives power loss.
+    #[default]
+    Full,
+    /// Acknowledge once written to the WAL (it survives a crash of jobq,
+    /// `kill -9`) and fdatasync it within 50 ms: a crash of the machine
+    /// loses at most that much.
+    Normal,
+}
+
 /// Which backend to open, and where.
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -219,7 +232,7 @@ pub enum Backend {
         /// `--data-dir`.
         data_dir: std::path::PathBuf,
         /// `--sync`.
-        sync: embedded::Sync,
+        sync: SyncMode,
     },
     /// A PostgreSQL database shared by any number of nodes.
     Postgres {

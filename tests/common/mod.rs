@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use jobq::broker::Broker;
-use jobq::config::Cli;
+use jobq::cli::Cli;
 use jobq::store::Backend;
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -55,7 +55,7 @@ impl TestServer {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let backend = Backend::Embedded {
                     data_dir: dir.path().to_owned(),
-                    sync: jobq::store::embedded::Sync::Full,
+                    sync: jobq::store::SyncMode::Full,
                 };
                 (
                     backend,
@@ -90,7 +90,7 @@ impl TestServer {
         let mut argv = vec!["jobq", "serve"];
         argv.extend_from_slice(flags);
         let cli = Cli::try_parse_from(&argv).expect("valid test flags");
-        let Some(jobq::config::Command::Serve(args)) = cli.command else {
+        let Some(jobq::cli::Command::Serve(args)) = cli.command else {
             unreachable!()
         };
         let store = jobq::store::open(&backend).await.expect("open store");

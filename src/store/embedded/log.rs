@@ -34,6 +34,7 @@ use rusqlite::{params, Connection};
 use tokio::sync::oneshot;
 
 use crate::job::Job;
+use crate::store::SyncMode;
 
 /// With `--sync normal`, the longest a commit waits for its fdatasync: a
 /// power loss loses at most about this much acknowledged work.
@@ -164,7 +165,7 @@ impl Log {
     pub(super) fn start(
         conn: Connection,
         wal: File,
-        policy: SyncPolicy,
+        policy: SyncMode,
     ) -> std::io::Result<Arc<Log>> {
         let health = Arc::new(Health::default());
         let syncer = Syncer::start(wal, policy, health.clone())?;
@@ -612,17 +613,6 @@ fn answer(done: impl IntoIterator<Item = Done>, outcome: impl Fn() -> Result<(),
     }
 }
 
-/// How the syncer thread makes commits durable.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum SyncPolicy {
-    /// Acknowledge a commit only once an fdatasync that began after it
-    /// was written has returned.
-    EachCommit,
-    /// Acknowledge at once (the commit is in the OS: it survives `kill -9`)
-    /// and fdatasync whatever was written at most this long afterwards.
-    Interval(Duration),
-}
-
 /// Makes committed batches durable with fdatasync of the WAL, on a thread
 /// of its own, so that committing the next batch need not wait for it.
 struct Syncer {
@@ -634,7 +624,7 @@ struct SyncShared {
     state: Mutex<SyncState>,
     cv: Condvar,
     wal: File,
-    policy: SyncPolicy,
+    policy: SyncMode,
     health: Arc<Health>,
 }
 
@@ -652,7 +642,7 @@ struct SyncState {
 }
 
 impl Syncer {
-    fn start(wal: File, policy: SyncPolicy, health: Arc<Health>) -> std::io::Result<Syncer> {
+    fn start(wal: File, policy: SyncMode, health: Arc<Health>) -> std::io::Result<Syncer> {
         let shared = Arc::new(SyncShared {
             state: Mutex::new(SyncState::default()),
             cv: Condvar::new(),
@@ -685,7 +675,7 @@ impl Syncer {
         st.written += 1;
         let n = st.written;
         let done = match self.shared.policy {
-            SyncPolicy::EachCommit if !done.is_empty() => {
+            SyncMode::Full if !done.is_empty() => {
                 st.waiting.push_back((n, done));
                 Vec::new()
             }
@@ -739,7 +729,8 @@ impl SyncShared {
                 drop(st);
                 answer(ready.into_iter().flatten(), || outcome.clone());
                 st = self.state.lock();
-                if let SyncPolicy::Interval(pause) = self.policy {
+                if self.policy == SyncMode::Normal {
+                    let pause = SYNC_INTERVAL;
                     // Writes are not waited for; wake early only to stop.
                     let until = std::time::Instant::now() + pause;
                     while !st.stopping && !self.cv.wait_until(&mut st, until).timed_out() {}

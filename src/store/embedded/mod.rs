@@ -36,12 +36,12 @@ use rusqlite::{Connection, OpenFlags};
 
 mod log;
 
-use log::{Durable, Log, Op, SyncPolicy};
+use log::{Durable, Log, Op};
 
-use super::memory::Index;
+use super::index::Index;
 use super::{
     ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, Inserted, JobRecord,
-    ListFilter, OpenError, Result, Store, StoreEvent,
+    ListFilter, OpenError, Result, Store, StoreEvent, SyncMode,
 };
 use crate::job::{Completion, Idempotency, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp};
 
@@ -58,17 +58,6 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0002_no_running_index.sql"),
     include_str!("../../../migrations/sqlite/0003_inline_inputs.sql"),
 ];
-
-/// How commits reach the disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sync {
-    /// fdatasync the WAL before acknowledging a write: it survives power loss.
-    Full,
-    /// Acknowledge once written to the WAL (it survives a crash of jobq,
-    /// `kill -9`) and fdatasync it within 50 ms: a crash of the machine
-    /// loses at most that much.
-    Normal,
-}
 
 /// Name of the lock file that keeps a second process off the data dir.
 const LOCK_FILE: &str = "jobq.lock";
@@ -106,7 +95,7 @@ impl EmbeddedStore {
     /// One line naming the path: the directory cannot be created or written,
     /// the file is not a jobq database or is corrupt, its schema is newer
     /// than this binary, or another process holds it.
-    pub fn open(data_dir: &Path, sync: Sync) -> Result<Self, OpenError> {
+    pub fn open(data_dir: &Path, sync: SyncMode) -> Result<Self, OpenError> {
         let fail =
             |what: &str, e: &dyn std::fmt::Display| OpenError::Failed(format!("{what}: {e}"));
         std::fs::create_dir_all(data_dir).map_err(|e| {
@@ -148,12 +137,8 @@ impl EmbeddedStore {
         let wal_path = data_dir.join(format!("{DB_FILE}-wal"));
         let wal = std::fs::File::open(&wal_path)
             .map_err(|e| fail(&format!("cannot open {}", wal_path.display()), &e))?;
-        let policy = match sync {
-            Sync::Full => SyncPolicy::EachCommit,
-            Sync::Normal => SyncPolicy::Interval(log::SYNC_INTERVAL),
-        };
         let log =
-            Log::start(conn, wal, policy).map_err(|e| fail("cannot start the log threads", &e))?;
+            Log::start(conn, wal, sync).map_err(|e| fail("cannot start the log threads", &e))?;
         let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(EmbeddedStore {
             index: Mutex::new(index),
