@@ -165,6 +165,7 @@ impl ServeArgs {
             Storage::Embedded => Backend::Embedded {
                 data_dir: self.data_dir.clone(),
                 sync: self.sync,
+                max_attempts: self.max_attempts,
             },
             Storage::Postgres => Backend::Postgres {
                 url: self.postgres_url.clone().unwrap_or_default(),

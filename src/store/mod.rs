@@ -233,6 +233,9 @@ pub enum Backend {
         data_dir: std::path::PathBuf,
         /// `--sync`.
         sync: SyncMode,
+        /// `--max-attempts`: a job running when the server stopped goes back
+        /// to pending only while it has attempts left.
+        max_attempts: u32,
     },
     /// A PostgreSQL database shared by any number of nodes.
     Postgres {
@@ -258,11 +261,15 @@ pub enum OpenError {
 pub async fn open(backend: &Backend) -> Result<std::sync::Arc<dyn Store>, OpenError> {
     match backend {
         Backend::Memory => Ok(std::sync::Arc::new(memory::MemoryStore::new())),
-        Backend::Embedded { data_dir, sync } => {
-            let (dir, sync) = (data_dir.clone(), *sync);
+        Backend::Embedded {
+            data_dir,
+            sync,
+            max_attempts,
+        } => {
+            let (dir, sync, max) = (data_dir.clone(), *sync, *max_attempts);
             // Opening reads every job into memory: keep it off the async threads.
             let store =
-                tokio::task::spawn_blocking(move || embedded::EmbeddedStore::open(&dir, sync))
+                tokio::task::spawn_blocking(move || embedded::EmbeddedStore::open(&dir, sync, max))
                     .await
                     .map_err(|e| {
                         OpenError::Failed(format!("opening the embedded store panicked: {e}"))

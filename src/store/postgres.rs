@@ -51,7 +51,8 @@ use super::{
     ListFilter, OpenError, Result, Store, StoreEvent,
 };
 use crate::job::{
-    Completion, Idempotency, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp, TransitionError,
+    Completion, Idempotency, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp,
+    TransitionError, LEASE_EXPIRED_ERROR,
 };
 
 /// Default `--postgres-pool-size`.
@@ -1107,8 +1108,7 @@ impl Store for PostgresStore {
             "and lease_expires_at <= $1 for update skip locked), ",
             "u as (update jobq_jobs set ",
             "status = case when attempts >= $2 then 'failed' else 'pending' end, ",
-            "error = case when attempts >= $2 then 'lease expired without a result after ' ",
-            "|| attempts || ' attempt(s)' else error end, ",
+            "error = case when attempts >= $2 then $3 || attempts || $4 else error end, ",
             "ended_at = case when attempts >= $2 then $1 else ended_at end, ",
             "lease_expires_at = null ",
             "from x where id = x.xid and status = 'running' and lease_expires_at <= $1 returning ",
@@ -1117,7 +1117,15 @@ impl Store for PostgresStore {
         );
         let max = i32::try_from(max_attempts).unwrap_or(i32::MAX);
         let jobs: Vec<Job> = self
-            .query(SQL, &[&now.0, &max])
+            .query(
+                SQL,
+                &[
+                    &now.0,
+                    &max,
+                    &LEASE_EXPIRED_ERROR[0],
+                    &LEASE_EXPIRED_ERROR[1],
+                ],
+            )
             .await?
             .iter()
             .map(job_from_row)

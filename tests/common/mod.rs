@@ -56,6 +56,7 @@ impl TestServer {
                 let backend = Backend::Embedded {
                     data_dir: dir.path().to_owned(),
                     sync: jobq::store::SyncMode::Full,
+                    max_attempts: 3,
                 };
                 (
                     backend,

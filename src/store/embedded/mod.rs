@@ -89,13 +89,14 @@ async fn settled(rx: Durable) -> Result<()> {
 
 impl EmbeddedStore {
     /// Opens (creating if needed) the database in `data_dir`, migrates it,
-    /// returns running jobs to pending and loads every job into memory.
+    /// returns running jobs to pending (failed once they have had
+    /// `max_attempts` hand-outs) and loads every job into memory.
     ///
     /// # Errors
     /// One line naming the path: the directory cannot be created or written,
     /// the file is not a jobq database or is corrupt, its schema is newer
     /// than this binary, or another process holds it.
-    pub fn open(data_dir: &Path, sync: SyncMode) -> Result<Self, OpenError> {
+    pub fn open(data_dir: &Path, sync: SyncMode, max_attempts: u32) -> Result<Self, OpenError> {
         let fail =
             |what: &str, e: &dyn std::fmt::Display| OpenError::Failed(format!("{what}: {e}"));
         std::fs::create_dir_all(data_dir).map_err(|e| {
@@ -131,7 +132,7 @@ impl EmbeddedStore {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| fail(&format!("cannot open {shown}"), &e))?;
-        let index = prepare(&conn, &shown)?;
+        let index = prepare(&conn, &shown, max_attempts)?;
         // SQLite keeps the WAL file (reusing it from the start after each
         // checkpoint) until the connection closes, so this handle stays its file.
         let wal_path = data_dir.join(format!("{DB_FILE}-wal"));
@@ -244,7 +245,7 @@ impl EmbeddedStore {
 }
 
 /// Checks, migrates and loads the database.
-fn prepare(conn: &Connection, shown: &str) -> Result<Index, OpenError> {
+fn prepare(conn: &Connection, shown: &str, max_attempts: u32) -> Result<Index, OpenError> {
     let fail = |what: &str, e: &rusqlite::Error| {
         if is_busy(e) {
             OpenError::Failed(format!("{shown} is in use by another jobq process"))
@@ -300,7 +301,7 @@ fn prepare(conn: &Connection, shown: &str) -> Result<Index, OpenError> {
     }
     write(&format!("PRAGMA application_id = {APPLICATION_ID}"))?;
     write("COMMIT")?;
-    load(conn).map_err(|e| fail("cannot load jobs", &e))
+    load(conn, max_attempts).map_err(|e| fail("cannot load jobs", &e))
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
@@ -314,7 +315,9 @@ const COLUMNS: &str =
     "id, queue, priority, status, attempts, created_at, started_at, ended_at, lease_id, \
      result, error, idem_key, idem_fp, seq, payload, headers";
 
-fn load(conn: &Connection) -> rusqlite::Result<Index> {
+fn load(conn: &Connection, max_attempts: u32) -> rusqlite::Result<Index> {
+    let now = Timestamp::now();
+    let mut failed: Vec<(i64, Option<Timestamp>, Option<String>)> = Vec::new();
     let rows: i64 = conn.query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))?;
     let mut index = Index::with_capacity(usize::try_from(rows).unwrap_or(0));
     let mut queues: std::collections::HashMap<String, Queue> = std::collections::HashMap::new();
@@ -322,13 +325,14 @@ fn load(conn: &Connection) -> rusqlite::Result<Index> {
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let mut job = row_to_job(r, &mut queues)?;
-        if job.status == Status::Running {
-            // A restart returns running jobs to pending; their attempts stay
-            // counted. The row keeps saying `running` until the job's next
-            // change is written, and is read the same way at every start.
-            job.status = Status::Pending;
-        }
         let seq: i64 = r.get(13)?;
+        // A restart ends every lease (the rule is `Job::recover_after_restart`).
+        // A job back to pending keeps saying `running` in its row until its
+        // next change is written, and is read the same way at every start;
+        // one out of attempts is written as failed below.
+        if job.recover_after_restart(now, max_attempts) == Some(Status::Failed) {
+            failed.push((seq, job.ended_at, job.error.clone()));
+        }
         // Inline inputs come with the row; others are read back at hand-out.
         let inline: Option<(Vec<u8>, Vec<u8>)> = match (r.get(14)?, r.get(15)?) {
             (Some(p), Some(h)) => Some((p, h)),
@@ -340,6 +344,20 @@ fn load(conn: &Connection) -> rusqlite::Result<Index> {
             job.headers = Bytes::from(h);
         }
         index.restore(job, seq as u64, cold);
+    }
+    drop(rows);
+    drop(stmt);
+    if !failed.is_empty() {
+        let tx = conn.unchecked_transaction()?;
+        {
+            let mut up = tx.prepare(
+                "UPDATE jobs SET status = 'failed', ended_at = ?2, error = ?3 WHERE seq = ?1",
+            )?;
+            for (seq, ended, error) in &failed {
+                up.execute(rusqlite::params![seq, ended.map(|t| t.0), error])?;
+            }
+        }
+        tx.commit()?;
     }
     Ok(index)
 }
