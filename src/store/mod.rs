@@ -198,6 +198,13 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Whether the store itself sends [`StoreEvent::JobReady`] for the jobs
+    /// it inserts (the embedded store does, as soon as a job is claimable,
+    /// before `insert` returns), so the broker must not wake a worker again.
+    fn announces_inserts(&self) -> bool {
+        false
+    }
+
     /// Whether the store can serve requests (for `/health`).
     async fn healthy(&self) -> bool {
         true

@@ -280,10 +280,10 @@ fn prepare(conn: &Connection, shown: &str, max_attempts: u32) -> Result<Index, O
     }
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(|e| fail("cannot enable WAL", &e))?;
-    // Checkpoint every 40 MB of WAL rather than 4 MB: the pages that every
-    // commit rewrites (the tails of the tables) are copied once per
-    // checkpoint, and each checkpoint syncs both files.
-    conn.pragma_update(None, "wal_autocheckpoint", 10_000)
+    // No automatic checkpoint: it would run on the committing thread (often
+    // an async runtime thread) and sync both files there. The log's
+    // background thread checkpoints every few thousand commits instead.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
         .map_err(|e| fail("cannot set wal_autocheckpoint", &e))?;
     // NORMAL in both modes: SQLite then syncs only around checkpoints, which
     // keeps the files consistent; the log's syncer thread makes commits
@@ -618,6 +618,10 @@ impl Store for EmbeddedStore {
         self.events_rx.lock().take()
     }
 
+    fn announces_inserts(&self) -> bool {
+        true
+    }
+
     async fn healthy(&self) -> bool {
         self.check_writable().is_ok() && !self.log.is_closed()
     }
@@ -628,5 +632,51 @@ impl Store for EmbeddedStore {
             .await
             .map_err(unavailable)?
             .map_err(Error::Unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobId;
+
+    fn new_job(i: usize) -> NewJob {
+        NewJob {
+            id: JobId::new(),
+            queue: Queue::default_queue(),
+            payload: Bytes::from(format!("{{\"i\":{i}}}")),
+            headers: Bytes::from_static(b"{}"),
+            priority: 0,
+            created_at: Timestamp::now(),
+            idempotency: None,
+        }
+    }
+
+    /// SQLite's automatic checkpoint is off (it would run on whichever
+    /// thread commits: a request's runtime thread), and the log's
+    /// background thread checkpoints instead, so the WAL stays bounded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn checkpoints_run_on_the_background_thread_not_on_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), SyncMode::Normal, 3).unwrap();
+        let auto: i64 = store
+            .log
+            .read(|c| c.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0)))
+            .unwrap();
+        assert_eq!(auto, 0, "SQLite must not checkpoint on a committing thread");
+        let wal = dir.path().join(format!("{DB_FILE}-wal"));
+        let mut largest = 0;
+        // Sequential submits: one commit each, well past two checkpoints.
+        for i in 0..(2 * log::CHECKPOINT_EVERY as usize + 100) {
+            store.insert(new_job(i), u64::MAX).await.unwrap();
+            largest = largest.max(std::fs::metadata(&wal).unwrap().len());
+        }
+        // Without checkpoints the WAL would hold every commit's pages
+        // (over 5,000 commits of at least one 4 KiB page each: > 20 MB).
+        assert!(
+            largest < 16 << 20,
+            "WAL grew to {largest} bytes: no checkpoint ran"
+        );
+        store.close().await.unwrap();
     }
 }
