@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::builder::PossibleValue;
 use clap::{Args, ValueEnum};
 
+use crate::auth::{Auth, Secret, TokenSources};
 use crate::broker::BrokerConfig;
 use crate::server::ServerConfig;
 use crate::store::SyncMode;
@@ -75,6 +76,37 @@ fn positive_secs(s: &str) -> Result<Duration, String> {
     })
 }
 
+/// Parses a token flag without echoing a refused value (clap's own message
+/// would print it: it may be a secret with a stray space or newline).
+#[derive(Clone)]
+struct SecretParser;
+
+impl clap::builder::TypedValueParser for SecretParser {
+    type Value = Secret;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Secret, clap::Error> {
+        let name = arg
+            .and_then(|a| a.get_long())
+            .map(|l| format!("--{l}"))
+            .unwrap_or_else(|| "token".into());
+        value
+            .to_str()
+            .ok_or(())
+            .and_then(|v| v.parse::<Secret>().map_err(|_| ()))
+            .map_err(|()| {
+                clap::Error::raw(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("invalid value for '{name}': a token must be one or more visible ASCII characters, without spaces (value not shown)\n"),
+                )
+            })
+    }
+}
+
 /// `jobq serve` flags.
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -127,6 +159,25 @@ pub struct ServeArgs {
     /// Submits are refused (503) while this many jobs are pending.
     #[arg(long, env = "JOBQ_MAX_QUEUED", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_queued: u64,
+
+    /// Token clients must send as `Authorization: Bearer TOKEN` on
+    /// `/api/submit` and `/api/jobs…` (repeat the flag for several).
+    #[arg(long, env = "JOBQ_CLIENT_TOKEN", hide_env_values = true, value_name = "TOKEN", value_parser = SecretParser)]
+    pub client_token: Vec<Secret>,
+
+    /// Token workers must send on `/api/worker/…` (repeatable).
+    #[arg(long, env = "JOBQ_WORKER_TOKEN", hide_env_values = true, value_name = "TOKEN", value_parser = SecretParser)]
+    pub worker_token: Vec<Secret>,
+
+    /// Token for `/api/admin/…`, accepted on every endpoint (repeatable).
+    /// Without one, admin endpoints answer loopback clients only.
+    #[arg(long, env = "JOBQ_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN", value_parser = SecretParser)]
+    pub admin_token: Vec<Secret>,
+
+    /// File of `ROLE TOKEN` lines (`#` comments), added to the token flags
+    /// and re-read on SIGHUP, so tokens can rotate without a restart.
+    #[arg(long, env = "JOBQ_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 
     /// Seconds running jobs get to finish on SIGTERM/SIGINT.
     #[arg(long, env = "JOBQ_SHUTDOWN_GRACE", default_value = "30", value_parser = secs)]
@@ -198,13 +249,35 @@ impl ServeArgs {
         }
     }
 
-    /// The server's options.
-    pub fn server_config(&self) -> ServerConfig {
-        ServerConfig {
-            max_body: self.max_body as usize,
-            shutdown_grace: self.shutdown_grace,
+    /// Where the role tokens come from.
+    pub fn token_sources(&self) -> TokenSources {
+        TokenSources {
+            client: self.client_token.clone(),
+            worker: self.worker_token.clone(),
+            admin: self.admin_token.clone(),
+            file: self.token_file.clone(),
         }
     }
+
+    /// The server's options, loading what they name (the token file).
+    ///
+    /// # Errors
+    /// A file named by a flag cannot be read or is malformed.
+    pub fn server_config(&self) -> Result<ServerConfig, LoadError> {
+        Ok(ServerConfig {
+            max_body: self.max_body as usize,
+            shutdown_grace: self.shutdown_grace,
+            auth: Auth::load(self.token_sources())?,
+        })
+    }
+}
+
+/// A file named by a `serve` flag could not be loaded (a start-up error).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// `--token-file`, or tokens given twice.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::LoadError),
 }
 
 #[cfg(test)]
@@ -263,6 +336,35 @@ mod tests {
         let err = Cli::try_parse_from(["jobq", "--storage", "postgres"]).unwrap_err();
         assert!(err.to_string().contains("--postgres-url"), "{err}");
         assert!(Cli::try_parse_from(["jobq", "--postgres-pool-size", "0"]).is_err());
+    }
+
+    #[test]
+    fn token_flags_repeat_and_never_echo_a_refused_value() {
+        let cli = Cli::try_parse_from([
+            "jobq",
+            "--client-token",
+            "c1",
+            "--client-token",
+            "c2",
+            "--admin-token",
+            "a1",
+            "--token-file",
+            "/etc/jobq/tokens",
+        ])
+        .unwrap();
+        let t = cli.serve.token_sources();
+        assert_eq!(t.client.len(), 2);
+        assert_eq!(t.admin[0].expose(), "a1");
+        assert!(t.worker.is_empty());
+        assert_eq!(
+            t.file.as_deref(),
+            Some(std::path::Path::new("/etc/jobq/tokens"))
+        );
+        let err = Cli::try_parse_from(["jobq", "--worker-token", "sec ret"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--worker-token"), "{err}");
+        assert!(!err.contains("sec ret"), "{err}");
     }
 
     #[test]

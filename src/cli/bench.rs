@@ -105,7 +105,7 @@ async fn start_embedded() -> anyhow::Result<(String, Embedded)> {
     let handle = tokio::spawn(crate::server::run(
         listener,
         broker,
-        args.server_config(),
+        args.server_config()?,
         async move {
             let _ = rx.await;
         },

@@ -88,6 +88,18 @@ impl TestServer {
         guards: Vec<Box<dyn std::any::Any + Send>>,
         flags: &[&str],
     ) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on_listener(backend, guards, flags, listener).await
+    }
+
+    /// As [`TestServer::start_on`], serving on `listener` (e.g. one bound in
+    /// another network namespace); `base` names its local address.
+    pub async fn start_on_listener(
+        backend: Backend,
+        guards: Vec<Box<dyn std::any::Any + Send>>,
+        flags: &[&str],
+        listener: tokio::net::TcpListener,
+    ) -> Self {
         let mut argv = vec!["jobq", "serve"];
         argv.extend_from_slice(flags);
         let cli = Cli::try_parse_from(&argv).expect("valid test flags");
@@ -95,14 +107,13 @@ impl TestServer {
             unreachable!()
         };
         let store = jobq::store::open(&backend).await.expect("open store");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let broker = Broker::new(store, args.broker_config());
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(jobq::server::run(
             listener,
             broker,
-            args.server_config(),
+            args.server_config().expect("server config"),
             async move {
                 let _ = rx.await;
             },
