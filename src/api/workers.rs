@@ -3,22 +3,38 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde::Deserialize;
 
-use super::{encode, header_str, job_json, ApiError, ApiResult, AppState, Body, Params, PathId};
+use super::{
+    encode, header_str, job_json, ApiError, ApiResult, AppState, Body, Params, PathId, PeerSocket,
+};
 use crate::broker::{CompleteRequest, FailRequest, HeartbeatRequest, PollRequest};
 use crate::job::LeaseId;
 
 /// `GET /api/worker/poll[?queue=a,b][&wait=N]`.
-pub async fn poll(State(st): State<AppState>, params: Params) -> ApiResult<Response> {
+pub async fn poll(
+    State(st): State<AppState>,
+    peer: Option<Extension<PeerSocket>>,
+    params: Params,
+) -> ApiResult<Response> {
     let req = PollRequest {
         queues: params.queues("queue")?,
         wait: params.secs("wait")?.unwrap_or_default(),
     };
-    match st.broker.poll(req).await? {
-        Some(job) => Ok(job_json(StatusCode::OK, job.id, encode::handout(&job))),
-        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    let Some(job) = st.broker.poll(req).await? else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    // A worker that went away during its long-poll would leave the job
+    // leased to nobody until the lease runs out: hand it back instead.
+    if let (Some(Extension(peer)), Some(lease)) = (peer, job.lease_id) {
+        if peer.is_closed() {
+            tracing::debug!(job.id = %job.id, "poller went away; hand-out undone");
+            st.broker.release(job.id, lease).await?;
+            return Err(ApiError::BadRequest("the connection closed".into()));
+        }
     }
+    Ok(job_json(StatusCode::OK, job.id, encode::handout(&job)))
 }
 
 /// The fencing token: `?lease=` or `X-Lease-Id`.

@@ -28,7 +28,7 @@ use crate::job::{
     Timestamp, TransitionError,
 };
 use crate::store::{
-    self, ClaimParams, CompleteParams, FailParams, Inserted, ListFilter, Store, StoreEvent,
+    self, ClaimParams, Claimed, CompleteParams, FailParams, Inserted, ListFilter, Store, StoreEvent,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use request::{
@@ -207,6 +207,29 @@ pub struct Stats {
     pub polling_workers: usize,
     /// Seconds since start.
     pub uptime_s: u64,
+}
+
+/// Hands back the job of a claim still running when its poll was dropped.
+struct ReleaseOnDrop {
+    broker: Broker,
+    claiming: Option<tokio::task::JoinHandle<store::Result<Option<Claimed>>>>,
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        let Some(claiming) = self.claiming.take() else {
+            return;
+        };
+        let broker = self.broker.clone();
+        tokio::spawn(async move {
+            if let Ok(Ok(Some(c))) = claiming.await {
+                if let Some(lease) = c.job.lease_id {
+                    tracing::debug!(job.id = %c.job.id, "poll dropped during its claim; hand-out undone");
+                    let _ = broker.release(c.job.id, lease).await;
+                }
+            }
+        });
+    }
 }
 
 /// Cancels a sync submit's job if the submit is dropped (its client went
@@ -620,6 +643,10 @@ impl Broker {
         }
     }
 
+    /// One claim. Drop-safe like a sync submit's insert: a claim that does
+    /// not finish at once (a database round trip, a payload read from disk)
+    /// runs as a task of its own, and if the poll is dropped meanwhile (its
+    /// worker went away) the job it took is handed back.
     async fn claim(&self, queues: &[Queue]) -> Result<Option<Job>> {
         let now = self.now();
         let p = ClaimParams {
@@ -628,7 +655,22 @@ impl Broker {
             now,
             expires_at: now + self.inner.cfg.lease,
         };
-        let Some(claimed) = self.store().claim(&p).await? else {
+        let store = self.inner.store.clone();
+        let mut claim: Pin<Box<dyn Future<Output = store::Result<Option<Claimed>>> + Send>> =
+            Box::pin(async move { store.claim(&p).await });
+        let claimed = match std::future::poll_fn(|cx| Poll::Ready(claim.as_mut().poll(cx))).await {
+            Poll::Ready(r) => r?,
+            Poll::Pending => {
+                let mut guard = ReleaseOnDrop {
+                    broker: self.clone(),
+                    claiming: Some(tokio::spawn(claim)),
+                };
+                let r = guard.claiming.as_mut().expect("just set").await;
+                guard.claiming = None;
+                r.map_err(|e| Error::Unavailable(format!("claim task failed: {e}")))??
+            }
+        };
+        let Some(claimed) = claimed else {
             return Ok(None);
         };
         if claimed.more_pending {
@@ -638,6 +680,23 @@ impl Broker {
             }
         }
         Ok(Some(claimed.job))
+    }
+
+    /// Undoes the hand-out of job `id` under `lease`: its answer could not be
+    /// delivered (the worker's connection had closed). The job is pending
+    /// again, the attempt not counted, and another worker is woken for it.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Conflict`] (no longer running under
+    /// that lease), [`Error::Unavailable`].
+    pub async fn release(&self, id: JobId, lease: LeaseId) -> Result<Job> {
+        let job = self
+            .store()
+            .release(id, lease)
+            .await
+            .map_err(Error::about(id))?;
+        self.after_release(&job);
+        Ok(job)
     }
 
     /// The job a poll of `queues` (empty: `default`) would get, without taking it.
@@ -848,6 +907,7 @@ mod tests {
     use futures_util::FutureExt;
 
     use super::*;
+    use crate::job::{Completion, Counts, JobRecord};
     use crate::store::{embedded::EmbeddedStore, memory::MemoryStore, SyncMode};
 
     fn submit(body: &'static str) -> SubmitRequest {
@@ -975,5 +1035,97 @@ mod tests {
             Some(&b"{}"[..]),
             "an empty result is stored as {{}}"
         );
+    }
+
+    /// The memory store, with every claim taking 50 ms after it took its
+    /// job (as a database round trip or a payload read from disk would).
+    struct SlowClaims(MemoryStore);
+
+    #[async_trait::async_trait]
+    impl Store for SlowClaims {
+        async fn insert(&self, job: NewJob, max: u64) -> store::Result<Inserted> {
+            self.0.insert(job, max).await
+        }
+        async fn claim(&self, p: &ClaimParams) -> store::Result<Option<Claimed>> {
+            let c = self.0.claim(p).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            c
+        }
+        async fn peek(&self, q: &[Queue]) -> store::Result<Option<Job>> {
+            self.0.peek(q).await
+        }
+        async fn complete(&self, p: &CompleteParams) -> store::Result<(Job, Completion)> {
+            self.0.complete(p).await
+        }
+        async fn fail(&self, p: &FailParams) -> store::Result<Job> {
+            self.0.fail(p).await
+        }
+        async fn heartbeat(
+            &self,
+            id: JobId,
+            l: Option<LeaseId>,
+            t: Timestamp,
+        ) -> store::Result<Job> {
+            self.0.heartbeat(id, l, t).await
+        }
+        async fn release(&self, id: JobId, l: LeaseId) -> store::Result<Job> {
+            self.0.release(id, l).await
+        }
+        async fn cancel(&self, id: JobId, only: bool, t: Timestamp) -> store::Result<Job> {
+            self.0.cancel(id, only, t).await
+        }
+        async fn clear(&self, q: Option<&Queue>, t: Timestamp) -> store::Result<Vec<JobId>> {
+            self.0.clear(q, t).await
+        }
+        async fn get(&self, id: JobId) -> store::Result<Option<JobRecord>> {
+            self.0.get(id).await
+        }
+        async fn list(&self, f: &ListFilter) -> store::Result<Vec<Job>> {
+            self.0.list(f).await
+        }
+        async fn counts(&self) -> store::Result<Counts> {
+            self.0.counts().await
+        }
+        async fn rescue_expired(&self, t: Timestamp, max: u32) -> store::Result<Vec<Job>> {
+            self.0.rescue_expired(t, max).await
+        }
+        async fn purge_expired(&self, ttl: Duration, t: Timestamp) -> store::Result<u64> {
+            self.0.purge_expired(ttl, t).await
+        }
+        fn pending_count(&self) -> u64 {
+            self.0.pending_count()
+        }
+    }
+
+    /// A poll dropped while its claim is under way (its worker went away)
+    /// hands the job back: pending, the attempt not counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poll_dropped_during_its_claim_hands_the_job_back() {
+        let broker = Broker::new(
+            Arc::new(SlowClaims(MemoryStore::new())),
+            BrokerConfig::new(),
+        );
+        let job = broker.enqueue(submit("x")).await.unwrap();
+        let poll = {
+            let b = broker.clone();
+            tokio::spawn(async move { b.poll(PollRequest::default()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        poll.abort();
+        assert!(poll.await.unwrap_err().is_cancelled());
+        let settled = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let j = broker.get(job.id, Duration::ZERO).await.unwrap().job;
+                if j.status == Status::Pending {
+                    return j;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the job is handed back");
+        assert_eq!(settled.attempts, 0);
+        let again = broker.poll(PollRequest::default()).await.unwrap().unwrap();
+        assert_eq!((again.id, again.attempts), (job.id, 1));
     }
 }

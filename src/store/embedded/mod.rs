@@ -537,6 +537,17 @@ impl Store for EmbeddedStore {
         self.index.lock().heartbeat(id, lease_id, expires_at)
     }
 
+    async fn release(&self, id: JobId, lease_id: LeaseId) -> Result<Job> {
+        // Written like a hand-out (deferred): if it is lost, a restart
+        // returns the job to pending all the same.
+        let mut index = self.index.lock();
+        self.check_writable()?;
+        let job = index.release(id, lease_id)?;
+        let seq = Self::seq(&index, id)?;
+        self.log.push_handout(seq, job.clone());
+        Ok(job)
+    }
+
     async fn cancel(&self, id: JobId, only_pending: bool, now: Timestamp) -> Result<Job> {
         Ok(self
             .write_one(|i| Ok((i.cancel(id, only_pending, now)?, ())))
