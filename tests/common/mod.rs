@@ -3,7 +3,9 @@
 //! through [`backend_tests!`].
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod postgres;
+pub mod stores;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -38,7 +40,7 @@ pub struct TestServer {
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     /// Kept alive for the server's lifetime (embedded data dir and the like).
-    _guards: Vec<Box<dyn std::any::Any + Send>>,
+    _guards: Vec<stores::Guard>,
 }
 
 impl TestServer {
@@ -49,45 +51,17 @@ impl TestServer {
 
     /// Starts a server with extra `serve` flags, e.g. `&["--lease", "1"]`.
     pub async fn start_with(kind: Kind, flags: &[&str]) -> Self {
-        let (backend, guards): (Backend, Vec<Box<dyn std::any::Any + Send>>) = match kind {
-            Kind::Memory => (Backend::Memory, Vec::new()),
-            Kind::Embedded => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let backend = Backend::Embedded {
-                    data_dir: dir.path().to_owned(),
-                    sync: jobq::store::SyncMode::Full,
-                    max_attempts: 3,
-                };
-                (
-                    backend,
-                    vec![Box::new(dir) as Box<dyn std::any::Any + Send>],
-                )
-            }
-            Kind::Postgres => {
-                let db = postgres::TestDb::create().await;
-                (
-                    Self::postgres_backend(&db),
-                    vec![Box::new(db) as Box<dyn std::any::Any + Send>],
-                )
-            }
-        };
+        let (backend, guards) = stores::backend(kind, stores::SERVER_POOL).await;
         Self::start_on(backend, guards, flags).await
     }
 
     /// The backend of a node on `db` (several servers may share one).
     pub fn postgres_backend(db: &postgres::TestDb) -> Backend {
-        Backend::Postgres {
-            url: db.url.clone(),
-            pool_size: 16,
-        }
+        stores::postgres_backend(&db.url, stores::SERVER_POOL)
     }
 
     /// Starts a server on `backend`, keeping `guards` alive as long as it.
-    pub async fn start_on(
-        backend: Backend,
-        guards: Vec<Box<dyn std::any::Any + Send>>,
-        flags: &[&str],
-    ) -> Self {
+    pub async fn start_on(backend: Backend, guards: Vec<stores::Guard>, flags: &[&str]) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         Self::start_on_listener(backend, guards, flags, listener).await
     }
@@ -96,7 +70,7 @@ impl TestServer {
     /// another network namespace); `base` names its local address.
     pub async fn start_on_listener(
         backend: Backend,
-        guards: Vec<Box<dyn std::any::Any + Send>>,
+        guards: Vec<stores::Guard>,
         flags: &[&str],
         listener: tokio::net::TcpListener,
     ) -> Self {
@@ -106,7 +80,7 @@ impl TestServer {
         let Some(jobq::cli::Command::Serve(args)) = cli.command else {
             unreachable!()
         };
-        let store = jobq::store::open(&backend).await.expect("open store");
+        let store = stores::open(&backend).await;
         let addr = listener.local_addr().unwrap();
         let broker = Broker::new(store, args.broker_config());
         let (tx, rx) = oneshot::channel::<()>();
@@ -417,4 +391,3 @@ macro_rules! backend_tests {
         }
     };
 }
-pub mod binary;
