@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::postgres::{available, TestDb};
-use common::stores::{self, claim_params, insert, new_job};
+use common::stores::{self, claim_params, claim_until_empty, insert, new_job};
 use jobq::job::Timestamp;
 use jobq::store::{CompleteParams, Store, StoreEvent};
 
@@ -63,16 +63,7 @@ async fn concurrent_claims_on_two_stores_never_share_a_job() {
     for w in 0..8 {
         let s = if w % 2 == 0 { a.clone() } else { b.clone() };
         tasks.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            while let Some(c) = s
-                .claim(&claim_params(&["default"], 1, i64::MAX))
-                .await
-                .unwrap()
-            {
-                assert_eq!(c.job.attempts, 1);
-                mine.push(c.job.id);
-            }
-            mine
+            claim_until_empty(&*s, "default").await
         }));
     }
     let mut seen = HashSet::new();

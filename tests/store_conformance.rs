@@ -17,7 +17,7 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::stores::{claim_params, insert, new_job, q};
+use common::stores::{claim_params, claim_until_empty, insert, new_job, q};
 use jobq::job::{
     Completion, Idempotency, Job, JobId, LeaseId, NewJob, Status, Timestamp, TransitionError,
 };
@@ -1209,18 +1209,7 @@ async fn concurrent_claims_never_share_a_job(s: &dyn Store) {
     for i in 0..JOBS {
         insert(s, new_job("default", (i % 3) as i32, i as i64)).await;
     }
-    let claimers = (0..8).map(|_| async {
-        let mut mine = Vec::new();
-        while let Some(c) = s
-            .claim(&claim_params(&["default"], 1, i64::MAX))
-            .await
-            .unwrap()
-        {
-            assert_eq!(c.job.attempts, 1);
-            mine.push(c.job.id);
-        }
-        mine
-    });
+    let claimers = (0..8).map(|_| claim_until_empty(s, "default"));
     let mut seen = HashSet::new();
     for mine in futures_util::future::join_all(claimers).await {
         for id in mine {

@@ -131,3 +131,14 @@ pub fn claim_params(queues: &[&str], now: i64, expires: i64) -> ClaimParams {
         expires_at: Timestamp(expires),
     }
 }
+
+/// Claims from `queue` until nothing is left; every hand-out must be the
+/// job's first. Returns the ids handed out.
+pub async fn claim_until_empty(s: &dyn Store, queue: &str) -> Vec<JobId> {
+    let mut mine = Vec::new();
+    while let Some(c) = s.claim(&claim_params(&[queue], 1, i64::MAX)).await.unwrap() {
+        assert_eq!(c.job.attempts, 1, "job {} handed out twice", c.job.id);
+        mine.push(c.job.id);
+    }
+    mine
+}
