@@ -17,7 +17,7 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::stores::{claim_params, claim_until_empty, insert, new_job, q};
+use common::stores::{claim_params, claim_until_empty, insert, new_job, q, TestStore};
 use jobq::job::{
     Completion, Idempotency, Job, JobId, LeaseId, NewJob, Status, Timestamp, TransitionError,
 };
@@ -26,25 +26,37 @@ use jobq::store::{CompleteParams, Error, FailParams, Inserted, ListFilter, Store
 /// One `#[tokio::test]` per rule and backend: modules `memory`, `embedded`
 /// and `postgres`, each calling `async fn rule(&dyn Store)` on a fresh
 /// store of its own (PostgreSQL: a fresh database, dropped afterwards;
-/// skipped with one line when unreachable, except under `CI=true`).
+/// skipped with one line when unreachable, except under `CI=true`). The
+/// rules after `durable:` are about restarts; they run on the embedded and
+/// the PostgreSQL store only, as `async fn rule(TestStore) -> TestStore`.
 macro_rules! conformance_tests {
-    ($($rule:ident),* $(,)?) => {
-        conformance_tests!(@on memory, Memory; $($rule),*);
-        conformance_tests!(@on embedded, Embedded; $($rule),*);
-        conformance_tests!(@on postgres, Postgres; $($rule),*);
+    ($($rule:ident),* $(,)? ; durable: $($durable:ident),* $(,)?) => {
+        conformance_tests!(@on memory, Memory; $($rule),*; );
+        conformance_tests!(@on embedded, Embedded; $($rule),*; $($durable),*);
+        conformance_tests!(@on postgres, Postgres; $($rule),*; $($durable),*);
     };
-    (@on $module:ident, $kind:ident; $($rule:ident),*) => {
+    (@on $module:ident, $kind:ident; $($rule:ident),*; $($durable:ident),*) => {
         mod $module {
+            use crate::common::stores::TestStore;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $rule() {
                     let kind = crate::common::Kind::$kind;
-                    let Some(s) = crate::common::stores::TestStore::open(kind, stringify!($rule)).await
-                    else {
+                    let Some(s) = TestStore::open(kind, stringify!($rule)).await else {
                         return;
                     };
                     super::$rule(&*s).await;
                     s.close().await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $durable() {
+                    let kind = crate::common::Kind::$kind;
+                    let Some(s) = TestStore::open(kind, stringify!($durable)).await else {
+                        return;
+                    };
+                    super::$durable(s).await.close().await;
                 }
             )*
         }
@@ -79,12 +91,14 @@ conformance_tests!(
     peek_shows_the_next_job_without_taking_it,
     max_pending_refuses_inserts_beyond_it,
     get_reports_position_while_pending,
-    concurrent_claims_never_share_a_job,
+    concurrent_claims_never_share_a_job;
+    durable: reopen_keeps_every_job,
 );
 
 /// A job held in the store and, beside it, the same job as the pure rules
 /// of `jobq::job` make it. Every operation goes to both; they must agree.
 struct Twin<'s> {
+    /// The store under test.
     s: &'s dyn Store,
     /// The job as `job.rs` computes it.
     model: Job,
@@ -129,48 +143,7 @@ impl<'s> Twin<'s> {
 
     /// Asserts that `got` is the job `job.rs` computed.
     fn agrees(&self, got: &Job, op: &str) {
-        let m = &self.model;
-        assert_eq!(got.id, m.id, "{op}: another job");
-        assert_eq!(
-            (
-                &got.queue,
-                got.priority,
-                got.status,
-                got.attempts,
-                got.created_at,
-                got.started_at,
-                got.ended_at,
-            ),
-            (
-                &m.queue,
-                m.priority,
-                m.status,
-                m.attempts,
-                m.created_at,
-                m.started_at,
-                m.ended_at,
-            ),
-            "{op}: the store and job.rs disagree"
-        );
-        assert_eq!(
-            (got.lease_id, got.lease_expires_at),
-            (m.lease_id, m.lease_expires_at),
-            "{op}: lease"
-        );
-        assert_eq!(
-            (&got.result, &got.error),
-            (&m.result, &m.error),
-            "{op}: result and error"
-        );
-        assert_eq!(got.idempotency, m.idempotency, "{op}: idempotency key");
-        // Stores may drop an ended job's input (nothing shows it again).
-        if !got.status.is_ended() {
-            assert_eq!(
-                (&got.payload, &got.headers),
-                (&m.payload, &m.headers),
-                "{op}: input"
-            );
-        }
+        assert_same_job(got, &self.model, op);
     }
 
     /// Reads the job back: it must be stored as `job.rs` has it (or gone).
@@ -293,6 +266,52 @@ impl<'s> Twin<'s> {
             .await
             .map(|j| (j, ()));
         self.settle("cancel", next, want, got).await
+    }
+}
+
+/// Asserts that the store's job `got` is `want` (as `job.rs` made it).
+fn assert_same_job(got: &Job, want: &Job, op: &str) {
+    let m = want;
+    assert_eq!(got.id, m.id, "{op}: another job");
+    assert_eq!(
+        (
+            &got.queue,
+            got.priority,
+            got.status,
+            got.attempts,
+            got.created_at,
+            got.started_at,
+            got.ended_at,
+        ),
+        (
+            &m.queue,
+            m.priority,
+            m.status,
+            m.attempts,
+            m.created_at,
+            m.started_at,
+            m.ended_at,
+        ),
+        "{op}: the store and job.rs disagree"
+    );
+    assert_eq!(
+        (got.lease_id, got.lease_expires_at),
+        (m.lease_id, m.lease_expires_at),
+        "{op}: lease"
+    );
+    assert_eq!(
+        (&got.result, &got.error),
+        (&m.result, &m.error),
+        "{op}: result and error"
+    );
+    assert_eq!(got.idempotency, m.idempotency, "{op}: idempotency key");
+    // Stores may drop an ended job's input (nothing shows it again).
+    if !got.status.is_ended() {
+        assert_eq!(
+            (&got.payload, &got.headers),
+            (&m.payload, &m.headers),
+            "{op}: input"
+        );
     }
 }
 
@@ -1225,4 +1244,83 @@ async fn concurrent_claims_never_share_a_job(s: &dyn Store) {
             .len(),
         JOBS
     );
+}
+
+// ---- restarts ----
+
+async fn reopen_keeps_every_job(s: TestStore) -> TestStore {
+    let st = &*s;
+    let low = Twin::new(st, "default", 0, 1).await;
+    let high = Twin::new(st, "default", 5, 2).await;
+    let first = keyed("k1", 7, 3);
+    let mut keyed_job = Twin::insert(
+        st,
+        NewJob {
+            queue: q("done"),
+            ..first.clone()
+        },
+    )
+    .await;
+    keyed_job.claim(&["done"], 10, 1000).await;
+    keyed_job.complete(None, "result", 11).await.unwrap();
+    let mut failed = Twin::new(st, "failed", 0, 4).await;
+    failed.claim(&["failed"], 12, 1000).await;
+    failed
+        .fail(None, "worker error", false, 3, 13)
+        .await
+        .unwrap();
+    let mut cancelled = Twin::new(st, "cancelled", 0, 5).await;
+    cancelled.cancel(false, 14).await.unwrap();
+    let mut retried = Twin::new(st, "retried", 0, 6).await;
+    retried.claim(&["retried"], 15, 1000).await;
+    retried.fail(None, "transient", true, 3, 16).await.unwrap();
+    let mut running = Twin::new(st, "running", 0, 7).await;
+    running.claim(&["running"], 17, 1000).await;
+    let kept: Vec<Job> = [&low, &high, &keyed_job, &failed, &cancelled, &retried]
+        .iter()
+        .map(|t| t.job().clone())
+        .collect();
+    let running = running.job().clone();
+
+    let s = s.reopen().await;
+    for want in &kept {
+        let got = s
+            .get(want.id)
+            .await
+            .unwrap()
+            .expect("kept across the reopen");
+        assert_same_job(&got.job, want, "reopen");
+    }
+    // Pending jobs keep their order.
+    assert_eq!(
+        s.peek(&[q("default")]).await.unwrap().unwrap().id,
+        kept[1].id
+    );
+    assert_eq!(s.get(kept[0].id).await.unwrap().unwrap().position, Some(1));
+    // A running job is not lost; its hand-out stays counted (whether it is
+    // still running or back to pending is the backend's restart rule).
+    let got = s.get(running.id).await.unwrap().unwrap().job;
+    assert!(
+        matches!(got.status, Status::Running | Status::Pending),
+        "{got:?}"
+    );
+    assert_eq!(got.attempts, 1);
+    let back = u64::from(got.status == Status::Pending);
+    assert_eq!(s.pending_count(), 3 + back);
+    // The idempotency key still attaches.
+    let Inserted::Existing(j) = s
+        .insert(
+            NewJob {
+                queue: q("done"),
+                ..resubmitted(&first)
+            },
+            u64::MAX,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("the key was forgotten across the reopen");
+    };
+    assert_eq!(j.id, kept[2].id);
+    s
 }

@@ -63,6 +63,8 @@ pub async fn open(backend: &Backend) -> Arc<dyn Store> {
 pub struct TestStore {
     /// The store.
     pub store: Arc<dyn Store>,
+    /// Where it lives, to open it again.
+    backend: Backend,
     /// Dropped after the store (fields drop in order).
     _guards: Vec<Guard>,
 }
@@ -77,8 +79,27 @@ impl TestStore {
         let (backend, guards) = backend(kind, STORE_POOL).await;
         Some(TestStore {
             store: open(&backend).await,
+            backend,
             _guards: guards,
         })
+    }
+
+    /// Closes the store and opens it again on the same data (a restart;
+    /// the memory store comes back empty).
+    pub async fn reopen(self) -> Self {
+        let TestStore {
+            store,
+            backend,
+            _guards,
+        } = self;
+        store.close().await.expect("close store");
+        assert_eq!(Arc::strong_count(&store), 1, "nothing else holds the store");
+        drop(store);
+        TestStore {
+            store: open(&backend).await,
+            backend,
+            _guards,
+        }
     }
 
     /// Closes the store (the embedded one stops its log threads) before its
