@@ -184,13 +184,13 @@ async fn kill9_with_a_job_out_of_attempts_fails_it_at_restart() {
     let flags = ["--max-attempts", "1"];
     let mut p = Proc::start(&data, free_port(), &flags).await;
     let http = reqwest::Client::new();
-    enqueue(&http, &p, "{\"last\":true}".to_owned()).await;
+    enqueue(&http, &p.base, "{\"last\":true}").await;
     let j = poll(&http, &p).await.expect("a job");
     assert_eq!(j["attempt"], 1);
-    let id = j["job_id"].as_str().unwrap().to_owned();
+    let id = id_of(&j);
     // Let the deferred hand-out write reach the log (docs/storage.md).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    enqueue(&http, &p, "{\"other\":true}".to_owned()).await;
+    enqueue(&http, &p.base, "{\"other\":true}").await;
     p.kill9();
 
     for round in 0..2 {

@@ -17,7 +17,9 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::stores::{claim_params, claim_until_empty, insert, new_job, q, TestStore};
+use common::stores::{
+    claim_params, claim_until_empty, insert, new_job, q, TestStore, MAX_ATTEMPTS,
+};
 use jobq::job::{
     Completion, Idempotency, Job, JobId, LeaseId, NewJob, Status, Timestamp, TransitionError,
 };
@@ -1276,11 +1278,22 @@ async fn reopen_keeps_every_job(s: TestStore) -> TestStore {
     retried.fail(None, "transient", true, 3, 16).await.unwrap();
     let mut running = Twin::new(st, "running", 0, 7).await;
     running.claim(&["running"], 17, 1000).await;
+    // Running too, on its last attempt.
+    let mut spent = Twin::new(st, "spent", 0, 8).await;
+    for attempt in 1..MAX_ATTEMPTS {
+        spent.claim(&["spent"], 20, 1000).await;
+        spent
+            .fail(None, "again", true, MAX_ATTEMPTS, 21)
+            .await
+            .unwrap();
+        assert_eq!(spent.job().attempts, attempt);
+    }
+    spent.claim(&["spent"], 22, 1000).await;
     let kept: Vec<Job> = [&low, &high, &keyed_job, &failed, &cancelled, &retried]
         .iter()
         .map(|t| t.job().clone())
         .collect();
-    let running = running.job().clone();
+    let running = [running.job().clone(), spent.job().clone()];
 
     let s = s.reopen().await;
     for want in &kept {
@@ -1297,15 +1310,22 @@ async fn reopen_keeps_every_job(s: TestStore) -> TestStore {
         kept[1].id
     );
     assert_eq!(s.get(kept[0].id).await.unwrap().unwrap().position, Some(1));
-    // A running job is not lost; its hand-out stays counted (whether it is
-    // still running or back to pending is the backend's restart rule).
-    let got = s.get(running.id).await.unwrap().unwrap().job;
-    assert!(
-        matches!(got.status, Status::Running | Status::Pending),
-        "{got:?}"
-    );
-    assert_eq!(got.attempts, 1);
-    let back = u64::from(got.status == Status::Pending);
+    // Jobs running at the restart: a backend that ends leases at a restart
+    // (the embedded store) applies `Job::recover_after_restart` (at its own
+    // clock); one that keeps them (a shared database) changes nothing.
+    let mut back = 0;
+    for want in &running {
+        let got = s.get(want.id).await.unwrap().unwrap().job;
+        let mut model = want.clone();
+        if got.status != Status::Running {
+            let now = got.ended_at.unwrap_or_default();
+            model
+                .recover_after_restart(now, MAX_ATTEMPTS)
+                .expect("it was running");
+            back += u64::from(model.status == Status::Pending);
+        }
+        assert_same_job(&got, &model, "restart");
+    }
     assert_eq!(s.pending_count(), 3 + back);
     // The idempotency key still attaches.
     let Inserted::Existing(j) = s

@@ -24,6 +24,10 @@ pub const SERVER_POOL: usize = 16;
 /// Connections a store opened by a store-level test may open.
 pub const STORE_POOL: usize = 4;
 
+/// `--max-attempts` of the stores and servers tests open (the embedded store
+/// applies it at start-up to jobs that were running).
+pub const MAX_ATTEMPTS: u32 = 3;
+
 /// A fresh, empty backend of `kind`, and what must outlive its store.
 pub async fn backend(kind: Kind, pool_size: usize) -> (Backend, Vec<Guard>) {
     match kind {
@@ -33,7 +37,7 @@ pub async fn backend(kind: Kind, pool_size: usize) -> (Backend, Vec<Guard>) {
             let backend = Backend::Embedded {
                 data_dir: dir.path().to_owned(),
                 sync: jobq::store::SyncMode::Full,
-                max_attempts: 3,
+                max_attempts: MAX_ATTEMPTS,
             };
             (backend, vec![Box::new(dir) as Guard])
         }
