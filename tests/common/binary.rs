@@ -134,10 +134,14 @@ impl Proc {
 
     /// SIGTERM.
     pub fn term(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends `sig` (SIGHUP, SIGTERM, ...) to the process.
+    pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
     }
 
     /// Waits (bounded) for the process to exit.
