@@ -545,6 +545,15 @@ impl Job {
         Ok(())
     }
 
+    /// pending → cancelled, and nothing else: its client went away before a
+    /// worker took it (a running job goes on; its result is kept).
+    pub fn abandon(&mut self, now: Timestamp) -> Result<(), TransitionError> {
+        if self.status != Status::Pending {
+            return Err(TransitionError::NotPending(self.status));
+        }
+        self.cancel(now)
+    }
+
     /// Whether the job is past `--result-ttl` (counted from its end) at `now`.
     pub fn is_expired(&self, ttl: Duration, now: Timestamp) -> bool {
         self.status.is_ended() && self.ended_at.is_some_and(|t| t + ttl <= now)

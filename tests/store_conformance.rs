@@ -73,6 +73,7 @@ conformance_tests!(
     fail_without_retry_is_final,
     fail_refuses_jobs_that_are_not_running,
     heartbeat_extends_a_running_lease_only,
+    release_undoes_a_hand_out_under_its_lease_only,
     cancel_ends_pending_and_running_jobs_once,
     stale_lease_is_refused,
     no_lease_applies_to_the_current_lease,
@@ -253,12 +254,19 @@ impl<'s> Twin<'s> {
         self.settle("heartbeat", next, want, got).await
     }
 
-    /// `only_pending` is the store's own refusal (a disconnected client
-    /// cancels only what no worker has started); the rest is `Job::cancel`.
+    async fn release(&mut self, lease: LeaseId) -> Result<(), TransitionError> {
+        let mut next = self.model.clone();
+        let want = next.release(&lease);
+        let got = self.s.release(self.id(), lease).await.map(|j| (j, ()));
+        self.settle("release", next, want, got).await
+    }
+
+    /// `only_pending` is `Job::abandon` (a disconnected client cancels only
+    /// what no worker has started); otherwise `Job::cancel`.
     async fn cancel(&mut self, only_pending: bool, now: i64) -> Result<(), TransitionError> {
         let mut next = self.model.clone();
-        let want = if only_pending && next.status != Status::Pending {
-            Err(TransitionError::NotPending(next.status))
+        let want = if only_pending {
+            next.abandon(Timestamp(now))
         } else {
             next.cancel(Timestamp(now))
         };
@@ -604,6 +612,38 @@ async fn heartbeat_extends_a_running_lease_only(s: &dyn Store) {
     assert_eq!(
         t.heartbeat(Some(t.lease()), 600).await,
         Err(TransitionError::NotRunning(Status::Completed))
+    );
+}
+
+async fn release_undoes_a_hand_out_under_its_lease_only(s: &dyn Store) {
+    assert!(matches!(
+        s.release(JobId::new(), LeaseId::new()).await,
+        Err(Error::NotFound)
+    ));
+    let mut t = Twin::new(s, "default", 0, 1).await;
+    assert_eq!(
+        t.release(LeaseId::new()).await,
+        Err(TransitionError::NotRunning(Status::Pending))
+    );
+    t.claim(&["default"], 10, 100).await;
+    let lease = t.lease();
+    assert_eq!(
+        t.release(LeaseId::new()).await,
+        Err(TransitionError::StaleLease)
+    );
+    t.release(lease).await.unwrap();
+    let j = t.job();
+    assert_eq!(
+        (j.status, j.attempts, j.started_at),
+        (Status::Pending, 0, None)
+    );
+    assert_eq!(s.pending_count(), 1);
+    // Handed out again as if the first hand-out had never been.
+    t.claim(&["default"], 20, 200).await;
+    assert_eq!(t.job().attempts, 1);
+    assert_eq!(
+        t.complete(Some(lease), "late", 30).await,
+        Err(TransitionError::StaleLease)
     );
 }
 

@@ -396,10 +396,11 @@ impl Index {
     /// See [`Store::cancel`].
     pub fn cancel(&mut self, id: JobId, only_pending: bool, now: Timestamp) -> Result<Job> {
         let (_, job) = self.transition(id, |j| {
-            if only_pending && j.status != Status::Pending {
-                return Err(crate::job::TransitionError::NotPending(j.status));
+            if only_pending {
+                j.abandon(now)
+            } else {
+                j.cancel(now)
             }
-            j.cancel(now)
         })?;
         Ok(job.clone())
     }

@@ -1025,10 +1025,12 @@ impl Store for PostgresStore {
                 return Ok(job);
             }
             self.refusal(id, |j| {
-                if only_pending && j.status != Status::Pending {
-                    return Err(TransitionError::NotPending(j.status));
+                if only_pending {
+                    j.abandon(now)
+                } else {
+                    j.cancel(now)
                 }
-                j.cancel(now).map(|_| None::<()>)
+                .map(|_| None::<()>)
             })
             .await?;
         }
