@@ -151,11 +151,6 @@ impl EmbeddedStore {
         })
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn check_writable(&self) -> Result<()> {
         let health = self.log.health();
         if let Some(e) = health.sync_failed.get() {
