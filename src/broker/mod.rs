@@ -50,6 +50,9 @@ pub const LIST_DEFAULT: usize = 100;
 /// Largest `limit` of a job listing.
 pub const LIST_MAX: usize = 1000;
 
+/// Most jobs one batch poll (`max`) hands out.
+pub const MAX_BATCH: usize = 100;
+
 /// The error a failing worker reports when it gives no text.
 pub const FAIL_ERROR_DEFAULT: &str = "worker reported failure";
 
@@ -207,6 +210,24 @@ pub struct Stats {
     pub polling_workers: usize,
     /// Seconds since start.
     pub uptime_s: u64,
+}
+
+/// Jobs a batch poll has taken so far; handed back if it is dropped.
+struct HeldJobs {
+    broker: Broker,
+    jobs: Vec<Job>,
+}
+
+impl Drop for HeldJobs {
+    fn drop(&mut self) {
+        if self.jobs.is_empty() {
+            return;
+        }
+        let (broker, jobs) = (self.broker.clone(), std::mem::take(&mut self.jobs));
+        tokio::spawn(async move {
+            let _ = broker.release_all(&jobs).await;
+        });
+    }
 }
 
 /// Hands back the job of a claim still running when its poll was dropped.
@@ -641,6 +662,87 @@ impl Broker {
                 _ = self.inner.stopping.cancelled() => return Err(Error::ShuttingDown(None)),
             }
         }
+    }
+
+    /// Hands out up to `max` jobs (capped at [`MAX_BATCH`]): waits as
+    /// [`Broker::poll`] does for the first, then takes whatever else is
+    /// pending at once. Empty when none came within the wait.
+    ///
+    /// # Errors
+    /// As [`Broker::poll`].
+    pub async fn poll_many(&self, req: PollRequest, max: usize) -> Result<Vec<Job>> {
+        let queues = if req.queues.is_empty() {
+            vec![Queue::default_queue()]
+        } else {
+            req.queues.clone()
+        };
+        let Some(first) = self.poll(req).await? else {
+            return Ok(Vec::new());
+        };
+        let max = max.clamp(1, MAX_BATCH);
+        // Held, so that the jobs taken so far are handed back if this is
+        // dropped (or fails) while it takes the next.
+        let mut held = HeldJobs {
+            broker: self.clone(),
+            jobs: Vec::with_capacity(max),
+        };
+        held.jobs.push(first);
+        while held.jobs.len() < max {
+            match self.claim(&queues).await? {
+                Some(job) => held.jobs.push(job),
+                None => break,
+            }
+        }
+        Ok(std::mem::take(&mut held.jobs))
+    }
+
+    /// Hands back jobs taken for a worker who will never get them.
+    ///
+    /// # Errors
+    /// The first failure; the rest are still tried.
+    pub async fn release_all(&self, jobs: &[Job]) -> Result<()> {
+        let mut first = Ok(());
+        for job in jobs {
+            if let Some(lease) = job.lease_id {
+                if let Err(e) = self.release(job.id, lease).await {
+                    if first.is_ok() {
+                        first = Err(e);
+                    }
+                }
+            }
+        }
+        first
+    }
+
+    /// Complete-and-take-next: records the result exactly as
+    /// [`Broker::complete`] does (same fencing, same errors; on an error no
+    /// job is taken), then hands out up to `max` jobs as
+    /// [`Broker::poll_many`] does. One request per job for a busy worker.
+    ///
+    /// # Errors
+    /// As [`Broker::complete`], then as [`Broker::poll`].
+    pub async fn complete_and_next(
+        &self,
+        done: CompleteRequest,
+        next: PollRequest,
+        max: usize,
+    ) -> Result<(Job, Vec<Job>)> {
+        let job = self.complete(done).await?;
+        Ok((job, self.poll_many(next, max).await?))
+    }
+
+    /// Fail-and-take-next: [`Broker::fail`], then as [`Broker::poll_many`].
+    ///
+    /// # Errors
+    /// As [`Broker::fail`], then as [`Broker::poll`].
+    pub async fn fail_and_next(
+        &self,
+        failed: FailRequest,
+        next: PollRequest,
+        max: usize,
+    ) -> Result<(Job, Vec<Job>)> {
+        let job = self.fail(failed).await?;
+        Ok((job, self.poll_many(next, max).await?))
     }
 
     /// One claim. Drop-safe like a sync submit's insert: a claim that does
