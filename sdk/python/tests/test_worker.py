@@ -369,3 +369,27 @@ def test_plain_calls_still_work_with_the_lease_header(server: Server) -> None:
         timeout=BOUND,
     )
     assert r.status_code == 409
+
+
+def test_forced_stop_fails_running_jobs_for_a_retry(
+    server: Server, client: jobq.Client, run_worker: RunWorker
+) -> None:
+    started = threading.Event()
+
+    async def handler(job: jobq.Job) -> str:
+        started.set()
+        await asyncio.sleep(BOUND)
+        return "too late"
+
+    w = run_worker(handler, server.url)
+    job_id = client.enqueue("x")
+    assert started.wait(BOUND)
+    w.worker.stop()
+    w.worker.stop(force=True)
+    w.thread.join(BOUND)
+    assert not w.thread.is_alive()
+    info = client.job(job_id)
+    # Failed with retry: back in the queue for another worker.
+    assert (info.status, info.attempts) == ("pending", 1)
+    assert info.error is not None
+    assert "stopped" in info.error

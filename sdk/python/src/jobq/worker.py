@@ -22,6 +22,7 @@ import email.utils
 import inspect
 import json
 import logging
+import re
 import signal
 import threading
 import time
@@ -161,18 +162,23 @@ class _Lost(Exception):
     """The job was cancelled or its lease lost: post nothing."""
 
 
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d)(?:\.(\d+))?([Zz]|[+-]\d\d:\d\d)?$")
+
+
 def _parse_time(v: Any) -> Optional[dt.datetime]:
+    """An RFC 3339 timestamp (any number of fraction digits, as Python 3.9's
+    ``fromisoformat`` does not take)."""
     if not isinstance(v, str):
         return None
-    s = v.strip().replace("Z", "+00:00").replace("z", "+00:00")
-    # Python 3.9's fromisoformat takes 3 or 6 fraction digits only.
-    if "." in s:
-        head, _, rest = s.partition(".")
-        digits = "".join(c for c in rest if c.isdigit())
-        tz = rest[len(digits) :]
-        s = f"{head}.{(digits + '000000')[:6]}{tz}"
+    m = _RFC3339.match(v.strip())
+    if m is None:
+        return None
+    base, frac, tz = m.groups()
+    text = base.replace("t", "T").replace(" ", "T") + "." + ((frac or "") + "000000")[:6]
+    if tz and tz not in ("Z", "z"):
+        text += tz
     try:
-        t = dt.datetime.fromisoformat(s)
+        t = dt.datetime.fromisoformat(text)
     except ValueError:
         return None
     return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
