@@ -384,7 +384,6 @@ def test_forced_stop_fails_running_jobs_for_a_retry(
     w = run_worker(handler, server.url)
     job_id = client.enqueue("x")
     assert started.wait(BOUND)
-    w.worker.stop()
     w.worker.stop(force=True)
     w.thread.join(BOUND)
     assert not w.thread.is_alive()

@@ -22,6 +22,7 @@ import email.utils
 import inspect
 import json
 import logging
+import queue
 import re
 import signal
 import threading
@@ -274,6 +275,48 @@ def _error_text(exc: BaseException) -> str:
     return text if len(text) <= ERROR_TAIL else "…" + text[-ERROR_TAIL:]
 
 
+class _Threads:
+    """Daemon threads for plain handlers, reused from job to job.
+
+    Daemon threads never hold up the exit of a worker that was forced to
+    stop while a handler still ran. There are never more than the jobs in
+    hand (the worker waits for a plain handler before it takes another job).
+    """
+
+    def __init__(self) -> None:
+        self._tasks: queue.SimpleQueue[Optional[Callable[[], None]]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._started = 0
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            start = self._idle == 0
+            if start:
+                self._started += 1
+            else:
+                self._idle -= 1
+        self._tasks.put(fn)
+        if start:
+            threading.Thread(target=self._loop, name="jobq-handler", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            fn = self._tasks.get()
+            if fn is None:
+                return
+            fn()
+            with self._lock:
+                self._idle += 1
+
+    def close(self) -> None:
+        """Ends every thread once it is done with its handler."""
+        with self._lock:
+            n, self._started, self._idle = self._started, 0, 0
+        for _ in range(n):
+            self._tasks.put(None)
+
+
 class _Backoff:
     def __init__(self, first: float, cap: float) -> None:
         self._first, self._cap, self._next = first, cap, first
@@ -365,6 +408,7 @@ class Worker:
         self._idle = 0
         self._running: set[asyncio.Task[Any]] = set()
         self._handler = handler
+        self._threads = _Threads()
         self._http = httpx.AsyncClient(
             base_url=self.url,
             headers=_http.base_headers(self._token),
@@ -393,6 +437,7 @@ class Worker:
             for s in signals:
                 loop.remove_signal_handler(s)
             await self._http.aclose()
+            self._threads.close()
             with self._lock:
                 self._loop = None
         if self._fatal is not None:
@@ -426,7 +471,7 @@ class Worker:
                 "(a second signal cancels them)",
                 len(self._running),
             )
-        elif force and not self._forced.is_set():
+        if force and not self._forced.is_set():
             self._forced.set()
             log.warning("jobq worker: cancelling %d running job(s)", len(self._running))
             for t in self._running:
@@ -665,7 +710,7 @@ class Worker:
         return _Outcome(result=_join(chunks))
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
-        """Runs ``fn`` in a daemon thread (one that never holds up an exit)."""
+        """Runs ``fn`` in one of the worker's handler threads."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
 
@@ -687,7 +732,7 @@ class Worker:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(settle, True, v)
 
-        threading.Thread(target=body, name="jobq-handler", daemon=True).start()
+        self._threads.submit(body)
         return await fut
 
     async def _heartbeats(self, h: _Handout, lost: asyncio.Event) -> None:
