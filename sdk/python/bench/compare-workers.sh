@@ -4,7 +4,8 @@
 # (examples/echo_worker.rs), on one jobq server (memory store), with the load
 # of syncbench's synchronous clients (--no-workers: the worker under test is
 # the only one). syncbench's own echo workers are the reference: a worker
-# that does nothing but the HTTP calls.
+# that does nothing but the HTTP calls. The worker process's CPU time is
+# reported as syncbench's "aux" CPU.
 #
 #   sdk/python/bench/compare-workers.sh            # from the repository root
 #   DURATION=10 ROUNDS=3 sdk/python/bench/compare-workers.sh
@@ -48,7 +49,7 @@ case_() {
         JOBQ_URL=$url "$@" >"$OUT/$label.log" 2>&1 &
         worker=$!
         sleep 1 # the worker is up and polling
-        workers=(--no-workers)
+        workers=(--no-workers --aux-pid "$worker")
     else
         workers=(--workers "$conc" --long-poll 5)
     fi
