@@ -7,8 +7,8 @@
 //! cargo run --release --example echo_worker -- 8     # concurrency 8
 //! ```
 //!
-//! `JOBQ_URL` names the server (default `http://127.0.0.1:3000`), `JOBQ_QUEUE`
-//! the queue (default `default`). Ctrl-C or SIGTERM stops it after the jobs
+//! `JOBQ_URL` names the server (default `http://127.0.0.1:3000`), `JOBQ_TOKEN`
+//! its worker token, `JOBQ_QUEUE` the queue (default `default`). Ctrl-C or SIGTERM stops it after the jobs
 //! in hand.
 
 use jobq::client::{Client, Outcome, RunOptions};
@@ -23,7 +23,11 @@ async fn main() -> Result<(), jobq::client::Error> {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
-    let worker = Client::new(&url)?.worker(vec![queue]);
+    let client = match std::env::var("JOBQ_TOKEN") {
+        Ok(token) if !token.is_empty() => Client::with_token(&url, &token)?,
+        _ => Client::new(&url)?,
+    };
+    let worker = client.worker(vec![queue]);
 
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
