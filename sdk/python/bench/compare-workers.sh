@@ -4,8 +4,9 @@
 # (examples/echo_worker.rs), on one jobq server (memory store), with the load
 # of syncbench's synchronous clients (--no-workers: the worker under test is
 # the only one). syncbench's own echo workers are the reference: a worker
-# that does nothing but the HTTP calls. The worker process's CPU time is
-# reported as syncbench's "aux" CPU.
+# that does nothing but the HTTP calls; bench/bare_httpx_worker.py, a bare
+# httpx poll/complete loop (async and blocking), is the floor for Python.
+# The worker process's CPU time is reported as syncbench's "aux" CPU.
 #
 #   sdk/python/bench/compare-workers.sh            # from the repository root
 #   DURATION=10 ROUNDS=3 sdk/python/bench/compare-workers.sh
@@ -63,7 +64,10 @@ case_() {
     fi
 }
 
+bare="$root/sdk/python/bench/bare_httpx_worker.py"
 for _ in $(seq "$ROUNDS"); do
+    case_ bare-httpx-async-c1 1 "$PYTHON" "$bare" async "$url" $((DURATION + WARMUP + 10))
+    case_ bare-httpx-sync-c1 1 "$PYTHON" "$bare" sync "$url" $((DURATION + WARMUP + 10))
     for c in 1 8; do
         case_ "syncbench-workers-c$c" "$c" -
         case_ "python-c$c" "$c" "$PYTHON" "$root/sdk/python/examples/echo_worker.py" "$c"
