@@ -25,8 +25,8 @@ missing() {
 
 py=$(command -v python3 || true)
 [ -n "$py" ] || missing "python3 not found"
-"$py" -c 'import sys; sys.exit(sys.version_info < (3, 9))' ||
-    missing "python3 is $("$py" -c 'import sys; print(sys.version.split()[0])'), the SDK needs 3.9 or newer"
+"$py" -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null ||
+    missing "$py is older than Python 3.9 (or does not run); the SDK needs 3.9 or newer"
 "$py" -c 'import venv, ensurepip' 2>/dev/null || missing "python3 has no venv/ensurepip module (Debian: apt-get install python3-venv)"
 
 if [ ! -x "$venv/bin/python" ]; then

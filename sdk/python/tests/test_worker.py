@@ -392,3 +392,19 @@ def test_forced_stop_fails_running_jobs_for_a_retry(
     assert (info.status, info.attempts) == ("pending", 1)
     assert info.error is not None
     assert "stopped" in info.error
+
+
+def test_submit_headers_reach_the_job(
+    server: Server, client: jobq.Client, run_worker: RunWorker
+) -> None:
+    def handler(job: jobq.Job) -> dict[str, Any]:
+        return {"trace": job.headers.get("x-trace"), "type": job.headers.get("content-type")}
+
+    run_worker(handler, server.url)
+    res = client.submit(
+        b"\x00raw",
+        content_type="application/octet-stream",
+        headers={"X-Trace": "abc-123"},
+        timeout=BOUND,
+    )
+    assert res.json() == {"trace": "abc-123", "type": "application/octet-stream"}
