@@ -408,3 +408,31 @@ def test_submit_headers_reach_the_job(
         timeout=BOUND,
     )
     assert res.json() == {"trace": "abc-123", "type": "application/octet-stream"}
+
+
+def _server_has_take_next(url: str) -> bool:
+    """Asks the server itself: does a complete with ``next=1`` hand out the next job?"""
+    with jobq.Client(url, token="") as c:
+        c.enqueue("probe 1", queue="probe")
+        c.enqueue("probe 2", queue="probe")
+    first = httpx.get(f"{url}/api/worker/poll", params={"queue": "probe"}, timeout=BOUND).json()
+    r = httpx.post(
+        f"{url}/api/worker/complete/{first['job_id']}",
+        params={"next": "1", "queue": "probe"},
+        headers={"x-lease-id": first["lease_id"]},
+        content=b"done",
+        timeout=BOUND,
+    )
+    assert r.status_code == 200
+    return "lease_id" in r.json()
+
+
+def test_complete_and_take_next_is_used_where_the_server_has_it(
+    server: Server, client: jobq.Client, run_worker: RunWorker
+) -> None:
+    offered = _server_has_take_next(server.url)
+    w = run_worker(lambda job: job.text(), server.url, concurrency=2)
+    ids = [client.enqueue(f"j{i}") for i in range(6)]
+    assert [client.wait(i, timeout=BOUND).text() for i in ids] == [f"j{i}" for i in range(6)]
+    # The worker learnt the server's answer shape from its own completes.
+    assert w.worker._fused is offered
