@@ -157,7 +157,7 @@ impl std::ops::Sub<Duration> for Timestamp {
     }
 }
 
-/// Where a job is in its life. See SPEC §2.
+/// Where a job is in its life (docs/api.md, "Jobs").
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 pub enum Status {
     /// Queued, waiting for a worker.
@@ -231,7 +231,7 @@ pub struct Idempotency {
     pub fingerprint: [u8; 32],
 }
 
-/// A job as stored. Field names follow SPEC §2.
+/// A job as stored. Field names follow docs/api.md, "Jobs".
 #[derive(Clone, Debug)]
 pub struct Job {
     /// Identity.
