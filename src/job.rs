@@ -332,7 +332,7 @@ pub struct JobRecord {
     pub position: Option<u64>,
 }
 
-/// Headers never passed to workers (the rule of docs/api.md, "Headers"):
+/// Headers never passed to workers (docs/api.md, "Headers passed to workers"):
 /// hop-by-hop ones, the body length, and credentials (a client's token must
 /// never reach a worker). `name` is lower-case.
 pub fn is_private_header(name: &str) -> bool {
