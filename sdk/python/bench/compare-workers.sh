@@ -13,8 +13,8 @@
 #
 # Needs: target/release/jobq, target/release/examples/echo_worker
 # (cargo build --release --bin jobq --example echo_worker), syncbench
-# ($SYNCBENCH, default /tmp/jobq-bench-target/release/syncbench; see the shared
-# bench README), a python with the SDK installed ($PYTHON, default
+# ($SYNCBENCH, default /tmp/jobq-bench-target/release/syncbench; see the load
+# generator's own README), a python with the SDK installed ($PYTHON, default
 # target/py-venv/bin/python). Writes JSON lines to $OUT/results.jsonl.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../.." && pwd)
