@@ -13,6 +13,7 @@ use crate::auth::{Auth, Secret, TokenSources};
 use crate::broker::BrokerConfig;
 use crate::server::ServerConfig;
 use crate::store::SyncMode;
+use crate::tls::{Tls, TlsFiles};
 
 /// Default `--listen`.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:3000";
@@ -179,6 +180,15 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBQ_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
 
+    /// PEM certificate chain (leaf first): serve HTTPS instead of plain
+    /// HTTP. Re-read on SIGHUP. Needs `--tls-key`.
+    #[arg(long, env = "JOBQ_TLS_CERT", value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert`. Re-read on SIGHUP.
+    #[arg(long, env = "JOBQ_TLS_KEY", value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Seconds running jobs get to finish on SIGTERM/SIGINT.
     #[arg(long, env = "JOBQ_SHUTDOWN_GRACE", default_value = "30", value_parser = secs)]
     pub shutdown_grace: Duration,
@@ -259,7 +269,8 @@ impl ServeArgs {
         }
     }
 
-    /// The server's options, loading what they name (the token file).
+    /// The server's options, loading what they name (the token file, the
+    /// TLS certificate and key).
     ///
     /// # Errors
     /// A file named by a flag cannot be read or is malformed.
@@ -268,6 +279,13 @@ impl ServeArgs {
             max_body: self.max_body as usize,
             shutdown_grace: self.shutdown_grace,
             auth: Auth::load(self.token_sources())?,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(Tls::load(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })?),
+                _ => None,
+            },
         })
     }
 }
@@ -278,6 +296,9 @@ pub enum LoadError {
     /// `--token-file`, or tokens given twice.
     #[error(transparent)]
     Auth(#[from] crate::auth::LoadError),
+    /// `--tls-cert`/`--tls-key`.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::LoadError),
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use tower::ServiceExt as _;
 
 use crate::api::{self, ApiError, AppState};
 use crate::auth::{Auth, Role};
+use crate::tls::Tls;
 
 mod json_errors;
 use crate::broker::{maintenance, Broker};
@@ -24,6 +25,9 @@ const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
 
 /// A request's headers must arrive within this time (slow-loris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A TLS handshake must be done within this time.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serving options that are not the broker's policy.
 #[derive(Debug, Clone)]
@@ -35,6 +39,8 @@ pub struct ServerConfig {
     /// Role tokens (`--client-token`, `--token-file`, ...); the same handle
     /// is reloaded on SIGHUP by whoever owns the signals.
     pub auth: Auth,
+    /// `--tls-cert`/`--tls-key`: serve HTTPS (`None`: plain HTTP).
+    pub tls: Option<Tls>,
 }
 
 fn is_known_method(m: &Method) -> bool {
@@ -65,7 +71,7 @@ fn declared_length<B>(req: &Request<B>) -> Option<u64> {
 
 /// Warns when the server listens beyond loopback while a role is open to
 /// anyone who can reach it.
-fn warn_if_open(listener: &TcpListener, auth: &Auth) {
+fn warn_if_open(listener: &TcpListener, auth: &Auth, tls: bool) {
     let Ok(addr) = listener.local_addr() else {
         return;
     };
@@ -80,6 +86,11 @@ fn warn_if_open(listener: &TcpListener, auth: &Auth) {
             open_roles = ?roles,
             "listening beyond loopback with no {} token: anyone who can reach this port may act in that role (set --client-token/--worker-token or --token-file)",
             roles.join(" or ")
+        );
+    }
+    if !tls {
+        tracing::info!(
+            "plain HTTP beyond loopback: tokens and payloads travel in clear text unless a TLS proxy is in front (or use --tls-cert)"
         );
     }
     if !auth.requires_token(Role::Admin) {
@@ -104,7 +115,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let stop_maintenance = CancellationToken::new();
     let maintenance = tokio::spawn(maintenance::run(broker.clone(), stop_maintenance.clone()));
-    warn_if_open(&listener, &cfg.auth);
+    warn_if_open(&listener, &cfg.auth, cfg.tls.is_some());
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config()));
     let app = api::router(AppState {
         broker: broker.clone(),
         max_body: cfg.max_body,
@@ -174,11 +189,29 @@ pub async fn run(
                 Ok(resp)
             }
         });
-        let io = TokioIo::new(json_errors::JsonErrors::new(stream));
-        let conn = graceful.watch(http.serve_connection(io, svc));
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        match &tls {
+            None => {
+                let io = TokioIo::new(json_errors::JsonErrors::new(stream));
+                let conn = graceful.watch(http.serve_connection(io, svc));
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            Some(acceptor) => {
+                let (acceptor, watcher, http) =
+                    (acceptor.clone(), graceful.watcher(), http.clone());
+                tokio::spawn(async move {
+                    // A failed or stalled handshake just ends the connection.
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    let io = TokioIo::new(json_errors::JsonErrors::new(stream));
+                    let _ = watcher.watch(http.serve_connection(io, svc)).await;
+                });
+            }
+        }
     }
     drop(listener);
     tokio::select! {
