@@ -9,6 +9,7 @@
 
 pub mod binary;
 pub mod http;
+pub mod netns;
 pub mod postgres;
 pub mod stores;
 
