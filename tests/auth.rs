@@ -208,6 +208,49 @@ async fn every_role_endpoint_and_credential() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_spelling_of_a_path_slips_past_its_role() {
+    let s = TestServer::start_with(
+        Kind::Memory,
+        &[
+            "--client-token",
+            CLIENT,
+            "--worker-token",
+            WORKER,
+            "--admin-token",
+            ADMIN,
+        ],
+    )
+    .await;
+    for path in [
+        "/api/%61dmin/stats",
+        "/api/admin/%73tats",
+        "//api/admin/stats",
+        "/api/admin//stats",
+        "/api/admin/stats/",
+        "/api/./admin/stats",
+        "/api/worker/../admin/stats",
+        "/API/admin/stats",
+        "/api/admin/stats?x=/health",
+    ] {
+        for cred in [Cred::None, Cred::Token(CLIENT)] {
+            let ep = Endpoint {
+                method: "GET",
+                path: path.to_owned(),
+                role: Some("admin"),
+                ok: 200,
+            };
+            let r = call(&s, &ep, cred).await;
+            assert!(
+                matches!(r.status, 401 | 403 | 404),
+                "{path} with {cred:?} must not be served: {r:?}"
+            );
+            r.assert_error(r.status);
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_without_a_token_is_open() {
     // Only a client token: worker endpoints are open (any or no token),
     // admin endpoints are open to this loopback caller.
@@ -398,7 +441,7 @@ mod remote {
         let deadline = Instant::now() + Duration::from_secs(20);
         let text = loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("serving") || Instant::now() > deadline {
+            if text.contains("listening beyond loopback") || Instant::now() > deadline {
                 break text;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
