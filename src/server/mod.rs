@@ -59,15 +59,31 @@ fn declared_length<B>(req: &Request<B>) -> Option<u64> {
         .ok()
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then shuts down
+/// Serves the HTTP API on `listener` until `shutdown` resolves, then shuts
+/// down gracefully; see [`run_with_grpc`].
+///
+/// # Errors
+/// Closing the store failed (the last writes may not be durable).
+pub async fn run(
+    listener: TcpListener,
+    broker: Broker,
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_with_grpc(listener, None, broker, cfg, shutdown).await
+}
+
+/// Serves the API on `listener` (and the gRPC worker API on `grpc`, if
+/// given, on the same broker) until `shutdown` resolves, then shuts down
 /// gracefully: new submits and polls get 503 at once, running jobs get
 /// `shutdown_grace` to finish, then waiting clients are answered and the
 /// store is closed. Taking a bound listener lets tests pass `127.0.0.1:0`.
 ///
 /// # Errors
 /// Closing the store failed (the last writes may not be durable).
-pub async fn run(
+pub async fn run_with_grpc(
     listener: TcpListener,
+    grpc: Option<TcpListener>,
     broker: Broker,
     cfg: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -93,6 +109,9 @@ pub async fn run(
             drained.cancel();
         });
     }
+
+    // Long-polls end when shutdown begins; streams end once the drain is over.
+    let grpc = grpc.map(|l| tokio::spawn(crate::grpc::serve(l, broker.clone(), drained.clone())));
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -143,9 +162,23 @@ pub async fn run(
         });
     }
     drop(listener);
+    let grpc_abort = grpc.as_ref().map(|t| t.abort_handle());
+    let grpc_done = async {
+        match grpc {
+            Some(task) => match task.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server failed"),
+                Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+                Ok(Ok(())) => {}
+            },
+            None => {}
+        }
+    };
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = async { tokio::join!(graceful.shutdown(), grpc_done) } => {}
         _ = tokio::time::sleep(CONNECTION_DRAIN) => tracing::warn!("connections still open after the drain; closing"),
+    }
+    if let Some(a) = grpc_abort {
+        a.abort();
     }
     stop_maintenance.cancel();
     let _ = maintenance.await;
