@@ -313,6 +313,8 @@ async fn serve(addr: &str) -> Proc {
         "memory",
         "--listen",
         addr,
+        "--grpc-listen",
+        "off",
         "--shutdown-grace",
         "1",
     ]);

@@ -402,6 +402,8 @@ async fn killed_node_job_is_handed_out_again_by_another_node() {
             &db.url,
             "--listen",
             &listen,
+            "--grpc-listen",
+            "off",
             "--lease",
             "2",
         ])

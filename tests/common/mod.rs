@@ -35,6 +35,10 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// A client with no timeout of its own (tests bound their waits).
     pub http: reqwest::Client,
+    /// The gRPC address, when the test asked for one with `--grpc-listen`
+    /// (`127.0.0.1:0`); without it no gRPC server runs, so parallel tests
+    /// never collide on port 50051.
+    pub grpc_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     /// Kept alive for the server's lifetime (embedded data dir and the like).
@@ -96,10 +100,18 @@ impl TestServer {
         let store = jobq::store::open(&backend).await.expect("open store");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let grpc = match args.grpc_listen {
+            Some(jobq::config::GrpcListen::Addr(a)) => {
+                Some(tokio::net::TcpListener::bind(a).await.expect("bind gRPC"))
+            }
+            _ => None,
+        };
+        let grpc_addr = grpc.as_ref().map(|l| l.local_addr().unwrap());
         let broker = Broker::new(store, args.broker_config());
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(jobq::server::run(
+        let handle = tokio::spawn(jobq::server::run_with_grpc(
             listener,
+            grpc,
             broker,
             args.server_config(),
             async move {
@@ -110,6 +122,7 @@ impl TestServer {
             base: format!("http://{addr}"),
             addr,
             http: reqwest::Client::new(),
+            grpc_addr,
             stop: Some(tx),
             handle: Some(handle),
             _guards: guards,
@@ -119,6 +132,14 @@ impl TestServer {
     /// `base` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// `http://` + the gRPC address (panics if the test did not ask for gRPC).
+    pub fn grpc_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.grpc_addr.expect("started with --grpc-listen")
+        )
     }
 
     /// Sends SIGTERM's equivalent and waits (bounded) for a clean exit.
@@ -406,3 +427,4 @@ macro_rules! backend_tests {
     };
 }
 pub mod binary;
+pub mod transport;
