@@ -498,3 +498,50 @@ async fn grpc_port_taken_is_one_clear_line() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("GRPC_PORT"));
 }
+
+// ------------------------------------------------------ jobq worker --grpc
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_worker_over_the_stream_runs_commands() {
+    let s = server(&[]).await;
+    let mut w = std::process::Command::new(env!("CARGO_BIN_EXE_jobq"))
+        .args(["worker", "--grpc", "--grpc-url", &s.grpc_url(), "--concurrency", "2"])
+        .args(["--exec", r#"p=$(cat); if [ "$JOBQ_ATTEMPT" = 1 ] && [ "$p" = "fail once" ]; then echo broken >&2; exit 3; fi; printf %s "$p" | tr a-z A-Z"#])
+        .args(["--url", "http://127.0.0.1:9"]) // unused with --grpc
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ok = s.spawn_submit("", "hello grpc");
+    let r = TestServer::join(ok).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["payload"], "HELLO GRPC");
+    // A failed first attempt is retried (retry allowed), and the retry succeeds.
+    let r = TestServer::join(s.spawn_submit("", "fail once")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["payload"], "FAIL ONCE");
+    // Several at once.
+    let many: Vec<_> = (0..10)
+        .map(|i| s.spawn_submit("", format!("job {i}")))
+        .collect();
+    for (i, h) in many.into_iter().enumerate() {
+        let r = TestServer::join(h).await;
+        assert_eq!(r.body["payload"], format!("JOB {i}"), "{r:?}");
+    }
+    // SIGTERM: a clean exit.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(w.id() as i32, libc::SIGTERM);
+    }
+    let status = within(BOUND, "worker exits", async {
+        loop {
+            if let Some(st) = w.try_wait().unwrap() {
+                return st;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(status.code(), Some(0));
+}

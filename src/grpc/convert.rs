@@ -95,7 +95,7 @@ pub fn heartbeat(r: &pb::HeartbeatRequest) -> Result<HeartbeatRequest> {
 /// A hand-out as a `Job` message. The payload travels as text; bytes that
 /// are not UTF-8 go as base64 with [`PAYLOAD_ENCODING_HEADER`], and exactly
 /// in `payload_bytes`.
-pub fn handout(job: &Job) -> pb::Job {
+pub fn handout(job: &Job, lease: Duration) -> pb::Job {
     let mut headers = headers(&job.headers);
     // Only jobq sets it: a client's own header of that name would mislead the worker.
     headers.remove(PAYLOAD_ENCODING_HEADER);
@@ -123,6 +123,7 @@ pub fn handout(job: &Job) -> pb::Job {
         payload_bytes,
         priority: job.priority,
         created_at: job.created_at.to_rfc3339(),
+        lease_ms: lease.as_millis() as u64,
     }
 }
 
@@ -157,9 +158,13 @@ mod tests {
         .into_job()
     }
 
+    fn handout_of(j: &Job) -> pb::Job {
+        handout(j, Duration::from_secs(60))
+    }
+
     #[test]
     fn text_payload_is_sent_as_is() {
-        let j = handout(&job(
+        let j = handout_of(&job(
             b"hello",
             r#"{"a":"b","x-jobq-payload-encoding":"base64"}"#,
         ));
@@ -171,7 +176,7 @@ mod tests {
 
     #[test]
     fn binary_payload_is_base64_with_its_header() {
-        let j = handout(&job(&[0xff, 0x00, 0x10], "{}"));
+        let j = handout_of(&job(&[0xff, 0x00, 0x10], "{}"));
         assert_eq!(j.payload, "/wAQ");
         assert_eq!(j.headers[PAYLOAD_ENCODING_HEADER], "base64");
         assert_eq!(&j.payload_bytes[..], &[0xff, 0x00, 0x10]);

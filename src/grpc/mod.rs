@@ -8,11 +8,13 @@
 //! - [`error`]: the one mapping of broker errors to status codes.
 //! - [`service`]: the unary RPCs.
 //! - [`stream`]: the `Work` stream.
+//! - [`worker`]: the worker side of the `Work` stream (`jobq worker --grpc`).
 
 pub mod convert;
 pub mod error;
 pub mod service;
 pub mod stream;
+pub mod worker;
 
 use std::time::Duration;
 

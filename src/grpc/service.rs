@@ -23,7 +23,10 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
     async fn request_job(&self, req: Request<pb::JobRequest>) -> Result<Response<pb::Job>, Status> {
         let poll = convert::poll(req.get_ref())?;
         match self.broker.poll(poll).await? {
-            Some(job) => Ok(Response::new(convert::handout(&job))),
+            Some(job) => Ok(Response::new(convert::handout(
+                &job,
+                self.broker.config().lease,
+            ))),
             None => Err(Status::not_found("no jobs available")),
         }
     }

@@ -59,6 +59,8 @@ struct Credits {
     left: AtomicU64,
     /// Signalled when credits are granted (stores a permit if the pusher is busy).
     granted: Notify,
+    /// Cancelled when the worker drains: the pusher stops.
+    drain: CancellationToken,
 }
 
 /// The reader: the worker's messages, until it closes its side (then the
@@ -99,7 +101,10 @@ async fn read(
                             "queues are read from the stream's first message only",
                         ));
                     }
-                    if msg.credits > 0 {
+                    if msg.drain {
+                        credits.drain.cancel();
+                    }
+                    if msg.credits > 0 && !msg.drain {
                         credits.left.fetch_add(msg.credits.into(), Ordering::AcqRel);
                         credits.granted.notify_one();
                     }
@@ -148,6 +153,7 @@ async fn push(broker: Broker, queues: Vec<Queue>, credits: Arc<Credits>, tx: Out
                     }
                 }
                 _ = tx.closed() => return,
+                _ = credits.drain.cancelled() => return,
             }
         }
         let poll = PollRequest {
@@ -157,12 +163,18 @@ async fn push(broker: Broker, queues: Vec<Queue>, credits: Arc<Credits>, tx: Out
         let got = tokio::select! {
             r = broker.poll(poll) => r,
             _ = tx.closed() => return,
+            // Dropping a poll is safe: a job claimed at that instant comes
+            // back when its lease runs out.
+            _ = credits.drain.cancelled() => return,
         };
         let msg = match got {
             Ok(Some(job)) => {
                 credits.left.fetch_sub(1, Ordering::AcqRel);
                 pb::WorkResponse {
-                    event: Some(pb::work_response::Event::Job(convert::handout(&job))),
+                    event: Some(pb::work_response::Event::Job(convert::handout(
+                        &job,
+                        broker.config().lease,
+                    ))),
                 }
             }
             Ok(None) => keep_alive(),
