@@ -19,8 +19,8 @@ pub mod worker;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use crate::broker::Broker;
 
@@ -65,11 +65,14 @@ pub async fn serve(
         .build_v1alpha()
         .expect("the built-in descriptor set is valid");
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(pb::worker_service_server::WorkerServiceServer::new(api))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            // Small messages both ways: Nagle's delay would stall each one.
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            drained.cancelled_owned(),
+        )
         .await
 }
