@@ -3,6 +3,7 @@
 //! becomes an [`ApiError`], whose `IntoResponse` picks the status code.
 
 pub mod admin;
+pub mod auth;
 pub mod encode;
 pub mod error;
 pub mod jobs;
@@ -33,11 +34,14 @@ pub struct AppState {
     pub broker: Broker,
     /// `--max-body`, for the 413 message.
     pub max_body: usize,
+    /// Role tokens, checked in front of every route ([`auth::require_role`]).
+    pub auth: crate::auth::Auth,
 }
 
 /// All routes of SPEC §3.
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body;
+    let auth = state.auth.clone();
     Router::new()
         .route("/api/submit", post(jobs::submit))
         .route("/api/jobs", post(jobs::submit_async))
@@ -59,6 +63,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            auth::require_role,
+        ))
         .with_state(state)
 }
 

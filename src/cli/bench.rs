@@ -198,8 +198,8 @@ struct Embedded {
 }
 
 async fn start_embedded(grpc: bool) -> anyhow::Result<(String, Option<String>, Embedded)> {
-    let cli = crate::config::Cli::try_parse_from(["jobq", "serve", "--storage", "memory"])?;
-    let Some(crate::config::Command::Serve(args)) = cli.command else {
+    let cli = super::Cli::try_parse_from(["jobq", "serve", "--storage", "memory"])?;
+    let Some(super::Command::Serve(args)) = cli.command else {
         anyhow::bail!("could not build the embedded server's flags");
     };
     let store = crate::store::open(&crate::store::Backend::Memory).await?;
@@ -220,7 +220,7 @@ async fn start_embedded(grpc: bool) -> anyhow::Result<(String, Option<String>, E
         listener,
         grpc,
         broker,
-        args.server_config(),
+        args.server_config()?,
         async move {
             let _ = rx.await;
         },
