@@ -545,3 +545,97 @@ async fn cli_worker_over_the_stream_runs_commands() {
     .await;
     assert_eq!(status.code(), Some(0));
 }
+
+// ------------------------------------------------------ auth
+
+fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_token_is_required_as_bearer_metadata() {
+    let s = server(&[
+        "--worker-token",
+        "worker-secret-123456",
+        "--client-token",
+        "client-secret-123456",
+        "--admin-token",
+        "admin-secret-1234567",
+    ])
+    .await;
+    let mut c = grpc_client(&s).await;
+    let e = c.request_job(pb::JobRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "no token: {e:?}");
+    let e = c
+        .request_job(with_token(
+            pb::JobRequest::default(),
+            "nobody-knows-this-one",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "unknown token: {e:?}");
+    let e = c
+        .request_job(with_token(
+            pb::JobRequest::default(),
+            "client-secret-123456",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "a client's token: {e:?}");
+    for ok in ["worker-secret-123456", "admin-secret-1234567"] {
+        let e = c
+            .request_job(with_token(pb::JobRequest::default(), ok))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{ok} passes: {e:?}");
+    }
+    // The stream too.
+    let (_tx, rx) = tokio::sync::mpsc::channel::<pb::WorkRequest>(1);
+    let e = c
+        .work(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    // A job submitted with the client token, taken and completed with the worker's.
+    let client = TestServer::spawn_send(
+        s.http
+            .post(s.url("/api/submit"))
+            .bearer_auth("client-secret-123456")
+            .body("secret work"),
+    );
+    let job = within(BOUND, "a job", async {
+        loop {
+            match c
+                .request_job(with_token(
+                    pb::JobRequest {
+                        wait_seconds: 5,
+                        ..Default::default()
+                    },
+                    "worker-secret-123456",
+                ))
+                .await
+            {
+                Ok(j) => return j.into_inner(),
+                Err(e) if e.code() == Code::NotFound => {}
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(!job.headers.contains_key("authorization"));
+    c.complete_job(with_token(
+        pb::JobResult {
+            job_id: job.id,
+            payload: "done".into(),
+            ..Default::default()
+        },
+        "worker-secret-123456",
+    ))
+    .await
+    .unwrap();
+    let r = TestServer::join(client).await;
+    assert_eq!((r.status, r.body["payload"].as_str()), (200, Some("done")));
+}

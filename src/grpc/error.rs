@@ -6,6 +6,7 @@
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
+use crate::auth::AuthError;
 use crate::broker;
 use crate::job::TransitionError;
 
@@ -47,6 +48,16 @@ impl From<broker::Error> for Status {
     }
 }
 
+/// A refused worker token: `UNAUTHENTICATED` (missing, malformed, unknown)
+/// or `PERMISSION_DENIED` (a token of another role).
+pub fn auth(e: AuthError) -> Status {
+    if e.is_unauthenticated() {
+        Status::unauthenticated(e.to_string())
+    } else {
+        Status::permission_denied(e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +87,15 @@ mod tests {
         assert_eq!(s.code(), Code::Unavailable);
         assert!(!s.message().contains("disk"), "internal text is not echoed");
         assert_eq!(Status::from(invalid("bad")).code(), Code::InvalidArgument);
+        use crate::auth::Role;
+        assert_eq!(
+            auth(AuthError::Missing(Role::Worker)).code(),
+            Code::Unauthenticated
+        );
+        assert_eq!(auth(AuthError::Unknown).code(), Code::Unauthenticated);
+        assert_eq!(
+            auth(AuthError::WrongRole(Role::Worker)).code(),
+            Code::PermissionDenied
+        );
     }
 }

@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
+use crate::auth::{Auth, Role};
 use crate::broker::Broker;
 
 /// Code generated from `proto/worker.proto` (server and client).
@@ -39,8 +40,21 @@ pub const GRPC_LISTEN_DEFAULT: &str = "127.0.0.1:50051";
 /// The service's fully qualified name (what `grpcurl list` shows).
 pub const SERVICE_NAME: &str = "worker.WorkerService";
 
+/// The worker token check (SPEC §3): `authorization: Bearer <token>`
+/// metadata, checked for the worker role on every call of the service.
+fn check_worker(auth: &Auth, req: &tonic::Request<()>) -> Result<(), tonic::Status> {
+    let credential = req.metadata().get("authorization").map(|v| v.as_bytes());
+    let loopback = req
+        .remote_addr()
+        .is_some_and(|a| a.ip().to_canonical().is_loopback());
+    auth.check_credential(Role::Worker, credential, loopback)
+        .map_err(error::auth)
+}
+
 /// Serves the gRPC API on `listener` until `drained` is cancelled (the end
 /// of the shutdown grace), then stops accepting and lets open calls finish:
+/// the worker service needs the worker token when one is set; reflection
+/// (the schema only) is open, like `/openapi.json`. Calls finish as follows:
 /// long-polls have already ended when shutdown began, and `Work` streams end
 /// with `UNAVAILABLE` at `drained`.
 ///
@@ -49,6 +63,7 @@ pub const SERVICE_NAME: &str = "worker.WorkerService";
 pub async fn serve(
     listener: TcpListener,
     broker: Broker,
+    auth: Auth,
     drained: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let api = service::WorkerApi {
@@ -66,7 +81,12 @@ pub async fn serve(
         .expect("the built-in descriptor set is valid");
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(pb::worker_service_server::WorkerServiceServer::new(api))
+        .add_service(
+            pb::worker_service_server::WorkerServiceServer::with_interceptor(
+                api,
+                move |req: tonic::Request<()>| check_worker(&auth, &req).map(|()| req),
+            ),
+        )
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(

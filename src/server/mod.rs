@@ -143,7 +143,14 @@ pub async fn run_with_grpc(
     }
 
     // Long-polls end when shutdown begins; streams end once the drain is over.
-    let grpc = grpc.map(|l| tokio::spawn(crate::grpc::serve(l, broker.clone(), drained.clone())));
+    let grpc = grpc.map(|l| {
+        tokio::spawn(crate::grpc::serve(
+            l,
+            broker.clone(),
+            cfg.auth.clone(),
+            drained.clone(),
+        ))
+    });
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -199,13 +206,12 @@ pub async fn run_with_grpc(
     drop(listener);
     let grpc_abort = grpc.as_ref().map(|t| t.abort_handle());
     let grpc_done = async {
-        match grpc {
-            Some(task) => match task.await {
+        if let Some(task) = grpc {
+            match task.await {
                 Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server failed"),
                 Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
                 Ok(Ok(())) => {}
-            },
-            None => {}
+            }
         }
     };
     tokio::select! {
