@@ -521,6 +521,8 @@ mod remote {
                 "memory",
                 "--listen",
                 "0.0.0.0:3000",
+                "--grpc-listen",
+                "off",
                 "--worker-token",
                 WORKER,
             ])
