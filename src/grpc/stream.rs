@@ -167,9 +167,11 @@ async fn push(broker: Broker, queues: Vec<Queue>, credits: Arc<Credits>, tx: Out
             // back when its lease runs out.
             _ = credits.drain.cancelled() => return,
         };
+        let mut handed = None;
         let msg = match got {
             Ok(Some(job)) => {
                 credits.left.fetch_sub(1, Ordering::AcqRel);
+                handed = job.lease_id.map(|l| (job.id, l));
                 pb::WorkResponse {
                     event: Some(pb::work_response::Event::Job(convert::handout(
                         &job,
@@ -187,8 +189,14 @@ async fn push(broker: Broker, queues: Vec<Queue>, credits: Arc<Credits>, tx: Out
                 }
             }
         };
-        // A job whose push fails stays leased until its lease runs out.
         if tx.send(Ok(msg)).await.is_err() {
+            // The stream closed before the job was queued for the worker:
+            // it never reached one, so it is handed back at once. (A job
+            // already queued when the stream drops stays leased until its
+            // lease runs out: its worker may have it.)
+            if let Some((id, lease)) = handed {
+                let _ = broker.release(id, lease).await;
+            }
             return;
         }
     }
