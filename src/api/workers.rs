@@ -9,7 +9,9 @@ use serde::Deserialize;
 use super::{
     encode, header_str, job_json, ApiError, ApiResult, AppState, Body, Params, PathId, PeerSocket,
 };
-use crate::broker::{CompleteRequest, FailRequest, HeartbeatRequest, PollRequest, MAX_BATCH};
+use crate::broker::{
+    CompleteRequest, FailRequest, Finish, HeartbeatRequest, PollRequest, MAX_BATCH,
+};
 use crate::job::Job;
 use crate::job::LeaseId;
 
@@ -124,7 +126,7 @@ pub async fn complete(
         let (next, max) = poll_request(&params)?;
         let (_, jobs) = st
             .broker
-            .complete_and_next(done, next, max.unwrap_or(1))
+            .finish_and_next(Finish::Complete(done), next, max.unwrap_or(1))
             .await?;
         return handout(&st, peer, jobs, max.is_some()).await;
     }
@@ -181,7 +183,7 @@ pub async fn fail(
         let (next, max) = poll_request(&params)?;
         let (_, jobs) = st
             .broker
-            .fail_and_next(failed, next, max.unwrap_or(1))
+            .finish_and_next(Finish::Fail(failed), next, max.unwrap_or(1))
             .await?;
         return handout(&st, peer, jobs, max.is_some()).await;
     }

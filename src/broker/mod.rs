@@ -32,8 +32,8 @@ use crate::store::{
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use request::{
-    CompleteRequest, FailRequest, HeartbeatRequest, ListRequest, PollRequest, SubmitRequest,
-    WaitFor,
+    CompleteRequest, FailRequest, Finish, HeartbeatRequest, ListRequest, PollRequest,
+    SubmitRequest, WaitFor,
 };
 use waiters::{AnyNotified, JobWaiters, QueueSignals, Waiter, Wake};
 
@@ -717,34 +717,24 @@ impl Broker {
         first
     }
 
-    /// Complete-and-take-next: records the result exactly as
-    /// [`Broker::complete`] does (same fencing, same errors; on an error no
-    /// job is taken), then hands out up to `max` jobs as
-    /// [`Broker::poll_many`] does. One request per job for a busy worker.
+    /// Complete-and-take-next (or fail-and-take-next): records the outcome
+    /// exactly as [`Broker::complete`] or [`Broker::fail`] does (same
+    /// fencing, same errors; on an error no job is taken), then hands out
+    /// up to `max` jobs as [`Broker::poll_many`] does. One request per job
+    /// for a busy worker.
     ///
     /// # Errors
-    /// As [`Broker::complete`], then as [`Broker::poll`].
-    pub async fn complete_and_next(
+    /// As [`Broker::complete`] or [`Broker::fail`], then as [`Broker::poll`].
+    pub async fn finish_and_next(
         &self,
-        done: CompleteRequest,
+        outcome: Finish,
         next: PollRequest,
         max: usize,
     ) -> Result<(Job, Vec<Job>)> {
-        let job = self.complete(done).await?;
-        Ok((job, self.poll_many(next, max).await?))
-    }
-
-    /// Fail-and-take-next: [`Broker::fail`], then as [`Broker::poll_many`].
-    ///
-    /// # Errors
-    /// As [`Broker::fail`], then as [`Broker::poll`].
-    pub async fn fail_and_next(
-        &self,
-        failed: FailRequest,
-        next: PollRequest,
-        max: usize,
-    ) -> Result<(Job, Vec<Job>)> {
-        let job = self.fail(failed).await?;
+        let job = match outcome {
+            Finish::Complete(req) => self.complete(req).await?,
+            Finish::Fail(req) => self.fail(req).await?,
+        };
         Ok((job, self.poll_many(next, max).await?))
     }
 

@@ -80,6 +80,15 @@ pub struct FailRequest {
     pub retry: Option<bool>,
 }
 
+/// How a worker's job ended, for [`super::Broker::finish_and_next`].
+#[derive(Debug, Clone)]
+pub enum Finish {
+    /// A result.
+    Complete(CompleteRequest),
+    /// A failure.
+    Fail(FailRequest),
+}
+
 /// A worker extending its lease.
 #[derive(Debug, Clone, Copy)]
 pub struct HeartbeatRequest {
