@@ -7,6 +7,8 @@
 //! - [`broker`]: the only API for a job's lifecycle; waiters and wake-ups.
 //! - [`api`]: HTTP handlers, thin translations onto the broker.
 //! - [`server`]: accept loop, maintenance task, graceful shutdown.
+//! - [`metrics`]: Prometheus families, hooks, the dashboard's per-second ring.
+//! - [`dashboard`]: `GET /metrics`, the dashboard page and its data calls.
 //! - [`client`]: a Rust client and worker for the HTTP API.
 //! - [`cli`]: the client-side subcommands (`worker`, `submit`, admin, `bench`).
 //!
@@ -18,6 +20,8 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod job;
+pub mod metrics;
 pub mod server;
 pub mod store;

@@ -56,8 +56,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/admin/next", get(admin::next))
         .route("/api/admin/jobs", get(admin::jobs))
         .route("/health", get(admin::health))
+        .merge(crate::dashboard::router())
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(crate::metrics::http::track))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }

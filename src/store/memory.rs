@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use super::collections::{ChunkedQueue, ShardedMap};
 use super::{
     ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, Inserted, JobRecord,
-    ListFilter, Result, StatusCounts, Store,
+    ListFilter, QueueActivity, Result, StatusCounts, Store,
 };
 use crate::job::{Completion, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp};
 
@@ -477,6 +477,41 @@ impl Index {
         }
     }
 
+    /// See [`Store::activity`]. The oldest pending job of a queue is the
+    /// first of some priority (each priority's jobs are in arrival order),
+    /// so this visits one entry per distinct priority, not every job.
+    pub fn activity(&self) -> BTreeMap<String, QueueActivity> {
+        let mut out: BTreeMap<String, QueueActivity> = BTreeMap::new();
+        for (q, c) in &self.per_queue {
+            let (pending, running) = (c[Status::Pending.index()], c[Status::Running.index()]);
+            if pending + running == 0 {
+                continue;
+            }
+            let mut oldest: Option<(u64, JobId)> = None;
+            if let Some(map) = self.pending.get(q) {
+                let mut at = map.iter().next();
+                while let Some((&(Reverse(p), seq), &id)) = at {
+                    if oldest.is_none_or(|(s, _)| seq < s) {
+                        oldest = Some((seq, id));
+                    }
+                    let Some(lower) = p.checked_sub(1) else { break };
+                    at = map.range((Reverse(lower), 0)..).next();
+                }
+            }
+            out.insert(
+                q.as_str().to_owned(),
+                QueueActivity {
+                    pending,
+                    running,
+                    oldest_pending: oldest
+                        .and_then(|(_, id)| self.jobs.get(&id))
+                        .map(|e| e.job.created_at),
+                },
+            );
+        }
+        out
+    }
+
     /// See [`Store::rescue_expired`].
     pub fn rescue_expired(&mut self, now: Timestamp, max_attempts: u32) -> Vec<Job> {
         let mut changed = Vec::new();
@@ -576,6 +611,9 @@ impl Store for MemoryStore {
     }
     async fn counts(&self) -> Result<Counts> {
         Ok(self.index.lock().counts())
+    }
+    async fn activity(&self) -> Result<BTreeMap<String, QueueActivity>> {
+        Ok(self.index.lock().activity())
     }
     async fn rescue_expired(&self, now: Timestamp, max_attempts: u32) -> Result<Vec<Job>> {
         Ok(self.index.lock().rescue_expired(now, max_attempts))
