@@ -23,11 +23,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{self, CancelReason};
 use crate::job::{
     Completion, Counts, Idempotency, Job, JobId, JobRecord, LeaseId, NewJob, Queue, Status,
     Timestamp, TransitionError,
 };
+use crate::metrics::{self, CancelReason};
 use crate::store::{
     self, ClaimParams, CompleteParams, FailParams, Inserted, ListFilter, Store, StoreEvent,
 };
@@ -444,7 +444,11 @@ impl Broker {
         r
     }
 
-    async fn submit_and_wait_inner(&self, req: SubmitRequest, wait: WaitFor) -> Result<SyncOutcome> {
+    async fn submit_and_wait_inner(
+        &self,
+        req: SubmitRequest,
+        wait: WaitFor,
+    ) -> Result<SyncOutcome> {
         self.check_accepting()?;
         let job = self.new_job(req)?;
         let id = job.id;

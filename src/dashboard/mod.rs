@@ -62,12 +62,18 @@ const INDEX: &[u8] = include_bytes!("assets/index.html");
 /// The routes of this module, to merge into the API router.
 pub fn router() -> Router<AppState> {
     let mut r = Router::new()
-        .route("/", get(|| async { page(INDEX, "text/html; charset=utf-8") }))
+        .route(
+            "/",
+            get(|| async { page(INDEX, "text/html; charset=utf-8") }),
+        )
         .route("/metrics", get(metrics_text))
         .route("/api/admin/events", get(events))
         .route("/api/admin/jobs/{id}", get(job_detail));
     for a in ASSETS {
-        r = r.route(a.path, get(move || async move { page(a.body, a.content_type) }));
+        r = r.route(
+            a.path,
+            get(move || async move { page(a.body, a.content_type) }),
+        );
     }
     r
 }

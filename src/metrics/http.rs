@@ -90,10 +90,7 @@ mod tests {
 
     #[test]
     fn the_id_is_found_where_the_template_has_it() {
-        assert_eq!(
-            path_id("/api/jobs/{id}", "/api/jobs/abc"),
-            Some("abc")
-        );
+        assert_eq!(path_id("/api/jobs/{id}", "/api/jobs/abc"), Some("abc"));
         assert_eq!(
             path_id("/api/worker/complete/{id}", "/api/worker/complete/x"),
             Some("x")

@@ -81,6 +81,15 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// `{queue, outcome}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RescueLabels {
+    /// The job's queue.
+    queue: QueueName,
+    /// What became of the job: `pending` (another attempt) or `failed`.
+    outcome: &'static str,
+}
+
 /// `{op}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
@@ -242,7 +251,7 @@ struct Metrics {
     failed: Family<QueueLabels, Counter>,
     cancelled: Family<ReasonLabels, Counter>,
     retried: Family<QueueLabels, Counter>,
-    rescued: Family<ReasonLabels, Counter>,
+    rescued: Family<RescueLabels, Counter>,
     stale_refused: Family<OpLabels, Counter>,
     attached: Family<QueueLabels, Counter>,
     refused: Family<ReasonLabels, Counter>,
@@ -524,9 +533,9 @@ pub fn retried(job: &Job) {
 pub fn rescued(job: &Job) {
     let Some(m) = get() else { return };
     m.rescued
-        .get_or_create(&ReasonLabels {
+        .get_or_create(&RescueLabels {
             queue: QueueName(job.queue.clone()),
-            reason: if job.status == Status::Failed {
+            outcome: if job.status == Status::Failed {
                 "failed"
             } else {
                 "pending"
@@ -628,7 +637,17 @@ mod tests {
 
     #[test]
     fn buckets_are_monotonic_and_cover_their_values() {
-        for us in [0u64, 10, 11, 100, 999, 1_000, 123_456, 10_000_000, u64::MAX / 2] {
+        for us in [
+            0u64,
+            10,
+            11,
+            100,
+            999,
+            1_000,
+            123_456,
+            10_000_000,
+            u64::MAX / 2,
+        ] {
             let b = bucket_of(us);
             assert!(us as f64 <= bucket_upper_us(b) * 1.000001 || b == LOG_BUCKETS - 1);
             if b > 0 {

@@ -74,7 +74,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let stop_maintenance = CancellationToken::new();
     let maintenance = tokio::spawn(maintenance::run(broker.clone(), stop_maintenance.clone()));
-    tokio::spawn(crate::metrics::dash::run(broker.clone(), stop_maintenance.clone()));
+    tokio::spawn(crate::metrics::dash::run(
+        broker.clone(),
+        stop_maintenance.clone(),
+    ));
     let app = api::router(AppState {
         broker: broker.clone(),
         max_body: cfg.max_body,

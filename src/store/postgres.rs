@@ -47,8 +47,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, Inserted, JobRecord, QueueActivity,
-    ListFilter, OpenError, Result, Store, StoreEvent,
+    ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, Inserted, JobRecord,
+    ListFilter, OpenError, QueueActivity, Result, Store, StoreEvent,
 };
 use crate::job::{
     Completion, Idempotency, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp, TransitionError,

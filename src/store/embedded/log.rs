@@ -317,8 +317,8 @@ impl Log {
         let began = Instant::now();
         match write_batch(conn, &batch) {
             Ok(()) => {
-                let changes = batch.cmds.iter().map(|c| c.ops.len()).sum::<usize>()
-                    + batch.handouts.len();
+                let changes =
+                    batch.cmds.iter().map(|c| c.ops.len()).sum::<usize>() + batch.handouts.len();
                 crate::metrics::store_commit("embedded", changes, began.elapsed());
                 if self.health.read_only.swap(false, Ordering::AcqRel) {
                     tracing::info!("storage writable again");
