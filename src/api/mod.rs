@@ -33,6 +33,8 @@ pub struct AppState {
     pub broker: Broker,
     /// `--max-body`, for the 413 message.
     pub max_body: usize,
+    /// This server's dashboard figures (the per-second ring).
+    pub dash: crate::metrics::dash::Dash,
 }
 
 /// All routes of SPEC §3.

@@ -19,7 +19,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 
 use crate::api::encode::{self, encoding_of};
 use crate::api::{job_json, ApiResult, AppState, PathId};
-use crate::metrics::{self, dash};
+use crate::metrics;
 
 /// A file served from the binary.
 struct Asset {
@@ -99,12 +99,14 @@ async fn metrics_text() -> Response {
 
 /// `GET /api/admin/events`: `history` (the ring, oldest first) at once,
 /// then a `snapshot` each second, and a keep-alive comment every 15 s.
-async fn events() -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let mut rx = dash::subscribe();
+async fn events(State(st): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let mut rx = st.dash.subscribe();
     // The current snapshot (if any) follows the history at once, so a page
     // shows figures without waiting a second.
     rx.mark_changed();
-    let first = Event::default().event("history").data(dash::history_json());
+    let first = Event::default()
+        .event("history")
+        .data(st.dash.history_json());
     let updates = stream::unfold(rx, |mut rx| async move {
         loop {
             rx.changed().await.ok()?;

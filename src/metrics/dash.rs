@@ -5,12 +5,13 @@
 //! minutes), sets the per-queue gauges of `/metrics`, and publishes a
 //! snapshot to every dashboard stream ([`subscribe`]).
 //!
-//! One sampler runs per process: a server started later takes over from an
-//! earlier one (tests start several servers in one process).
+//! Each server has its own [`Dash`] and sampler; the hooks' totals are
+//! process-wide (tests that run several servers in one process see them
+//! summed).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -103,40 +104,54 @@ pub struct Snapshot {
 }
 
 /// The ring and the latest snapshot.
-struct Dash {
+struct Ring {
     /// The last [`SLOTS`] seconds, oldest first.
     slots: VecDeque<Slot>,
     /// Per-second bucket differences of the last minute (queue wait, run time).
     minute: VecDeque<(Box<[u64; LOG_BUCKETS]>, Box<[u64; LOG_BUCKETS]>)>,
+}
+
+/// One server's dashboard figures: a cheap-clone handle.
+#[derive(Clone)]
+pub struct Dash {
+    ring: Arc<Mutex<Ring>>,
     /// The latest snapshot, as JSON; `None` before the first second.
-    latest: watch::Sender<Option<Arc<str>>>,
+    latest: Arc<watch::Sender<Option<Arc<str>>>>,
 }
 
-static DASH: LazyLock<Mutex<Dash>> = LazyLock::new(|| {
-    Mutex::new(Dash {
-        slots: VecDeque::with_capacity(SLOTS),
-        minute: VecDeque::with_capacity(MINUTE),
-        latest: watch::channel(None).0,
-    })
-});
-
-/// The running sampler's number: a newer sampler ends older ones.
-static GENERATION: AtomicU64 = AtomicU64::new(0);
-
-/// The ring's slots, oldest first, as a JSON array.
-pub fn history_json() -> String {
-    let dash = DASH.lock();
-    serde_json::to_string(&dash.slots).unwrap_or_else(|_| "[]".into())
+impl Default for Dash {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
-/// A receiver of each second's snapshot (JSON).
-pub fn subscribe() -> watch::Receiver<Option<Arc<str>>> {
-    DASH.lock().latest.subscribe()
-}
+impl Dash {
+    /// An empty ring.
+    pub fn new() -> Self {
+        Dash {
+            ring: Arc::new(Mutex::new(Ring {
+                slots: VecDeque::with_capacity(SLOTS),
+                minute: VecDeque::with_capacity(MINUTE),
+            })),
+            latest: Arc::new(watch::channel(None).0),
+        }
+    }
 
-/// The latest snapshot, if a second has passed since start.
-pub fn latest() -> Option<Arc<str>> {
-    DASH.lock().latest.borrow().clone()
+    /// The ring's slots, oldest first, as a JSON array.
+    pub fn history_json(&self) -> String {
+        let ring = self.ring.lock();
+        serde_json::to_string(&ring.slots).unwrap_or_else(|_| "[]".into())
+    }
+
+    /// A receiver of each second's snapshot (JSON).
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<str>>> {
+        self.latest.subscribe()
+    }
+
+    /// The latest snapshot, if a second has passed since start.
+    pub fn latest(&self) -> Option<Arc<str>> {
+        self.latest.borrow().clone()
+    }
 }
 
 /// p50/p95/p99 of bucket counts, in ms (`None` for no values).
@@ -170,9 +185,8 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Samples every second until `stop` is cancelled (or a newer sampler starts).
-pub async fn run(broker: Broker, stop: CancellationToken) {
-    let generation = GENERATION.fetch_add(1, Ordering::AcqRel) + 1;
+/// Samples `broker` into `dash` every second until `stop` is cancelled.
+pub async fn run(broker: Broker, dash: Dash, stop: CancellationToken) {
     let (totals, qw, rt) = dash_sources();
     let read_totals = || {
         [
@@ -196,9 +210,6 @@ pub async fn run(broker: Broker, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
-        }
-        if GENERATION.load(Ordering::Acquire) != generation {
-            break;
         }
         if cheap || n % SHARED_STORE_EVERY == 0 || activity.is_none() {
             match broker.activity().await {
@@ -249,21 +260,23 @@ pub async fn run(broker: Broker, stop: CancellationToken) {
             waiting,
             polling,
         );
-        let mut dash = DASH.lock();
-        if dash.slots.len() == SLOTS {
-            dash.slots.pop_front();
-        }
-        dash.slots.push_back(slot);
-        if dash.minute.len() == MINUTE {
-            dash.minute.pop_front();
-        }
-        dash.minute.push_back((dq, dr));
         let mut mq = [0u64; LOG_BUCKETS];
         let mut mr = [0u64; LOG_BUCKETS];
-        for (a, b) in &dash.minute {
-            for i in 0..LOG_BUCKETS {
-                mq[i] += a[i];
-                mr[i] += b[i];
+        {
+            let mut ring = dash.ring.lock();
+            if ring.slots.len() == SLOTS {
+                ring.slots.pop_front();
+            }
+            ring.slots.push_back(slot);
+            if ring.minute.len() == MINUTE {
+                ring.minute.pop_front();
+            }
+            ring.minute.push_back((dq, dr));
+            for (a, b) in &ring.minute {
+                for i in 0..LOG_BUCKETS {
+                    mq[i] += a[i];
+                    mr[i] += b[i];
+                }
             }
         }
         let pct = |c: &[u64; LOG_BUCKETS]| {

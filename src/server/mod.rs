@@ -74,13 +74,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let stop_maintenance = CancellationToken::new();
     let maintenance = tokio::spawn(maintenance::run(broker.clone(), stop_maintenance.clone()));
-    tokio::spawn(crate::metrics::dash::run(
-        broker.clone(),
-        stop_maintenance.clone(),
-    ));
+    let dash = crate::metrics::dash::Dash::new();
+    let sampler = crate::metrics::dash::run(broker.clone(), dash.clone(), stop_maintenance.clone());
+    tokio::spawn(sampler);
     let app = api::router(AppState {
         broker: broker.clone(),
         max_body: cfg.max_body,
+        dash,
     });
 
     let drained = CancellationToken::new();
