@@ -145,3 +145,33 @@ async fn job_detail_shows_input_headers_and_formats() {
         .await
         .assert_error(404);
 }
+
+#[tokio::test]
+async fn stats_watch_follows_the_event_stream() {
+    use tokio::io::AsyncBufReadExt as _;
+    let s = TestServer::start(Kind::Memory).await;
+    s.submit_async("?queue=watched", "x").await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_jobq"))
+        .args(["stats", "--watch", "--json", "--url", &s.base])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let snap: Value = within(Duration::from_secs(10), "a snapshot line", async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("stats --watch ended");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["queues"]["watched"]["pending"] == 1 {
+                return v;
+            }
+        }
+    })
+    .await;
+    assert!(snap["slot"]["t"].as_u64().unwrap() > 0);
+    child.kill().await.unwrap();
+}

@@ -103,12 +103,15 @@ pub struct Snapshot {
     pub metrics_enabled: bool,
 }
 
+/// One second's bucket differences.
+type Buckets = Box<[u64; LOG_BUCKETS]>;
+
 /// The ring and the latest snapshot.
 struct Ring {
     /// The last [`SLOTS`] seconds, oldest first.
     slots: VecDeque<Slot>,
     /// Per-second bucket differences of the last minute (queue wait, run time).
-    minute: VecDeque<(Box<[u64; LOG_BUCKETS]>, Box<[u64; LOG_BUCKETS]>)>,
+    minute: VecDeque<(Buckets, Buckets)>,
 }
 
 /// One server's dashboard figures: a cheap-clone handle.
@@ -175,7 +178,7 @@ fn percentiles(counts: &[u64; LOG_BUCKETS]) -> Option<[f64; 3]> {
     Some(out)
 }
 
-fn diff(now: &[u64; LOG_BUCKETS], before: &[u64; LOG_BUCKETS]) -> Box<[u64; LOG_BUCKETS]> {
+fn diff(now: &[u64; LOG_BUCKETS], before: &[u64; LOG_BUCKETS]) -> Buckets {
     Box::new(std::array::from_fn(|i| now[i].saturating_sub(before[i])))
 }
 
@@ -211,7 +214,7 @@ pub async fn run(broker: Broker, dash: Dash, stop: CancellationToken) {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
-        if cheap || n % SHARED_STORE_EVERY == 0 || activity.is_none() {
+        if cheap || n.is_multiple_of(SHARED_STORE_EVERY) || activity.is_none() {
             match broker.activity().await {
                 Ok(a) => activity = Some(a),
                 Err(e) => tracing::debug!(error = %e, "dashboard sample: store unavailable"),
