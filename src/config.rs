@@ -1,53 +1,21 @@
-//! Command line and environment: every `serve` flag of SPEC §1 also reads
-//! `JOBQ_<FLAG>`; `PORT` is honoured for compatibility.
+//! The server's configuration: every `serve` flag also reads `JOBQ_<FLAG>`;
+//! `PORT` is honoured for compatibility. The subcommands that wrap it live
+//! in [`crate::cli`], which imports this module (never the other way round).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::PossibleValue;
+use clap::{Args, ValueEnum};
 
+use crate::auth::{Auth, Secret, TokenSources};
 use crate::broker::BrokerConfig;
 use crate::server::ServerConfig;
+use crate::store::SyncMode;
 
 /// Default `--listen`.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:3000";
-
-/// jobq: a synchronous job queue. A client's HTTP request is held open until
-/// a worker finishes its job; the worker's result is the response.
-#[derive(Parser, Debug)]
-#[command(name = "jobq", version, about, args_conflicts_with_subcommands = true)]
-pub struct Cli {
-    /// What to run; without one, `serve`.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    /// `serve` flags, accepted without the subcommand too.
-    #[command(flatten)]
-    pub serve: ServeArgs,
-}
-
-/// Subcommands.
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Run the server (the default).
-    Serve(ServeArgs),
-    /// Run a shell command once per job: payload on stdin, stdout is the result.
-    Worker(crate::cli::worker::WorkerArgs),
-    /// Submit a job and print its result.
-    Submit(crate::cli::submit::SubmitArgs),
-    /// Show one job; print its result once completed.
-    Job(crate::cli::admin::JobArgs),
-    /// Show the server's counts per status and queue.
-    Stats(crate::cli::admin::StatsArgs),
-    /// List jobs, newest first.
-    Jobs(crate::cli::admin::JobsArgs),
-    /// Cancel a job.
-    Cancel(crate::cli::admin::CancelArgs),
-    /// Cancel every pending and running job and forget ended ones.
-    Clear(crate::cli::admin::ClearArgs),
-    /// Load a server through its HTTP API and report jobs/s and latency.
-    Bench(crate::cli::bench::BenchArgs),
-}
 
 /// Where jobs are kept.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,14 +28,22 @@ pub enum Storage {
     Postgres,
 }
 
-/// When the embedded store's commits reach the disk.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SyncMode {
-    /// Answer writes once the WAL is fsynced: they survive power loss.
-    Full,
-    /// Answer writes once they are in the WAL (they survive a crash of jobq)
-    /// and fsync it within 50 ms: a power cut loses at most that much.
-    Normal,
+/// `--sync` takes the store's own type: one name for the mode everywhere.
+impl ValueEnum for SyncMode {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[SyncMode::Full, SyncMode::Normal]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            SyncMode::Full => {
+                PossibleValue::new("full").help("Answer writes once the WAL is fsynced: they survive power loss")
+            }
+            SyncMode::Normal => PossibleValue::new("normal").help(
+                "Answer writes once they are in the WAL (they survive a crash of jobq) and fsync it within 50 ms",
+            ),
+        })
+    }
 }
 
 /// Log line format.
@@ -107,6 +83,37 @@ fn positive_secs(s: &str) -> Result<Duration, String> {
             Ok(d)
         }
     })
+}
+
+/// Parses a token flag without echoing a refused value (clap's own message
+/// would print it: it may be a secret with a stray space or newline).
+#[derive(Clone)]
+struct SecretParser;
+
+impl clap::builder::TypedValueParser for SecretParser {
+    type Value = Secret;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Secret, clap::Error> {
+        let name = arg
+            .and_then(|a| a.get_long())
+            .map(|l| format!("--{l}"))
+            .unwrap_or_else(|| "token".into());
+        value
+            .to_str()
+            .ok_or(())
+            .and_then(|v| v.parse::<Secret>().map_err(|_| ()))
+            .map_err(|()| {
+                clap::Error::raw(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("invalid value for '{name}': a token must be one or more visible ASCII characters, without spaces (value not shown)\n"),
+                )
+            })
+    }
 }
 
 /// `jobq serve` flags.
@@ -162,6 +169,25 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBQ_MAX_QUEUED", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_queued: u64,
 
+    /// Token clients must send as `Authorization: Bearer TOKEN` on
+    /// `/api/submit` and `/api/jobs…` (repeat the flag for several).
+    #[arg(long, env = "JOBQ_CLIENT_TOKEN", hide_env_values = true, value_name = "TOKEN", value_parser = SecretParser)]
+    pub client_token: Vec<Secret>,
+
+    /// Token workers must send on `/api/worker/…` (repeatable).
+    #[arg(long, env = "JOBQ_WORKER_TOKEN", hide_env_values = true, value_name = "TOKEN", value_parser = SecretParser)]
+    pub worker_token: Vec<Secret>,
+
+    /// Token for `/api/admin/…`, accepted on every endpoint (repeatable).
+    /// Without one, admin endpoints answer loopback clients only.
+    #[arg(long, env = "JOBQ_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN", value_parser = SecretParser)]
+    pub admin_token: Vec<Secret>,
+
+    /// File of `ROLE TOKEN` lines (`#` comments), added to the token flags
+    /// and re-read on SIGHUP, so tokens can rotate without a restart.
+    #[arg(long, env = "JOBQ_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
     /// Seconds running jobs get to finish on SIGTERM/SIGINT.
     #[arg(long, env = "JOBQ_SHUTDOWN_GRACE", default_value = "30", value_parser = secs)]
     pub shutdown_grace: Duration,
@@ -198,15 +224,13 @@ impl ServeArgs {
 
     /// The storage backend these flags select.
     pub fn backend(&self) -> crate::store::Backend {
-        use crate::store::{embedded, Backend};
+        use crate::store::Backend;
         match self.effective_storage() {
             Storage::Memory => Backend::Memory,
             Storage::Embedded => Backend::Embedded {
                 data_dir: self.data_dir.clone(),
-                sync: match self.sync {
-                    SyncMode::Full => embedded::Sync::Full,
-                    SyncMode::Normal => embedded::Sync::Normal,
-                },
+                sync: self.sync,
+                max_attempts: self.max_attempts,
             },
             Storage::Postgres => Backend::Postgres {
                 url: self.postgres_url.clone().unwrap_or_default(),
@@ -239,18 +263,42 @@ impl ServeArgs {
         }
     }
 
-    /// The server's options.
-    pub fn server_config(&self) -> ServerConfig {
-        ServerConfig {
-            max_body: self.max_body as usize,
-            shutdown_grace: self.shutdown_grace,
+    /// Where the role tokens come from.
+    pub fn token_sources(&self) -> TokenSources {
+        TokenSources {
+            client: self.client_token.clone(),
+            worker: self.worker_token.clone(),
+            admin: self.admin_token.clone(),
+            file: self.token_file.clone(),
         }
     }
+
+    /// The server's options, loading what they name (the token file).
+    ///
+    /// # Errors
+    /// A file named by a flag cannot be read or is malformed.
+    pub fn server_config(&self) -> Result<ServerConfig, LoadError> {
+        Ok(ServerConfig {
+            max_body: self.max_body as usize,
+            shutdown_grace: self.shutdown_grace,
+            auth: Auth::load(self.token_sources())?,
+        })
+    }
+}
+
+/// A file named by a `serve` flag could not be loaded (a start-up error).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// `--token-file`, or tokens given twice.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::LoadError),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
 
     #[test]
     fn cli_is_well_formed() {
@@ -302,6 +350,35 @@ mod tests {
         let err = Cli::try_parse_from(["jobq", "--storage", "postgres"]).unwrap_err();
         assert!(err.to_string().contains("--postgres-url"), "{err}");
         assert!(Cli::try_parse_from(["jobq", "--postgres-pool-size", "0"]).is_err());
+    }
+
+    #[test]
+    fn token_flags_repeat_and_never_echo_a_refused_value() {
+        let cli = Cli::try_parse_from([
+            "jobq",
+            "--client-token",
+            "c1",
+            "--client-token",
+            "c2",
+            "--admin-token",
+            "a1",
+            "--token-file",
+            "/etc/jobq/tokens",
+        ])
+        .unwrap();
+        let t = cli.serve.token_sources();
+        assert_eq!(t.client.len(), 2);
+        assert_eq!(t.admin[0].expose(), "a1");
+        assert!(t.worker.is_empty());
+        assert_eq!(
+            t.file.as_deref(),
+            Some(std::path::Path::new("/etc/jobq/tokens"))
+        );
+        let err = Cli::try_parse_from(["jobq", "--worker-token", "sec ret"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--worker-token"), "{err}");
+        assert!(!err.contains("sec ret"), "{err}");
     }
 
     #[test]

@@ -366,6 +366,18 @@ pub enum TransitionError {
     NotPending(Status),
 }
 
+/// The error of a job failed because its last lease ran out, in two parts
+/// around the attempt count: SQL backends build the same text from them.
+pub const LEASE_EXPIRED_ERROR: [&str; 2] = ["lease expired without a result after ", " attempt(s)"];
+
+/// The error of a job failed after `attempts` hand-outs whose last lease ran out.
+pub fn lease_expired_error(attempts: u32) -> String {
+    format!(
+        "{}{attempts}{}",
+        LEASE_EXPIRED_ERROR[0], LEASE_EXPIRED_ERROR[1]
+    )
+}
+
 /// Result of a complete call that was accepted.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Completion {
@@ -480,17 +492,33 @@ impl Job {
         if self.status != Status::Running || self.lease_expires_at.is_none_or(|t| t > now) {
             return None;
         }
+        Some(self.lose_lease(now, max_attempts, lease_expired_error(self.attempts)))
+    }
+
+    /// A job that was running when the server stopped: no worker holds its
+    /// lease any more (a restart ends every lease), so it goes back to
+    /// pending, or to failed once it has had `max_attempts` hand-outs, as if
+    /// its lease had run out. `None`: it was not running.
+    pub fn recover_after_restart(&mut self, now: Timestamp, max_attempts: u32) -> Option<Status> {
+        if self.status != Status::Running {
+            return None;
+        }
+        let why = format!(
+            "the server restarted while the job ran, after {} attempt(s)",
+            self.attempts
+        );
+        Some(self.lose_lease(now, max_attempts, why))
+    }
+
+    fn lose_lease(&mut self, now: Timestamp, max_attempts: u32, why: String) -> Status {
         if self.attempts >= max_attempts {
-            self.error = Some(format!(
-                "lease expired without a result after {} attempt(s)",
-                self.attempts
-            ));
+            self.error = Some(why);
             self.end(Status::Failed, now);
         } else {
             self.status = Status::Pending;
             self.lease_expires_at = None;
         }
-        Some(self.status)
+        self.status
     }
 
     /// pending or running → cancelled.
@@ -705,6 +733,30 @@ mod tests {
         assert_eq!(j.expire_lease(Timestamp(300), 2), Some(Status::Failed));
         assert!(j.error.as_deref().unwrap().contains("2 attempt"));
         assert_eq!(j.ended_at, Some(Timestamp(300)));
+    }
+
+    #[test]
+    fn restart_returns_running_jobs_to_pending_until_max_attempts() {
+        let (mut j, _) = running();
+        assert_eq!(
+            j.recover_after_restart(Timestamp(50), 2),
+            Some(Status::Pending)
+        );
+        assert_eq!(j.attempts, 1, "the lost hand-out stays counted");
+        assert_eq!(j.lease_expires_at, None);
+        assert_eq!(
+            j.recover_after_restart(Timestamp(60), 2),
+            None,
+            "pending stays"
+        );
+        j.claim(LeaseId::new(), Timestamp(70), Timestamp(80))
+            .unwrap();
+        assert_eq!(
+            j.recover_after_restart(Timestamp(75), 2),
+            Some(Status::Failed)
+        );
+        assert!(j.error.as_deref().unwrap().contains("restarted"));
+        assert_eq!(j.ended_at, Some(Timestamp(75)));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: command line and environment.
+//! - [`auth`]: role tokens and the decision who may call what (no HTTP types).
 //! - [`job`]: domain types and the state machine (pure, no I/O).
 //! - [`store`]: the storage trait and its backends.
 //! - [`broker`]: the only API for a job's lifecycle; waiters and wake-ups.
@@ -16,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod client;

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use jobq::broker::Broker;
-use jobq::config::{Cli, Command, LogFormat, ServeArgs};
+use jobq::cli::{Cli, Command};
+use jobq::config::{LogFormat, ServeArgs};
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -51,6 +52,8 @@ fn init_logging(format: LogFormat) {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = args.listen_addr().map_err(anyhow::Error::msg)?;
+    let cfg = args.server_config()?;
+    reload_on_hangup(cfg.auth.clone())?;
     let store = jobq::store::open(&args.backend()).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -62,7 +65,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION")
     );
     let broker = Broker::new(store, args.broker_config());
-    jobq::server::run(listener, broker, args.server_config(), shutdown_signal()).await
+    jobq::server::run(listener, broker, cfg, shutdown_signal()).await
+}
+
+/// Re-reads the token file on every SIGHUP (instead of SIGHUP's default,
+/// exiting). A file that fails to load leaves the tokens in force.
+fn reload_on_hangup(auth: jobq::auth::Auth) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match auth.reload() {
+                Ok(counts) => tracing::info!(%counts, "SIGHUP: tokens reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: tokens not reloaded; the previous ones stay in force")
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

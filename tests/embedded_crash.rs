@@ -193,6 +193,45 @@ async fn kill9_with_jobs_running_returns_them_to_pending() {
     assert_eq!(seen, 5);
 }
 
+/// A restart ends every lease through the same rule as a lease that ran
+/// out: a job that has had `--max-attempts` hand-outs is failed, not handed
+/// out once more; the failure is written, so a second restart agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_with_a_job_out_of_attempts_fails_it_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let flags = ["--max-attempts", "1"];
+    let mut p = Proc::start(&data, free_port(), &flags).await;
+    let http = reqwest::Client::new();
+    enqueue(&http, &p, "{\"last\":true}".to_owned()).await;
+    let j = poll(&http, &p).await.expect("a job");
+    assert_eq!(j["attempt"], 1);
+    let id = j["job_id"].as_str().unwrap().to_owned();
+    // Let the deferred hand-out write reach the log (docs/storage.md).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    enqueue(&http, &p, "{\"other\":true}".to_owned()).await;
+    p.kill9();
+
+    for round in 0..2 {
+        let mut p = Proc::start(&data, free_port(), &flags).await;
+        let r = http
+            .get(p.url(&format!("/api/jobs/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["status"], "failed", "round {round}: {v}");
+        assert_eq!(v["attempts"], 1, "{v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("restarted"),
+            "round {round}: {v}"
+        );
+        assert!(v["completed_at"].is_string(), "{v}");
+        p.kill9();
+    }
+}
+
 /// Hand-outs are written deferred (docs/storage.md) and skipped when the
 /// job changes first; once the deferred writes are in, a kill must find
 /// completed jobs completed (a stale hand-out never overwrites them) and

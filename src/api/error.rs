@@ -43,6 +43,8 @@ pub enum ApiError {
     },
     /// The job was cancelled or its queue cleared: `410` to its waiting client.
     JobCancelled(JobId),
+    /// The caller may not act in the endpoint's role: `401` or `403`.
+    Auth(crate::auth::AuthError),
 }
 
 /// `Result` with [`ApiError`].
@@ -143,6 +145,10 @@ impl IntoResponse for ApiError {
                 Some(*id),
                 None,
             ),
+            ApiError::Auth(e) if e.is_unauthenticated() => {
+                (StatusCode::UNAUTHORIZED, e.to_string(), None, None)
+            }
+            ApiError::Auth(e) => (StatusCode::FORBIDDEN, e.to_string(), None, None),
         };
         let mut body = Obj::with_capacity(128).str("error", &message);
         if let Some(id) = job_id {
@@ -157,6 +163,9 @@ impl IntoResponse for ApiError {
             if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
                 h.insert(super::X_JOB_ID, v);
             }
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if let Some(secs) = retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));

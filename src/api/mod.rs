@@ -3,6 +3,7 @@
 //! becomes an [`ApiError`], whose `IntoResponse` picks the status code.
 
 pub mod admin;
+pub mod auth;
 pub mod encode;
 pub mod error;
 pub mod jobs;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub broker: Broker,
     /// `--max-body`, for the 413 message.
     pub max_body: usize,
+    /// Role tokens, checked in front of every route ([`auth::require_role`]).
+    pub auth: crate::auth::Auth,
     /// This server's dashboard figures (the per-second ring).
     pub dash: crate::metrics::dash::Dash,
 }
@@ -40,6 +43,7 @@ pub struct AppState {
 /// All routes of SPEC §3.
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body;
+    let auth = state.auth.clone();
     Router::new()
         .route("/api/submit", post(jobs::submit))
         .route("/api/jobs", post(jobs::submit_async))
@@ -61,8 +65,13 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::dashboard::router())
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(axum::middleware::from_fn(crate::metrics::http::track))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            auth::require_role,
+        ))
+        // Outermost, so that refusals (401/403) are counted and logged too.
+        .layer(axum::middleware::from_fn(crate::metrics::http::track))
         .with_state(state)
 }
 

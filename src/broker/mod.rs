@@ -409,7 +409,7 @@ impl Broker {
         {
             Inserted::Created(job) => {
                 metrics::submitted(&job.queue);
-                self.inner.signals.job_ready(&job.queue);
+                self.announce(&job);
                 Ok(job)
             }
             Inserted::Existing(job) => {
@@ -464,7 +464,7 @@ impl Broker {
         let (job, waiter) = match inserted {
             Inserted::Created(job) => {
                 metrics::submitted(&job.queue);
-                self.inner.signals.job_ready(&job.queue);
+                self.announce(&job);
                 guard.armed = true;
                 (job, guard.waiter.take())
             }
@@ -525,6 +525,14 @@ impl Broker {
         match r {
             Ok(r) => Ok(r?),
             Err(e) => Err(Error::Unavailable(format!("insert task failed: {e}"))),
+        }
+    }
+
+    /// A new job is stored: wake one worker polling its queue, unless the
+    /// store has already done so (it wakes them as soon as the job is claimable).
+    fn announce(&self, job: &Job) {
+        if !self.inner.store.announces_inserts() {
+            self.inner.signals.job_ready(&job.queue);
         }
     }
 
@@ -943,5 +951,142 @@ impl Broker {
     /// Whether shutdown has begun.
     pub fn is_stopping(&self) -> bool {
         self.inner.stopping.is_cancelled()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::store::{embedded::EmbeddedStore, memory::MemoryStore, SyncMode};
+
+    fn submit(body: &'static str) -> SubmitRequest {
+        SubmitRequest {
+            queue: None,
+            payload: Bytes::from_static(body.as_bytes()),
+            headers: Bytes::from_static(b"{}"),
+            priority: None,
+            idempotency_key: None,
+        }
+    }
+
+    /// A submit wakes one polling worker once: the embedded store announces
+    /// the job itself as soon as it is claimable, so the broker must not
+    /// signal again (a second signal would leave a wake-up behind that sends
+    /// the next long-poll on an empty claim).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_submit_wakes_a_polling_worker_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path(), SyncMode::Normal, 3).unwrap());
+        let broker = Broker::new(store, BrokerConfig::new());
+        let poller = {
+            let b = broker.clone();
+            tokio::spawn(async move {
+                b.poll(PollRequest {
+                    queues: Vec::new(),
+                    wait: Duration::from_secs(10),
+                })
+                .await
+            })
+        };
+        // Let the poll register and wait.
+        while broker.inner.signals.polling_count() == 0 {
+            tokio::task::yield_now().await;
+        }
+        broker.enqueue(submit("a")).await.unwrap();
+        let job = poller.await.unwrap().unwrap().expect("the job");
+        assert_eq!(job.payload, "a");
+        // Any second wake-up (the broker's own, or the store's relayed
+        // event) has arrived by now.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let signal = broker.inner.signals.signals(&[Queue::default_queue()]);
+        assert!(
+            signal[0].notified().now_or_never().is_none(),
+            "a wake-up was left behind: the worker was signalled twice"
+        );
+    }
+
+    /// Time comes from the injected clock: a lease runs out when the clock
+    /// says so, with no sleeping.
+    #[tokio::test]
+    async fn leases_expire_by_the_injected_clock() {
+        let clock = ManualClock::new(Timestamp(1_000_000));
+        let cfg = BrokerConfig {
+            lease: Duration::from_secs(30),
+            max_attempts: 2,
+            ..BrokerConfig::new()
+        };
+        let broker = Broker::with_clock(Arc::new(MemoryStore::new()), cfg, Arc::new(clock.clone()));
+        let job = broker.enqueue(submit("x")).await.unwrap();
+        assert_eq!(job.created_at, Timestamp(1_000_000));
+        let poll = || broker.poll(PollRequest::default());
+        let running = poll().await.unwrap().expect("handed out");
+        assert_eq!(running.lease_expires_at, Some(Timestamp(31_000_000)));
+        clock.advance(Duration::from_secs(29));
+        assert_eq!(broker.maintain(false).await.unwrap().0, 0, "lease holds");
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(broker.maintain(false).await.unwrap().0, 1, "lease ran out");
+        let again = poll().await.unwrap().expect("handed out again");
+        assert_eq!(again.attempts, 2);
+        clock.advance(Duration::from_secs(30));
+        broker.maintain(false).await.unwrap();
+        let rec = broker.get(job.id, Duration::ZERO).await.unwrap();
+        assert_eq!(rec.job.status, Status::Failed);
+        assert_eq!(rec.job.ended_at, Some(Timestamp(61_000_000)));
+        assert_eq!(
+            rec.job.error.as_deref(),
+            Some(&*crate::job::lease_expired_error(2))
+        );
+    }
+
+    /// The broker fills in what a request leaves out.
+    #[tokio::test]
+    async fn defaults_are_the_brokers() {
+        let broker = Broker::new(Arc::new(MemoryStore::new()), BrokerConfig::new());
+        let long_key = "k".repeat(MAX_IDEMPOTENCY_KEY + 1);
+        let err = broker
+            .enqueue(SubmitRequest {
+                idempotency_key: Some(long_key),
+                ..submit("x")
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{err}");
+        let job = broker.enqueue(submit("x")).await.unwrap();
+        assert_eq!((job.queue.as_str(), job.priority), ("default", 0));
+        let lease = broker
+            .poll(PollRequest::default())
+            .await
+            .unwrap()
+            .unwrap()
+            .lease_id;
+        let failed = broker
+            .fail(FailRequest {
+                id: job.id,
+                lease,
+                error: None,
+                retry: Some(false),
+            })
+            .await
+            .unwrap();
+        assert_eq!(failed.error.as_deref(), Some(FAIL_ERROR_DEFAULT));
+        let job = broker.enqueue(submit("y")).await.unwrap();
+        broker.poll(PollRequest::default()).await.unwrap().unwrap();
+        let done = broker
+            .complete(CompleteRequest {
+                id: job.id,
+                lease: None,
+                result: Bytes::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            done.result.as_deref(),
+            Some(&b"{}"[..]),
+            "an empty result is stored as {{}}"
+        );
     }
 }

@@ -93,8 +93,8 @@ struct Embedded {
 }
 
 async fn start_embedded() -> anyhow::Result<(String, Embedded)> {
-    let cli = crate::config::Cli::try_parse_from(["jobq", "serve", "--storage", "memory"])?;
-    let Some(crate::config::Command::Serve(args)) = cli.command else {
+    let cli = super::Cli::try_parse_from(["jobq", "serve", "--storage", "memory"])?;
+    let Some(super::Command::Serve(args)) = cli.command else {
         anyhow::bail!("could not build the embedded server's flags");
     };
     let store = crate::store::open(&crate::store::Backend::Memory).await?;
@@ -105,7 +105,7 @@ async fn start_embedded() -> anyhow::Result<(String, Embedded)> {
     let handle = tokio::spawn(crate::server::run(
         listener,
         broker,
-        args.server_config(),
+        args.server_config()?,
         async move {
             let _ = rx.await;
         },

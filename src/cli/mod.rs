@@ -13,10 +13,46 @@ pub mod worker;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, Parser, Subcommand};
 
 use crate::client::{self, Client, URL_DEFAULT};
-use crate::config::Command;
+use crate::config::ServeArgs;
+
+/// jobq: a synchronous job queue. A client's HTTP request is held open until
+/// a worker finishes its job; the worker's result is the response.
+#[derive(Parser, Debug)]
+#[command(name = "jobq", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to run; without one, `serve`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `serve` flags, accepted without the subcommand too.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Run a shell command once per job: payload on stdin, stdout is the result.
+    Worker(worker::WorkerArgs),
+    /// Submit a job and print its result.
+    Submit(submit::SubmitArgs),
+    /// Show one job; print its result once completed.
+    Job(admin::JobArgs),
+    /// Show the server's counts per status and queue.
+    Stats(admin::StatsArgs),
+    /// List jobs, newest first.
+    Jobs(admin::JobsArgs),
+    /// Cancel a job.
+    Cancel(admin::CancelArgs),
+    /// Cancel every pending and running job and forget ended ones.
+    Clear(admin::ClearArgs),
+    /// Load a server through its HTTP API and report jobs/s and latency.
+    Bench(bench::BenchArgs),
+}
 
 /// Exit codes of the client commands (clap's usage errors exit with 2).
 pub mod exit {

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use crate::api::{self, ApiError, AppState};
+use crate::auth::{Auth, Role};
 
 mod json_errors;
 use crate::broker::{maintenance, Broker};
@@ -31,6 +32,9 @@ pub struct ServerConfig {
     pub max_body: usize,
     /// `--shutdown-grace`.
     pub shutdown_grace: Duration,
+    /// Role tokens (`--client-token`, `--token-file`, ...); the same handle
+    /// is reloaded on SIGHUP by whoever owns the signals.
+    pub auth: Auth,
 }
 
 fn is_known_method(m: &Method) -> bool {
@@ -59,6 +63,32 @@ fn declared_length<B>(req: &Request<B>) -> Option<u64> {
         .ok()
 }
 
+/// Warns when the server listens beyond loopback while a role is open to
+/// anyone who can reach it.
+fn warn_if_open(listener: &TcpListener, auth: &Auth) {
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    if addr.ip().is_loopback() {
+        return;
+    }
+    let open = auth.open_roles();
+    if !open.is_empty() {
+        let roles: Vec<&str> = open.iter().map(|r| r.name()).collect();
+        tracing::warn!(
+            listen = %addr,
+            open_roles = ?roles,
+            "listening beyond loopback with no {} token: anyone who can reach this port may act in that role (set --client-token/--worker-token or --token-file)",
+            roles.join(" or ")
+        );
+    }
+    if !auth.requires_token(Role::Admin) {
+        tracing::info!(
+            "no admin token: admin endpoints answer loopback clients only (set --admin-token to reach them remotely)"
+        );
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` resolves, then shuts down
 /// gracefully: new submits and polls get 503 at once, running jobs get
 /// `shutdown_grace` to finish, then waiting clients are answered and the
@@ -77,9 +107,11 @@ pub async fn run(
     let dash = crate::metrics::dash::Dash::new();
     let sampler = crate::metrics::dash::run(broker.clone(), dash.clone(), stop_maintenance.clone());
     tokio::spawn(sampler);
+    warn_if_open(&listener, &cfg.auth);
     let app = api::router(AppState {
         broker: broker.clone(),
         max_body: cfg.max_body,
+        auth: cfg.auth.clone(),
         dash,
     });
 
@@ -105,9 +137,9 @@ pub async fn run(
         .keep_alive(true);
 
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -120,8 +152,11 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let max_body = cfg.max_body;
-        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let app = app.clone();
+            // The auth layer needs the peer (admin is loopback-only without a token).
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             async move {
                 if !is_known_method(req.method()) {
                     let m = req.method().to_string();

@@ -7,6 +7,7 @@
 
 mod collections;
 pub mod embedded;
+pub mod index;
 pub mod memory;
 pub mod postgres;
 
@@ -218,6 +219,13 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Whether the store itself sends [`StoreEvent::JobReady`] for the jobs
+    /// it inserts (the embedded store does, as soon as a job is claimable,
+    /// before `insert` returns), so the broker must not wake a worker again.
+    fn announces_inserts(&self) -> bool {
+        false
+    }
+
     /// Whether the store can serve requests (for `/health`).
     async fn healthy(&self) -> bool {
         true
@@ -230,6 +238,18 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// When the embedded store's commits reach the disk (`--sync`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// fdatasync the WAL before acknowledging a write: it survives power loss.
+    #[default]
+    Full,
+    /// Acknowledge once written to the WAL (it survives a crash of jobq,
+    /// `kill -9`) and fdatasync it within 50 ms: a crash of the machine
+    /// loses at most that much.
+    Normal,
+}
+
 /// Which backend to open, and where.
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -240,7 +260,10 @@ pub enum Backend {
         /// `--data-dir`.
         data_dir: std::path::PathBuf,
         /// `--sync`.
-        sync: embedded::Sync,
+        sync: SyncMode,
+        /// `--max-attempts`: a job running when the server stopped goes back
+        /// to pending only while it has attempts left.
+        max_attempts: u32,
     },
     /// A PostgreSQL database shared by any number of nodes.
     Postgres {
@@ -266,11 +289,15 @@ pub enum OpenError {
 pub async fn open(backend: &Backend) -> Result<std::sync::Arc<dyn Store>, OpenError> {
     match backend {
         Backend::Memory => Ok(std::sync::Arc::new(memory::MemoryStore::new())),
-        Backend::Embedded { data_dir, sync } => {
-            let (dir, sync) = (data_dir.clone(), *sync);
+        Backend::Embedded {
+            data_dir,
+            sync,
+            max_attempts,
+        } => {
+            let (dir, sync, max) = (data_dir.clone(), *sync, *max_attempts);
             // Opening reads every job into memory: keep it off the async threads.
             let store =
-                tokio::task::spawn_blocking(move || embedded::EmbeddedStore::open(&dir, sync))
+                tokio::task::spawn_blocking(move || embedded::EmbeddedStore::open(&dir, sync, max))
                     .await
                     .map_err(|e| {
                         OpenError::Failed(format!("opening the embedded store panicked: {e}"))

@@ -51,7 +51,8 @@ use super::{
     ListFilter, OpenError, QueueActivity, Result, Store, StoreEvent,
 };
 use crate::job::{
-    Completion, Idempotency, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp, TransitionError,
+    Completion, Idempotency, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp,
+    TransitionError, LEASE_EXPIRED_ERROR,
 };
 
 /// Default `--postgres-pool-size`.
@@ -226,13 +227,17 @@ fn bad_row(what: &str) -> Error {
     Error::Unavailable(format!("postgres: unexpected row content ({what})"))
 }
 
+/// A column that cannot be read as the type asked for (`Row::get` would panic).
+fn get_err(e: tokio_postgres::Error) -> Error {
+    bad_row(&e.to_string())
+}
+
 fn ts(v: Option<i64>) -> Option<Timestamp> {
     v.map(Timestamp)
 }
 
 /// Reads a job from the first [`NCOLS`] columns of `row`.
 fn job_from_row(row: &Row) -> Result<Job> {
-    let get_err = |e: tokio_postgres::Error| bad_row(&e.to_string());
     let id: Uuid = row.try_get(0).map_err(get_err)?;
     let queue: String = row.try_get(1).map_err(get_err)?;
     let status: String = row.try_get(5).map_err(get_err)?;
@@ -311,8 +316,9 @@ async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), String> {
         .await
         .map_err(e)?
         .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
     let latest = MIGRATIONS.last().map_or(0, |m| m.0);
     if let Some(newer) = applied.iter().copied().filter(|v| *v > latest).max() {
         return Err(format!(
@@ -596,9 +602,9 @@ impl Shared {
         let rows = client.query(&stmt, &[]).await.map_err(db_err)?;
         let mut total = 0u64;
         for row in &rows {
-            let n: i64 = row.get(1);
+            let n: i64 = row.try_get(1).map_err(get_err)?;
             total += n.max(0) as u64;
-            if let Ok(q) = Queue::parse(row.get::<_, &str>(0)) {
+            if let Ok(q) = Queue::parse(row.try_get::<_, &str>(0).map_err(get_err)?) {
                 let _ = self.events.send(StoreEvent::JobReady(q));
             }
         }
@@ -1039,7 +1045,9 @@ impl Store for PostgresStore {
         if let Err(e) = self.shared.refresh().await {
             tracing::debug!(error = %e, "pending-count refresh after clear failed");
         }
-        Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
+        rows.iter()
+            .map(|r| r.try_get(0).map(JobId).map_err(get_err))
+            .collect()
     }
 
     async fn get(&self, id: JobId) -> Result<Option<JobRecord>> {
@@ -1092,9 +1100,9 @@ impl Store for PostgresStore {
             queues: BTreeMap::new(),
         };
         for row in &rows {
-            let queue: String = row.get(0);
-            let status: &str = row.get(1);
-            let n: i64 = row.get(2);
+            let queue: String = row.try_get(0).map_err(get_err)?;
+            let status: &str = row.try_get(1).map_err(get_err)?;
+            let n: i64 = row.try_get(2).map_err(get_err)?;
             let s = Status::from_str(status).map_err(|_| bad_row("status"))?;
             counts.total[s.index()] += n as u64;
             counts.queues.entry(queue).or_default()[s.index()] += n as u64;
@@ -1140,8 +1148,7 @@ impl Store for PostgresStore {
             "and lease_expires_at <= $1 for update skip locked), ",
             "u as (update jobq_jobs set ",
             "status = case when attempts >= $2 then 'failed' else 'pending' end, ",
-            "error = case when attempts >= $2 then 'lease expired without a result after ' ",
-            "|| attempts || ' attempt(s)' else error end, ",
+            "error = case when attempts >= $2 then $3 || attempts || $4 else error end, ",
             "ended_at = case when attempts >= $2 then $1 else ended_at end, ",
             "lease_expires_at = null ",
             "from x where id = x.xid and status = 'running' and lease_expires_at <= $1 returning ",
@@ -1150,7 +1157,15 @@ impl Store for PostgresStore {
         );
         let max = i32::try_from(max_attempts).unwrap_or(i32::MAX);
         let jobs: Vec<Job> = self
-            .query(SQL, &[&now.0, &max])
+            .query(
+                SQL,
+                &[
+                    &now.0,
+                    &max,
+                    &LEASE_EXPIRED_ERROR[0],
+                    &LEASE_EXPIRED_ERROR[1],
+                ],
+            )
             .await?
             .iter()
             .map(job_from_row)

@@ -39,6 +39,17 @@ impl Proc {
         flags: &[&str],
         max_file_bytes: Option<u64>,
     ) -> Proc {
+        Self::start_with_env(data_dir, port, flags, max_file_bytes, &[]).await
+    }
+
+    /// As [`Proc::start_limited`], with extra environment variables.
+    pub async fn start_with_env(
+        data_dir: &Path,
+        port: u16,
+        flags: &[&str],
+        max_file_bytes: Option<u64>,
+        env: &[(&str, &str)],
+    ) -> Proc {
         use std::os::unix::process::CommandExt as _;
         let log = data_dir.with_extension(format!("{port}.log"));
         let stderr = std::fs::File::create(&log).unwrap();
@@ -60,6 +71,7 @@ impl Proc {
             }
         }
         let child = cmd
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use jobq::broker::Broker;
-use jobq::config::Cli;
+use jobq::cli::Cli;
 use jobq::store::Backend;
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -55,7 +55,8 @@ impl TestServer {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let backend = Backend::Embedded {
                     data_dir: dir.path().to_owned(),
-                    sync: jobq::store::embedded::Sync::Full,
+                    sync: jobq::store::SyncMode::Full,
+                    max_attempts: 3,
                 };
                 (
                     backend,
@@ -87,21 +88,32 @@ impl TestServer {
         guards: Vec<Box<dyn std::any::Any + Send>>,
         flags: &[&str],
     ) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on_listener(backend, guards, flags, listener).await
+    }
+
+    /// As [`TestServer::start_on`], serving on `listener` (e.g. one bound in
+    /// another network namespace); `base` names its local address.
+    pub async fn start_on_listener(
+        backend: Backend,
+        guards: Vec<Box<dyn std::any::Any + Send>>,
+        flags: &[&str],
+        listener: tokio::net::TcpListener,
+    ) -> Self {
         let mut argv = vec!["jobq", "serve"];
         argv.extend_from_slice(flags);
         let cli = Cli::try_parse_from(&argv).expect("valid test flags");
-        let Some(jobq::config::Command::Serve(args)) = cli.command else {
+        let Some(jobq::cli::Command::Serve(args)) = cli.command else {
             unreachable!()
         };
         let store = jobq::store::open(&backend).await.expect("open store");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let broker = Broker::new(store, args.broker_config());
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(jobq::server::run(
             listener,
             broker,
-            args.server_config(),
+            args.server_config().expect("server config"),
             async move {
                 let _ = rx.await;
             },

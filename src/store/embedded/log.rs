@@ -24,7 +24,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,6 +34,7 @@ use rusqlite::{params, Connection};
 use tokio::sync::oneshot;
 
 use crate::job::Job;
+use crate::store::SyncMode;
 
 /// With `--sync normal`, the longest a commit waits for its fdatasync: a
 /// power loss loses at most about this much acknowledged work.
@@ -50,6 +51,12 @@ const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// later change of the job, usually its completion, makes unnecessary),
 /// deletions of ended jobs' inputs and of purged jobs.
 pub(super) const DEFER: Duration = Duration::from_millis(100);
+
+/// Commits between two checkpoints (folding the WAL into the database
+/// file). SQLite's own automatic checkpoint is off: it would run on
+/// whichever thread commits, often a request's async runtime thread, and
+/// sync both files there; the background thread runs it instead.
+pub(super) const CHECKPOINT_EVERY: u32 = 2_500;
 
 /// Batches one leader commits before handing the rest to the background
 /// thread, so that no request is held up committing others' changes for long.
@@ -140,6 +147,8 @@ pub(super) struct Log {
     background: Arc<Signal>,
     background_thread: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
+    /// Commits since the last checkpoint.
+    since_checkpoint: AtomicU32,
 }
 
 /// Wakes the background thread.
@@ -155,6 +164,8 @@ struct SignalState {
     lazy: bool,
     /// A leader stopped with changes still queued: commit them now.
     urgent: bool,
+    /// [`CHECKPOINT_EVERY`] commits since the last checkpoint: run one.
+    checkpoint: bool,
     stop: bool,
 }
 
@@ -164,7 +175,7 @@ impl Log {
     pub(super) fn start(
         conn: Connection,
         wal: File,
-        policy: SyncPolicy,
+        policy: SyncMode,
     ) -> std::io::Result<Arc<Log>> {
         let health = Arc::new(Health::default());
         let syncer = Syncer::start(wal, policy, health.clone())?;
@@ -176,6 +187,7 @@ impl Log {
             background: Arc::default(),
             background_thread: Mutex::new(None),
             closed: AtomicBool::new(false),
+            since_checkpoint: AtomicU32::new(0),
         });
         let weak = Arc::downgrade(&log);
         let signal = log.background.clone();
@@ -331,6 +343,9 @@ impl Log {
                 }
                 answer(committed, || Ok(()));
                 self.syncer.written(done);
+                if self.since_checkpoint.fetch_add(1, Ordering::Relaxed) + 1 == CHECKPOINT_EVERY {
+                    self.background.checkpoint();
+                }
                 true
             }
             Err(e) => {
@@ -445,6 +460,11 @@ impl Signal {
         self.cv.notify_one();
     }
 
+    fn checkpoint(&self) {
+        self.state.lock().checkpoint = true;
+        self.cv.notify_one();
+    }
+
     fn stop(&self) {
         self.state.lock().stop = true;
         self.cv.notify_one();
@@ -457,7 +477,7 @@ impl Signal {
 fn background(log: Weak<Log>, signal: Arc<Signal>, health: Arc<Health>) {
     loop {
         // (sleep first, take the deferred writes too)
-        let (sleep, deferred) = {
+        let (sleep, deferred, checkpoint) = {
             let mut st = signal.state.lock();
             let mut retry_at = None;
             loop {
@@ -467,15 +487,16 @@ fn background(log: Weak<Log>, signal: Arc<Signal>, health: Arc<Health>) {
                 if health.read_only.load(Ordering::Acquire) {
                     let at = *retry_at.get_or_insert_with(|| Instant::now() + RETRY_PAUSE);
                     if signal.cv.wait_until(&mut st, at).timed_out() {
-                        break (false, true);
+                        break (false, true, false);
                     }
                     continue;
                 }
-                if st.urgent {
-                    break (false, false);
+                let checkpoint = std::mem::take(&mut st.checkpoint);
+                if st.urgent || checkpoint {
+                    break (false, false, checkpoint);
                 }
                 if st.lazy {
-                    break (true, true);
+                    break (true, true, false);
                 }
                 signal.cv.wait(&mut st);
             }
@@ -499,6 +520,13 @@ fn background(log: Weak<Log>, signal: Arc<Signal>, health: Arc<Health>) {
             for _ in 0..MAX_ROUNDS {
                 if !log.commit_queued(&mut conn, deferred) {
                     break;
+                }
+            }
+            if let (true, Some(c)) = (checkpoint, conn.as_mut()) {
+                log.since_checkpoint.store(0, Ordering::Relaxed);
+                // PASSIVE: never waits; a failure only leaves a longer WAL.
+                if let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "checkpoint failed; will retry");
                 }
             }
         }
@@ -616,17 +644,6 @@ fn answer(done: impl IntoIterator<Item = Done>, outcome: impl Fn() -> Result<(),
     }
 }
 
-/// How the syncer thread makes commits durable.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum SyncPolicy {
-    /// Acknowledge a commit only once an fdatasync that began after it
-    /// was written has returned.
-    EachCommit,
-    /// Acknowledge at once (the commit is in the OS: it survives `kill -9`)
-    /// and fdatasync whatever was written at most this long afterwards.
-    Interval(Duration),
-}
-
 /// Makes committed batches durable with fdatasync of the WAL, on a thread
 /// of its own, so that committing the next batch need not wait for it.
 struct Syncer {
@@ -638,7 +655,7 @@ struct SyncShared {
     state: Mutex<SyncState>,
     cv: Condvar,
     wal: File,
-    policy: SyncPolicy,
+    policy: SyncMode,
     health: Arc<Health>,
 }
 
@@ -656,7 +673,7 @@ struct SyncState {
 }
 
 impl Syncer {
-    fn start(wal: File, policy: SyncPolicy, health: Arc<Health>) -> std::io::Result<Syncer> {
+    fn start(wal: File, policy: SyncMode, health: Arc<Health>) -> std::io::Result<Syncer> {
         let shared = Arc::new(SyncShared {
             state: Mutex::new(SyncState::default()),
             cv: Condvar::new(),
@@ -689,7 +706,7 @@ impl Syncer {
         st.written += 1;
         let n = st.written;
         let done = match self.shared.policy {
-            SyncPolicy::EachCommit if !done.is_empty() => {
+            SyncMode::Full if !done.is_empty() => {
                 st.waiting.push_back((n, done));
                 Vec::new()
             }
@@ -743,7 +760,8 @@ impl SyncShared {
                 drop(st);
                 answer(ready.into_iter().flatten(), || outcome.clone());
                 st = self.state.lock();
-                if let SyncPolicy::Interval(pause) = self.policy {
+                if self.policy == SyncMode::Normal {
+                    let pause = SYNC_INTERVAL;
                     // Writes are not waited for; wake early only to stop.
                     let until = std::time::Instant::now() + pause;
                     while !st.stopping && !self.cv.wait_until(&mut st, until).timed_out() {}

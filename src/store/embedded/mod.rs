@@ -36,12 +36,12 @@ use rusqlite::{Connection, OpenFlags};
 
 mod log;
 
-use log::{Durable, Log, Op, SyncPolicy};
+use log::{Durable, Log, Op};
 
-use super::memory::Index;
+use super::index::Index;
 use super::{
     ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, Inserted, JobRecord,
-    ListFilter, OpenError, Result, Store, StoreEvent,
+    ListFilter, OpenError, Result, Store, StoreEvent, SyncMode,
 };
 use crate::job::{Completion, Idempotency, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp};
 
@@ -58,17 +58,6 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0002_no_running_index.sql"),
     include_str!("../../../migrations/sqlite/0003_inline_inputs.sql"),
 ];
-
-/// How commits reach the disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sync {
-    /// fdatasync the WAL before acknowledging a write: it survives power loss.
-    Full,
-    /// Acknowledge once written to the WAL (it survives a crash of jobq,
-    /// `kill -9`) and fdatasync it within 50 ms: a crash of the machine
-    /// loses at most that much.
-    Normal,
-}
 
 /// Name of the lock file that keeps a second process off the data dir.
 const LOCK_FILE: &str = "jobq.lock";
@@ -100,13 +89,14 @@ async fn settled(rx: Durable) -> Result<()> {
 
 impl EmbeddedStore {
     /// Opens (creating if needed) the database in `data_dir`, migrates it,
-    /// returns running jobs to pending and loads every job into memory.
+    /// returns running jobs to pending (failed once they have had
+    /// `max_attempts` hand-outs) and loads every job into memory.
     ///
     /// # Errors
     /// One line naming the path: the directory cannot be created or written,
     /// the file is not a jobq database or is corrupt, its schema is newer
     /// than this binary, or another process holds it.
-    pub fn open(data_dir: &Path, sync: Sync) -> Result<Self, OpenError> {
+    pub fn open(data_dir: &Path, sync: SyncMode, max_attempts: u32) -> Result<Self, OpenError> {
         let fail =
             |what: &str, e: &dyn std::fmt::Display| OpenError::Failed(format!("{what}: {e}"));
         std::fs::create_dir_all(data_dir).map_err(|e| {
@@ -142,18 +132,14 @@ impl EmbeddedStore {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| fail(&format!("cannot open {shown}"), &e))?;
-        let index = prepare(&conn, &shown)?;
+        let index = prepare(&conn, &shown, max_attempts)?;
         // SQLite keeps the WAL file (reusing it from the start after each
         // checkpoint) until the connection closes, so this handle stays its file.
         let wal_path = data_dir.join(format!("{DB_FILE}-wal"));
         let wal = std::fs::File::open(&wal_path)
             .map_err(|e| fail(&format!("cannot open {}", wal_path.display()), &e))?;
-        let policy = match sync {
-            Sync::Full => SyncPolicy::EachCommit,
-            Sync::Normal => SyncPolicy::Interval(log::SYNC_INTERVAL),
-        };
         let log =
-            Log::start(conn, wal, policy).map_err(|e| fail("cannot start the log threads", &e))?;
+            Log::start(conn, wal, sync).map_err(|e| fail("cannot start the log threads", &e))?;
         let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(EmbeddedStore {
             index: Mutex::new(index),
@@ -259,7 +245,7 @@ impl EmbeddedStore {
 }
 
 /// Checks, migrates and loads the database.
-fn prepare(conn: &Connection, shown: &str) -> Result<Index, OpenError> {
+fn prepare(conn: &Connection, shown: &str, max_attempts: u32) -> Result<Index, OpenError> {
     let fail = |what: &str, e: &rusqlite::Error| {
         if is_busy(e) {
             OpenError::Failed(format!("{shown} is in use by another jobq process"))
@@ -294,10 +280,10 @@ fn prepare(conn: &Connection, shown: &str) -> Result<Index, OpenError> {
     }
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(|e| fail("cannot enable WAL", &e))?;
-    // Checkpoint every 40 MB of WAL rather than 4 MB: the pages that every
-    // commit rewrites (the tails of the tables) are copied once per
-    // checkpoint, and each checkpoint syncs both files.
-    conn.pragma_update(None, "wal_autocheckpoint", 10_000)
+    // No automatic checkpoint: it would run on the committing thread (often
+    // an async runtime thread) and sync both files there. The log's
+    // background thread checkpoints every few thousand commits instead.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
         .map_err(|e| fail("cannot set wal_autocheckpoint", &e))?;
     // NORMAL in both modes: SQLite then syncs only around checkpoints, which
     // keeps the files consistent; the log's syncer thread makes commits
@@ -315,7 +301,7 @@ fn prepare(conn: &Connection, shown: &str) -> Result<Index, OpenError> {
     }
     write(&format!("PRAGMA application_id = {APPLICATION_ID}"))?;
     write("COMMIT")?;
-    load(conn).map_err(|e| fail("cannot load jobs", &e))
+    load(conn, max_attempts).map_err(|e| fail("cannot load jobs", &e))
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
@@ -329,7 +315,9 @@ const COLUMNS: &str =
     "id, queue, priority, status, attempts, created_at, started_at, ended_at, lease_id, \
      result, error, idem_key, idem_fp, seq, payload, headers";
 
-fn load(conn: &Connection) -> rusqlite::Result<Index> {
+fn load(conn: &Connection, max_attempts: u32) -> rusqlite::Result<Index> {
+    let now = Timestamp::now();
+    let mut failed: Vec<(i64, Option<Timestamp>, Option<String>)> = Vec::new();
     let rows: i64 = conn.query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))?;
     let mut index = Index::with_capacity(usize::try_from(rows).unwrap_or(0));
     let mut queues: std::collections::HashMap<String, Queue> = std::collections::HashMap::new();
@@ -337,13 +325,14 @@ fn load(conn: &Connection) -> rusqlite::Result<Index> {
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let mut job = row_to_job(r, &mut queues)?;
-        if job.status == Status::Running {
-            // A restart returns running jobs to pending; their attempts stay
-            // counted. The row keeps saying `running` until the job's next
-            // change is written, and is read the same way at every start.
-            job.status = Status::Pending;
-        }
         let seq: i64 = r.get(13)?;
+        // A restart ends every lease (the rule is `Job::recover_after_restart`).
+        // A job back to pending keeps saying `running` in its row until its
+        // next change is written, and is read the same way at every start;
+        // one out of attempts is written as failed below.
+        if job.recover_after_restart(now, max_attempts) == Some(Status::Failed) {
+            failed.push((seq, job.ended_at, job.error.clone()));
+        }
         // Inline inputs come with the row; others are read back at hand-out.
         let inline: Option<(Vec<u8>, Vec<u8>)> = match (r.get(14)?, r.get(15)?) {
             (Some(p), Some(h)) => Some((p, h)),
@@ -355,6 +344,20 @@ fn load(conn: &Connection) -> rusqlite::Result<Index> {
             job.headers = Bytes::from(h);
         }
         index.restore(job, seq as u64, cold);
+    }
+    drop(rows);
+    drop(stmt);
+    if !failed.is_empty() {
+        let tx = conn.unchecked_transaction()?;
+        {
+            let mut up = tx.prepare(
+                "UPDATE jobs SET status = 'failed', ended_at = ?2, error = ?3 WHERE seq = ?1",
+            )?;
+            for (seq, ended, error) in &failed {
+                up.execute(rusqlite::params![seq, ended.map(|t| t.0), error])?;
+            }
+        }
+        tx.commit()?;
     }
     Ok(index)
 }
@@ -619,6 +622,10 @@ impl Store for EmbeddedStore {
         self.events_rx.lock().take()
     }
 
+    fn announces_inserts(&self) -> bool {
+        true
+    }
+
     async fn healthy(&self) -> bool {
         self.check_writable().is_ok() && !self.log.is_closed()
     }
@@ -629,5 +636,51 @@ impl Store for EmbeddedStore {
             .await
             .map_err(unavailable)?
             .map_err(Error::Unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobId;
+
+    fn new_job(i: usize) -> NewJob {
+        NewJob {
+            id: JobId::new(),
+            queue: Queue::default_queue(),
+            payload: Bytes::from(format!("{{\"i\":{i}}}")),
+            headers: Bytes::from_static(b"{}"),
+            priority: 0,
+            created_at: Timestamp::now(),
+            idempotency: None,
+        }
+    }
+
+    /// SQLite's automatic checkpoint is off (it would run on whichever
+    /// thread commits: a request's runtime thread), and the log's
+    /// background thread checkpoints instead, so the WAL stays bounded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn checkpoints_run_on_the_background_thread_not_on_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), SyncMode::Normal, 3).unwrap();
+        let auto: i64 = store
+            .log
+            .read(|c| c.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0)))
+            .unwrap();
+        assert_eq!(auto, 0, "SQLite must not checkpoint on a committing thread");
+        let wal = dir.path().join(format!("{DB_FILE}-wal"));
+        let mut largest = 0;
+        // Sequential submits: one commit each, well past two checkpoints.
+        for i in 0..(2 * log::CHECKPOINT_EVERY as usize + 100) {
+            store.insert(new_job(i), u64::MAX).await.unwrap();
+            largest = largest.max(std::fs::metadata(&wal).unwrap().len());
+        }
+        // Without checkpoints the WAL would hold every commit's pages
+        // (over 5,000 commits of at least one 4 KiB page each: > 20 MB).
+        assert!(
+            largest < 16 << 20,
+            "WAL grew to {largest} bytes: no checkpoint ran"
+        );
+        store.close().await.unwrap();
     }
 }

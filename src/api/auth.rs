@@ -1,0 +1,35 @@
+//! The HTTP face of [`crate::auth`]: one middleware in front of every route
+//! picks the endpoint's role from its path and lets the request through only
+//! if the caller may act in it. The peer address comes from the
+//! [`ConnectInfo`] extension the accept loop puts on every request; without
+//! it the peer counts as remote (fail closed).
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::ApiError;
+use crate::auth::{Auth, Role};
+
+/// Whether the peer that sent `req` is on loopback.
+pub fn peer_is_loopback(req: &Request) -> bool {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .is_some_and(|ConnectInfo(peer)| peer.ip().to_canonical().is_loopback())
+}
+
+/// Answers `401`/`403` (see [`ApiError::Auth`]) unless the caller may act in
+/// the role of the requested path; open paths pass untouched.
+pub async fn require_role(State(auth): State<Auth>, req: Request, next: Next) -> Response {
+    if let Some(role) = Role::for_http_path(req.uri().path()) {
+        // A second Authorization header is ignored: the first must do.
+        let credential = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+        if let Err(e) = auth.check_credential(role, credential, peer_is_loopback(&req)) {
+            return ApiError::Auth(e).into_response();
+        }
+    }
+    next.run(req).await
+}

@@ -1,0 +1,650 @@
+//! The in-memory index of jobs that the memory store is and the embedded
+//! store keeps in front of its database: plain data plus the transition
+//! rules of [`crate::job`] (every change is one of `Job`'s methods), with the
+//! per-queue pending order, idempotency keys, counts and the ended-jobs queue
+//! for `--result-ttl`. No I/O and no locking of its own: each store holds it
+//! behind a mutex, never across an await.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use super::collections::{ChunkedQueue, ShardedMap};
+use super::{
+    ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, Inserted, JobRecord,
+    ListFilter, QueueActivity, Result, StatusCounts,
+};
+use crate::job::{Completion, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp};
+
+/// Order of pending jobs inside a queue: higher priority first, then older.
+type PendingKey = (Reverse<i32>, u64);
+
+#[derive(Debug)]
+struct Entry {
+    job: Job,
+    /// The arrival number (see [`Entry::seq`]) and, in the top bit, whether
+    /// the job is cold (see [`Entry::cold`]). One word instead of two: an
+    /// entry of 256 bytes takes the allocator's 256-byte size class instead
+    /// of the 320-byte one, for every job kept.
+    seq_cold: u64,
+}
+
+/// The bit of [`Entry::seq_cold`] that says the job is cold.
+const COLD: u64 = 1 << 63;
+
+impl Entry {
+    fn new(job: Job, seq: u64, cold: bool) -> Self {
+        debug_assert!(seq & COLD == 0);
+        Entry {
+            job,
+            seq_cold: seq | if cold { COLD } else { 0 },
+        }
+    }
+
+    /// Arrival order, the tie-breaker between equal priorities (and the key
+    /// a retried job goes back under, so it keeps its place).
+    fn seq(&self) -> u64 {
+        self.seq_cold & !COLD
+    }
+
+    /// The job's payload and headers are not held in memory (a durable
+    /// store loaded it without them, and reads them at hand-out).
+    fn cold(&self) -> bool {
+        self.seq_cold & COLD != 0
+    }
+}
+
+/// The job table. Entries are boxed so that a slot is 24 bytes instead of a
+/// 300-byte job: a hash map keeps many slots empty, and growing moves them
+/// (see [`ShardedMap`]).
+#[derive(Debug, Default)]
+struct JobMap(ShardedMap<JobId, Box<Entry>>);
+
+impl JobMap {
+    fn with_capacity(jobs: usize) -> Self {
+        JobMap(ShardedMap::with_capacity(jobs))
+    }
+
+    fn get(&self, id: &JobId) -> Option<&Entry> {
+        self.0.get(id).map(|e| &**e)
+    }
+
+    fn get_mut(&mut self, id: &JobId) -> Option<&mut Entry> {
+        self.0.get_mut(id).map(|e| &mut **e)
+    }
+
+    fn contains_key(&self, id: &JobId) -> bool {
+        self.0.contains_key(id)
+    }
+
+    fn insert(&mut self, id: JobId, entry: Entry) {
+        self.0.insert(id, Box::new(entry));
+    }
+
+    fn remove(&mut self, id: &JobId) -> Option<Entry> {
+        self.0.remove(id).map(|e| *e)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.0.values().map(|e| &**e)
+    }
+}
+
+impl std::ops::Index<&JobId> for JobMap {
+    type Output = Entry;
+
+    fn index(&self, id: &JobId) -> &Entry {
+        self.get(id).expect("job in the index")
+    }
+}
+
+/// All jobs and the secondary indexes that make every hot operation
+/// O(log n): pending jobs ordered per queue, running jobs by lease expiry,
+/// ended jobs by end time, idempotency keys.
+#[derive(Debug, Default)]
+pub struct Index {
+    jobs: JobMap,
+    pending: HashMap<Queue, BTreeMap<PendingKey, JobId>>,
+    leases: BTreeSet<(Timestamp, JobId)>,
+    /// Ended jobs in the order they ended, for purging after `--result-ttl`.
+    ended: ChunkedQueue<(Timestamp, JobId)>,
+    idempotency: ShardedMap<String, JobId>,
+    total: StatusCounts,
+    per_queue: HashMap<Queue, StatusCounts>,
+    next_seq: u64,
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty index with room for `jobs` jobs: loading a million jobs
+    /// into a map that doubles as it grows would leave the allocator
+    /// holding the old tables.
+    pub fn with_capacity(jobs: usize) -> Self {
+        Index {
+            jobs: JobMap::with_capacity(jobs),
+            ..Self::default()
+        }
+    }
+
+    fn count(&mut self, queue: &Queue, from: Option<Status>, to: Option<Status>) {
+        let q = self.per_queue.entry(queue.clone()).or_default();
+        if let Some(s) = from {
+            self.total[s.index()] -= 1;
+            q[s.index()] -= 1;
+        }
+        if let Some(s) = to {
+            self.total[s.index()] += 1;
+            q[s.index()] += 1;
+        }
+        if q.iter().all(|&n| n == 0) {
+            self.per_queue.remove(queue);
+        }
+    }
+
+    fn pending_key(job: &Job, seq: u64) -> PendingKey {
+        (Reverse(job.priority), seq)
+    }
+
+    /// Records `job` as it now stands in the secondary indexes, after a
+    /// transition away from `before`.
+    fn reindex(&mut self, id: JobId, before: Status, old_expiry: Option<Timestamp>) {
+        let Some(entry) = self.jobs.get(&id) else {
+            return;
+        };
+        let (after, new_expiry, queue, key, ended_at) = (
+            entry.job.status,
+            entry.job.lease_expires_at,
+            entry.job.queue.clone(),
+            Self::pending_key(&entry.job, entry.seq()),
+            entry.job.ended_at,
+        );
+        if before == Status::Pending && after != Status::Pending {
+            if let Some(map) = self.pending.get_mut(&queue) {
+                map.remove(&key);
+                if map.is_empty() {
+                    self.pending.remove(&queue);
+                }
+            }
+        }
+        if after == Status::Pending && before != Status::Pending {
+            self.pending
+                .entry(queue.clone())
+                .or_default()
+                .insert(key, id);
+        }
+        if old_expiry != new_expiry {
+            if let Some(t) = old_expiry {
+                self.leases.remove(&(t, id));
+            }
+            if let Some(t) = new_expiry {
+                self.leases.insert((t, id));
+            }
+        }
+        if after.is_ended() && !before.is_ended() {
+            self.ended.push_back((ended_at.unwrap_or_default(), id));
+            // Nothing shows an ended job's input again, and the job is kept
+            // for `--result-ttl`: a third of what each kept job held.
+            if let Some(entry) = self.jobs.get_mut(&id) {
+                entry.job.payload = bytes::Bytes::new();
+                entry.job.headers = bytes::Bytes::new();
+            }
+        }
+        if before != after {
+            self.count(&queue, Some(before), Some(after));
+        }
+    }
+
+    /// Applies `f` to job `id` and updates the indexes to match.
+    fn transition<T>(
+        &mut self,
+        id: JobId,
+        f: impl FnOnce(&mut Job) -> Result<T, crate::job::TransitionError>,
+    ) -> Result<(T, &Job)> {
+        let entry = self.jobs.get_mut(&id).ok_or(Error::NotFound)?;
+        let (before, old_expiry) = (entry.job.status, entry.job.lease_expires_at);
+        let out = f(&mut entry.job)?;
+        self.reindex(id, before, old_expiry);
+        Ok((out, &self.jobs[&id].job))
+    }
+
+    fn forget(&mut self, id: JobId) -> Option<(Job, u64)> {
+        let entry = self.jobs.remove(&id)?;
+        let seq = entry.seq();
+        let job = entry.job;
+        if let Some(idem) = &job.idempotency {
+            if self.idempotency.get(&idem.key) == Some(&id) {
+                self.idempotency.remove(&idem.key);
+            }
+        }
+        let before = job.status;
+        if before == Status::Pending {
+            if let Some(map) = self.pending.get_mut(&job.queue) {
+                map.remove(&Self::pending_key(&job, seq));
+                if map.is_empty() {
+                    self.pending.remove(&job.queue);
+                }
+            }
+        }
+        if let Some(t) = job.lease_expires_at {
+            self.leases.remove(&(t, id));
+        }
+        self.count(&job.queue, Some(before), None);
+        Some((job, seq))
+    }
+
+    /// Adds a job as it stands, under the arrival number `seq` it was
+    /// stored with (used when loading from durable storage). With `cold`,
+    /// its payload and headers stay on disk (see [`Index::is_cold`]).
+    pub fn restore(&mut self, job: Job, seq: u64, cold: bool) {
+        self.next_seq = self.next_seq.max(seq + 1);
+        self.add_at(job, seq, true, cold)
+    }
+
+    /// The arrival number of job `id`: its key in durable storage.
+    pub fn seq_of(&self, id: JobId) -> Option<u64> {
+        self.jobs.get(&id).map(Entry::seq)
+    }
+
+    /// Whether job `id` was restored without its payload and headers.
+    pub fn is_cold(&self, id: JobId) -> bool {
+        self.jobs.get(&id).is_some_and(Entry::cold)
+    }
+
+    fn add(&mut self, job: Job, visible: bool, cold: bool) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.add_at(job, seq, visible, cold)
+    }
+
+    fn add_at(&mut self, job: Job, seq: u64, visible: bool, cold: bool) {
+        let id = job.id;
+        if let Some(idem) = &job.idempotency {
+            self.idempotency.insert(idem.key.clone(), id);
+        }
+        let status = job.status;
+        let queue = job.queue.clone();
+        if status == Status::Pending && visible {
+            self.pending
+                .entry(queue.clone())
+                .or_default()
+                .insert(Self::pending_key(&job, seq), id);
+        }
+        if let Some(t) = job.lease_expires_at {
+            self.leases.insert((t, id));
+        }
+        if status.is_ended() {
+            self.ended.push_back((job.ended_at.unwrap_or_default(), id));
+        }
+        self.jobs.insert(id, Entry::new(job, seq, cold));
+        self.count(&queue, None, Some(status));
+    }
+
+    /// See [`Store::insert`]. With `visible` false the job is stored and
+    /// counted but cannot be claimed until [`Index::publish`] (a durable
+    /// store publishes it once it is on disk).
+    pub fn insert(&mut self, new: NewJob, max_pending: u64, visible: bool) -> Result<Inserted> {
+        if let Some(idem) = &new.idempotency {
+            if let Some(existing) = self
+                .idempotency
+                .get(&idem.key)
+                .and_then(|id| self.jobs.get(id))
+            {
+                let same = existing.job.idempotency.as_ref().map(|i| i.fingerprint)
+                    == Some(idem.fingerprint);
+                return if same {
+                    Ok(Inserted::Existing(existing.job.clone()))
+                } else {
+                    Err(Error::IdempotencyMismatch)
+                };
+            }
+        }
+        let pending = self.total[Status::Pending.index()];
+        if pending >= max_pending {
+            return Err(Error::QueueFull(pending));
+        }
+        let job = new.into_job();
+        self.add(job.clone(), visible, false);
+        Ok(Inserted::Created(job))
+    }
+
+    /// Makes a job inserted invisible claimable, if it is still pending.
+    pub fn publish(&mut self, id: JobId) {
+        let Some(entry) = self.jobs.get(&id) else {
+            return;
+        };
+        if entry.job.status == Status::Pending {
+            let key = Self::pending_key(&entry.job, entry.seq());
+            self.pending
+                .entry(entry.job.queue.clone())
+                .or_default()
+                .insert(key, id);
+        }
+    }
+
+    /// Forgets job `id` (an insert that could not be made durable).
+    /// Returns the job and its arrival number.
+    pub fn remove(&mut self, id: JobId) -> Option<(Job, u64)> {
+        self.forget(id)
+    }
+
+    /// See [`Store::claim`].
+    pub fn claim(&mut self, p: &ClaimParams) -> Result<Option<Claimed>> {
+        let Some(id) = p.queues.iter().find_map(|q| {
+            self.pending
+                .get(q)
+                .and_then(|m| m.first_key_value())
+                .map(|(_, id)| *id)
+        }) else {
+            return Ok(None);
+        };
+        let (_, job) = self.transition(id, |j| j.claim(p.lease_id, p.now, p.expires_at))?;
+        let job = job.clone();
+        let more_pending = p.queues.iter().any(|q| self.pending.contains_key(q));
+        Ok(Some(Claimed { job, more_pending }))
+    }
+
+    /// See [`Store::peek`].
+    pub fn peek(&self, queues: &[Queue]) -> Option<Job> {
+        queues
+            .iter()
+            .find_map(|q| self.pending.get(q).and_then(|m| m.first_key_value()))
+            .map(|(_, id)| self.jobs[id].job.clone())
+    }
+
+    /// See [`Store::complete`].
+    pub fn complete(&mut self, p: &CompleteParams) -> Result<(Job, Completion)> {
+        let (done, job) =
+            self.transition(p.id, |j| j.complete(p.lease_id.as_ref(), &p.result, p.now))?;
+        Ok((job.clone(), done))
+    }
+
+    /// See [`Store::fail`].
+    pub fn fail(&mut self, p: &FailParams) -> Result<Job> {
+        let (_, job) = self.transition(p.id, |j| {
+            j.fail(
+                p.lease_id.as_ref(),
+                &p.error,
+                p.retry,
+                p.max_attempts,
+                p.now,
+            )
+        })?;
+        Ok(job.clone())
+    }
+
+    /// See [`Store::heartbeat`].
+    pub fn heartbeat(
+        &mut self,
+        id: JobId,
+        lease_id: Option<LeaseId>,
+        expires_at: Timestamp,
+    ) -> Result<Job> {
+        let (_, job) = self.transition(id, |j| j.heartbeat(lease_id.as_ref(), expires_at))?;
+        Ok(job.clone())
+    }
+
+    /// See [`Store::cancel`].
+    pub fn cancel(&mut self, id: JobId, only_pending: bool, now: Timestamp) -> Result<Job> {
+        let (_, job) = self.transition(id, |j| {
+            if only_pending && j.status != Status::Pending {
+                return Err(crate::job::TransitionError::NotPending(j.status));
+            }
+            j.cancel(now)
+        })?;
+        Ok(job.clone())
+    }
+
+    /// See [`Store::clear`]. Returns the cancelled ids and the forgotten ones.
+    /// The forgotten ones come with their arrival numbers.
+    pub fn clear(
+        &mut self,
+        queue: Option<&Queue>,
+        now: Timestamp,
+    ) -> (Vec<JobId>, Vec<(JobId, u64)>) {
+        let ids: Vec<(JobId, Status)> = self
+            .jobs
+            .values()
+            .filter(|e| queue.is_none_or(|q| *q == e.job.queue))
+            .map(|e| (e.job.id, e.job.status))
+            .collect();
+        let (mut cancelled, mut forgotten) = (Vec::new(), Vec::new());
+        for (id, status) in ids {
+            if status.is_ended() {
+                if let Some((_, seq)) = self.forget(id) {
+                    forgotten.push((id, seq));
+                }
+            } else if self.transition(id, |j| j.cancel(now)).is_ok() {
+                cancelled.push(id);
+            }
+        }
+        (cancelled, forgotten)
+    }
+
+    /// See [`Store::get`].
+    pub fn get(&self, id: JobId) -> Option<JobRecord> {
+        let entry = self.jobs.get(&id)?;
+        let position = (entry.job.status == Status::Pending).then(|| {
+            self.pending.get(&entry.job.queue).map_or(0, |m| {
+                m.range(..Self::pending_key(&entry.job, entry.seq()))
+                    .count() as u64
+            })
+        });
+        Some(JobRecord {
+            job: entry.job.clone(),
+            position,
+        })
+    }
+
+    /// Whether job `id` is known.
+    pub fn contains(&self, id: JobId) -> bool {
+        self.jobs.contains_key(&id)
+    }
+
+    /// See [`Store::list`].
+    pub fn list(&self, f: &ListFilter) -> Vec<Job> {
+        let mut hits: Vec<&Entry> = self
+            .jobs
+            .values()
+            .filter(|e| f.status.is_none_or(|s| s == e.job.status))
+            .filter(|e| f.queue.as_ref().is_none_or(|q| *q == e.job.queue))
+            .collect();
+        let newest_first =
+            |a: &&Entry, b: &&Entry| (b.job.created_at, b.seq()).cmp(&(a.job.created_at, a.seq()));
+        if hits.len() > f.limit && f.limit > 0 {
+            hits.select_nth_unstable_by(f.limit - 1, newest_first);
+        }
+        hits.truncate(f.limit);
+        hits.sort_unstable_by(newest_first);
+        hits.into_iter().map(|e| e.job.clone()).collect()
+    }
+
+    /// See [`Store::counts`].
+    pub fn counts(&self) -> Counts {
+        Counts {
+            total: self.total,
+            queues: self
+                .per_queue
+                .iter()
+                .map(|(q, c)| (q.as_str().to_owned(), *c))
+                .collect(),
+        }
+    }
+
+    /// See [`Store::activity`](super::Store::activity). The oldest pending
+    /// job of a queue is the first of some priority (each priority's jobs
+    /// are in arrival order), so this visits one entry per distinct
+    /// priority, not every job.
+    pub fn activity(&self) -> BTreeMap<String, QueueActivity> {
+        let mut out: BTreeMap<String, QueueActivity> = BTreeMap::new();
+        for (q, c) in &self.per_queue {
+            let (pending, running) = (c[Status::Pending.index()], c[Status::Running.index()]);
+            if pending + running == 0 {
+                continue;
+            }
+            let mut oldest: Option<(u64, JobId)> = None;
+            if let Some(map) = self.pending.get(q) {
+                let mut at = map.iter().next();
+                while let Some((&(Reverse(p), seq), &id)) = at {
+                    if oldest.is_none_or(|(s, _)| seq < s) {
+                        oldest = Some((seq, id));
+                    }
+                    let Some(lower) = p.checked_sub(1) else { break };
+                    at = map.range((Reverse(lower), 0)..).next();
+                }
+            }
+            out.insert(
+                q.as_str().to_owned(),
+                QueueActivity {
+                    pending,
+                    running,
+                    oldest_pending: oldest
+                        .and_then(|(_, id)| self.jobs.get(&id))
+                        .map(|e| e.job.created_at),
+                },
+            );
+        }
+        out
+    }
+
+    /// See [`Store::rescue_expired`].
+    pub fn rescue_expired(&mut self, now: Timestamp, max_attempts: u32) -> Vec<Job> {
+        let mut changed = Vec::new();
+        while let Some(&(t, id)) = self.leases.first() {
+            if t > now {
+                break;
+            }
+            match self.transition(id, |j| Ok(j.expire_lease(now, max_attempts))) {
+                Ok((Some(_), job)) => changed.push(job.clone()),
+                // Not running any more: drop the stale lease entry.
+                _ => {
+                    self.leases.remove(&(t, id));
+                }
+            }
+        }
+        changed
+    }
+
+    /// Forgets jobs ended at least `ttl` before `now`; returns their ids.
+    /// Returns their ids with their arrival numbers.
+    pub fn purge_expired(&mut self, ttl: Duration, now: Timestamp) -> Vec<(JobId, u64)> {
+        let mut purged = Vec::new();
+        while let Some(&(ended_at, id)) = self.ended.front() {
+            if ended_at + ttl > now {
+                break;
+            }
+            self.ended.pop_front();
+            // Skip entries of jobs already forgotten (by clear).
+            if self
+                .jobs
+                .get(&id)
+                .is_some_and(|e| e.job.is_expired(ttl, now))
+            {
+                if let Some((_, seq)) = self.forget(id) {
+                    purged.push((id, seq));
+                }
+            }
+        }
+        purged
+    }
+
+    /// Pending jobs over all queues.
+    pub fn pending_count(&self) -> u64 {
+        self.total[Status::Pending.index()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_job() -> NewJob {
+        NewJob {
+            id: JobId::new(),
+            queue: Queue::default_queue(),
+            payload: bytes::Bytes::from_static(b"{}"),
+            headers: bytes::Bytes::from_static(b"{}"),
+            priority: 0,
+            created_at: Timestamp(1),
+            idempotency: None,
+        }
+    }
+
+    #[test]
+    fn job_map_finds_every_job() {
+        let mut index = Index::with_capacity(10);
+        let ids: Vec<JobId> = (0..1000)
+            .map(|_| match index.insert(new_job(), u64::MAX, true).unwrap() {
+                Inserted::Created(j) => j.id,
+                Inserted::Existing(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(index.jobs.values().count(), 1000);
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(index.seq_of(*id), Some(n as u64));
+        }
+        for id in ids.iter().step_by(2) {
+            assert!(index.remove(*id).is_some());
+        }
+        assert_eq!(index.jobs.values().count(), 500);
+        assert!(!index.contains(ids[0]) && index.contains(ids[1]));
+        assert_eq!(index.counts().total[Status::Pending.index()], 500);
+    }
+
+    #[test]
+    fn entries_keep_arrival_number_and_coldness_in_one_word() {
+        assert_eq!(
+            std::mem::size_of::<Entry>(),
+            256,
+            "fits the 256-byte size class"
+        );
+        for (seq, cold) in [
+            (0, false),
+            (0, true),
+            (41, true),
+            (COLD - 1, false),
+            (COLD - 1, true),
+        ] {
+            let e = Entry::new(new_job().into_job(), seq, cold);
+            assert_eq!((e.seq(), e.cold()), (seq, cold));
+        }
+    }
+
+    #[test]
+    fn ended_jobs_keep_their_result_but_not_their_input() {
+        let mut index = Index::new();
+        let Inserted::Created(job) = index.insert(new_job(), u64::MAX, true).unwrap() else {
+            unreachable!()
+        };
+        let now = Timestamp(2);
+        let claimed = index
+            .claim(&ClaimParams {
+                queues: vec![Queue::default_queue()],
+                lease_id: LeaseId::new(),
+                now,
+                expires_at: Timestamp(3),
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            &claimed.job.payload[..],
+            b"{}",
+            "a running job has its input"
+        );
+        index
+            .complete(&CompleteParams {
+                id: job.id,
+                lease_id: None,
+                result: bytes::Bytes::from_static(b"done"),
+                now,
+            })
+            .unwrap();
+        let kept = index.get(job.id).unwrap().job;
+        assert_eq!(kept.status, Status::Completed);
+        assert_eq!(kept.result.as_deref(), Some(&b"done"[..]));
+        assert!(kept.payload.is_empty() && kept.headers.is_empty());
+    }
+}
