@@ -15,6 +15,7 @@ const STEP = 15_000; // the longest any one expectation may take
 
 let browser, page;
 const pageErrors = [];
+const requested = [];
 
 async function call(path, opts = {}) {
   return fetch(BASE + path, { ...opts, headers: { ...AUTH, ...(opts.headers || {}) } });
@@ -61,11 +62,14 @@ before(async () => {
   page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
   page.setDefaultTimeout(STEP);
   page.on('pageerror', (e) => pageErrors.push(String(e)));
+  page.on('request', (r) => requested.push(r.url()));
 });
 
 after(async () => {
   await browser?.close();
 });
+
+
 
 test('the page loads and goes live (asking for the admin token when one is set)', async () => {
   const resp = await page.goto(BASE + '/');
@@ -157,11 +161,12 @@ test('clearing a queue goes through a confirmation', async () => {
 });
 
 test('screenshots at laptop and phone widths', async () => {
-  await traffic(6);
-  // A backlog, so the depth chart and the queue table have something.
+  // A backlog, so the depth chart and the queue table have something, and
+  // traffic still flowing while the pictures are taken.
   for (let i = 0; i < 12; i++) await enqueue('backlog', JSON.stringify({ i }));
+  const flowing = traffic(9);
   await page.locator('#queues tr[data-queue="backlog"]').waitFor();
-  await page.waitForTimeout(1200); // one more snapshot drawn (a picture, not a synchronisation)
+  await page.waitForTimeout(6000); // let the charts fill (a picture, not a synchronisation)
   const c = await page.textContent('#c-pending');
   assert.ok(Number(c) >= 12, `pending card shows ${c}`);
   await page.evaluate(() => { document.activeElement?.blur(); window.scrollTo(0, 0); });
@@ -173,6 +178,7 @@ test('screenshots at laptop and phone widths', async () => {
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth);
   assert.ok(overflow <= 390, `page is ${overflow}px wide at 390px`);
   await page.screenshot({ path: `${SHOTS}/dashboard-phone.png` });
+  await flowing;
 });
 
 test('the pause switch stops the live stream', async () => {
@@ -185,4 +191,9 @@ test('the pause switch stops the live stream', async () => {
   await page.uncheck('#pause');
   await page.locator('#conn[data-state=live]').waitFor();
   assert.deepEqual(pageErrors, []);
+});
+
+test('the admin token never appears in a URL', () => {
+  assert.ok(requested.length > 10);
+  if (TOKEN) for (const u of requested) assert.ok(!u.includes(TOKEN), u);
 });

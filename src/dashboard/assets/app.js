@@ -120,10 +120,18 @@ function fmtUptime(s) {
 
 let lastTotals = null;
 
+/** Per-second average of the last 10 slots (one second alone is noisy). */
+function rate(values) {
+  const last = values.slice(-10);
+  if (!last.length) return '–';
+  const avg = last.reduce((a, b) => a + (b || 0), 0) / last.length;
+  return avg < 10 ? avg.toFixed(1) : avg.toFixed(0);
+}
+
 function showSnapshot(snap) {
   const s = snap.slot;
-  $('c-completed').textContent = s.completed;
-  $('c-failed').textContent = s.failed;
+  $('c-completed').textContent = rate(series.completed);
+  $('c-failed').textContent = rate(series.failed);
   $('c-pending').textContent = s.pending;
   $('c-running').textContent = s.running;
   $('c-waiting').textContent = snap.waiting_clients;
