@@ -175,3 +175,44 @@ async fn stats_watch_follows_the_event_stream() {
     assert!(snap["slot"]["t"].as_u64().unwrap() > 0);
     child.kill().await.unwrap();
 }
+
+/// Per-queue activity, as every backend reports it through the stream
+/// (PostgreSQL's is read every 5 s, the others' every second).
+async fn queue_activity_reaches_the_stream(kind: Kind) {
+    let s = TestServer::start(kind).await;
+    for i in 0..3 {
+        s.submit_async("?queue=act", format!("{i}")).await;
+    }
+    s.take("act").await;
+    let resp = s.http.get(s.url("/api/admin/events")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut resp = resp;
+    let found = within(
+        Duration::from_secs(20),
+        "act: 2 pending, 1 running",
+        async {
+            let mut buf = String::new();
+            loop {
+                let chunk = resp.chunk().await.unwrap().expect("stream ended");
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let block: String = buf.drain(..end + 2).collect();
+                    let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) else {
+                        continue;
+                    };
+                    let Ok(v) = serde_json::from_str::<Value>(data.trim_start()) else {
+                        continue;
+                    };
+                    let q = &v["queues"]["act"];
+                    if q["pending"] == 2 && q["running"] == 1 {
+                        return v;
+                    }
+                }
+            }
+        },
+    )
+    .await;
+    assert!(found["queues"]["act"]["oldest_pending_s"].as_f64().unwrap() >= 0.0);
+}
+
+backend_tests!(queue_activity_reaches_the_stream);
