@@ -216,3 +216,23 @@ async fn queue_activity_reaches_the_stream(kind: Kind) {
 }
 
 backend_tests!(queue_activity_reaches_the_stream);
+
+#[tokio::test]
+async fn an_open_dashboard_does_not_hold_shutdown() {
+    let s = TestServer::start(Kind::Memory).await;
+    let mut resp = s.http.get(s.url("/api/admin/events")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // The history arrives; then the server stops while the stream is open.
+    within(Duration::from_secs(5), "the history", resp.chunk())
+        .await
+        .unwrap();
+    let stopping = tokio::spawn(s.stop());
+    within(Duration::from_secs(4), "the stream to end", async {
+        while let Ok(Some(_)) = resp.chunk().await {}
+    })
+    .await;
+    // Well before the 5 s the connection drain would otherwise wait.
+    within(Duration::from_secs(4), "the server to stop", stopping)
+        .await
+        .unwrap();
+}

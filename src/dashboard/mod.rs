@@ -98,7 +98,8 @@ async fn metrics_text() -> Response {
 }
 
 /// `GET /api/admin/events`: `history` (the ring, oldest first) at once,
-/// then a `snapshot` each second, and a keep-alive comment every 15 s.
+/// then a `snapshot` each second, and a keep-alive comment every 15 s,
+/// until the client goes away or shutdown begins.
 async fn events(State(st): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let mut rx = st.dash.subscribe();
     // The current snapshot (if any) follows the history at once, so a page
@@ -107,13 +108,21 @@ async fn events(State(st): State<AppState>) -> Sse<impl Stream<Item = Result<Eve
     let first = Event::default()
         .event("history")
         .data(st.dash.history_json());
-    let updates = stream::unfold(rx, |mut rx| async move {
-        loop {
-            rx.changed().await.ok()?;
-            let snap = rx.borrow_and_update().clone();
-            if let Some(json) = snap {
-                let ev = Event::default().event("snapshot").data(&*json);
-                return Some((Ok(ev), rx));
+    let broker = st.broker.clone();
+    let updates = stream::unfold(rx, move |mut rx| {
+        let broker = broker.clone();
+        async move {
+            loop {
+                rx.changed().await.ok()?;
+                // Ends with shutdown, so that open dashboards do not hold the drain.
+                if broker.is_stopping() {
+                    return None;
+                }
+                let snap = rx.borrow_and_update().clone();
+                if let Some(json) = snap {
+                    let ev = Event::default().event("snapshot").data(&*json);
+                    return Some((Ok(ev), rx));
+                }
             }
         }
     });
