@@ -475,6 +475,21 @@ impl Job {
         Ok(self.status)
     }
 
+    /// running → pending, as if the hand-out under `lease` had not happened:
+    /// its answer never reached a worker (the connection had closed). The
+    /// attempt is not counted, and the lease is void.
+    pub fn release(&mut self, lease: &LeaseId) -> Result<(), TransitionError> {
+        self.require_running(Some(lease))?;
+        self.status = Status::Pending;
+        self.attempts = self.attempts.saturating_sub(1);
+        if self.attempts == 0 {
+            self.started_at = None;
+        }
+        self.lease_id = None;
+        self.lease_expires_at = None;
+        Ok(())
+    }
+
     /// Extends the current lease to `expires_at`.
     pub fn heartbeat(
         &mut self,
@@ -528,6 +543,15 @@ impl Job {
         }
         self.end(Status::Cancelled, now);
         Ok(())
+    }
+
+    /// pending → cancelled, and nothing else: its client went away before a
+    /// worker took it (a running job goes on; its result is kept).
+    pub fn abandon(&mut self, now: Timestamp) -> Result<(), TransitionError> {
+        if self.status != Status::Pending {
+            return Err(TransitionError::NotPending(self.status));
+        }
+        self.cancel(now)
     }
 
     /// Whether the job is past `--result-ttl` (counted from its end) at `now`.
@@ -698,6 +722,24 @@ mod tests {
         assert_eq!(
             j.fail(Some(&LeaseId::new()), "x", true, 3, Timestamp(20)),
             Err(TransitionError::StaleLease)
+        );
+    }
+
+    #[test]
+    fn release_undoes_a_hand_out_that_reached_no_worker() {
+        let (mut j, lease) = running();
+        assert_eq!(j.release(&LeaseId::new()), Err(TransitionError::StaleLease));
+        j.release(&lease).unwrap();
+        assert_eq!(j.status, Status::Pending);
+        assert_eq!((j.attempts, j.started_at, j.lease_id), (0, None, None));
+        assert_eq!(
+            j.release(&lease),
+            Err(TransitionError::NotRunning(Status::Pending))
+        );
+        assert_eq!(
+            j.complete(Some(&lease), &Bytes::new(), Timestamp(5)),
+            Err(TransitionError::NotRunning(Status::Pending)),
+            "the void lease completes nothing"
         );
     }
 

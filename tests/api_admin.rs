@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{keys, Kind, TestServer};
+use common::{id_of, keys, Kind, TestServer};
 use serde_json::{json, Value};
 
 backend_tests!(
@@ -15,10 +15,6 @@ backend_tests!(
     clear_answers_waiting_clients_410_at_once,
     clear_one_queue,
 );
-
-fn id_of(job: &Value) -> String {
-    job["job_id"].as_str().expect("job_id").to_owned()
-}
 
 async fn health_is_ok(kind: Kind) {
     let s = TestServer::start(kind).await;

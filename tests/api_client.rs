@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{keys, within, Kind, Reply, TestServer, BOUND};
+use common::{assert_has_keys, id_of, keys, within, Kind, Reply, TestServer, BOUND};
 use serde_json::{json, Value};
 
 backend_tests!(
@@ -57,7 +57,7 @@ async fn sync_submit_answers_with_the_workers_result(kind: Kind) {
     let client = s.spawn_submit("?timeout=10", r#"{"n":1}"#);
     let job = s.take("").await;
     assert_eq!(job["payload"], json!({"n": 1}));
-    let id = job["job_id"].as_str().unwrap().to_owned();
+    let id = id_of(&job);
     assert_uuid_v4(&id);
     let r = s.complete(&id, "", r#"{"ok":true}"#).await;
     assert_eq!(r.status, 200);
@@ -81,7 +81,7 @@ async fn sync_submit_answers_with_the_workers_result(kind: Kind) {
 fn assert_accepted(r: &Reply) -> String {
     assert_eq!(r.status, 202, "{r:?}");
     assert_eq!(r.keys(), keys(&["job_id", "status", "location"]));
-    let id = r.body["job_id"].as_str().unwrap().to_owned();
+    let id = id_of(&r.body);
     let loc = format!("/api/jobs/{id}");
     assert_eq!(r.header("location"), loc);
     assert_eq!(r.body["location"], loc);
@@ -175,18 +175,20 @@ async fn async_submit_then_get_with_wait(kind: Kind) {
     let v = s.job(&id).await;
     assert_eq!(v.status, 200);
     assert_eq!(v.header("x-job-id"), id);
-    for k in [
-        "job_id",
-        "queue",
-        "status",
-        "attempts",
-        "created_at",
-        "started_at",
-        "completed_at",
-        "position",
-    ] {
-        assert!(v.body.get(k).is_some(), "view lacks {k}: {v:?}");
-    }
+    assert_has_keys(
+        &v.body,
+        &[
+            "job_id",
+            "queue",
+            "status",
+            "attempts",
+            "created_at",
+            "started_at",
+            "completed_at",
+            "position",
+        ],
+        "view",
+    );
     assert_eq!(v.body["job_id"], id);
     assert_eq!(v.body["queue"], "default");
     assert_eq!(v.body["status"], "pending");
@@ -327,7 +329,7 @@ async fn idempotency_key_attaches_to_the_first_job(kind: Kind) {
     let id_async = assert_accepted(&r);
 
     let job = s.take("").await;
-    let id = job["job_id"].as_str().unwrap().to_owned();
+    let id = id_of(&job);
     assert_eq!(id_async, id);
     assert!(s.poll("").await.is_none(), "a second job was created");
     assert_eq!(s.complete(&id, "", r#"{"answer":42}"#).await.status, 200);
@@ -396,7 +398,7 @@ async fn payload_encodings(kind: Kind) {
         let job = s.take("").await;
         assert_eq!(job["payload"], want, "hand-out of {bytes:?}");
         assert_eq!(job.get("payload_encoding").and_then(Value::as_str), enc);
-        let id = job["job_id"].as_str().unwrap().to_owned();
+        let id = id_of(&job);
         // The worker echoes the bytes back as its result.
         assert_eq!(s.complete(&id, "", bytes.clone()).await.status, 200);
         let r = TestServer::join(client).await;
@@ -634,12 +636,17 @@ async fn unparsable_requests_get_json_errors() {
     s.stop().await;
 }
 
+/// A client that gives up (closes its connection) after `ms` milliseconds.
+fn impatient_client(ms: u64) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(ms))
+        .build()
+        .unwrap()
+}
+
 async fn client_disconnect_cancels_pending_job(kind: Kind) {
     let s = TestServer::start(kind).await;
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(1000))
-        .build()
-        .unwrap();
+    let impatient = impatient_client(1000);
     let client = tokio::spawn(
         impatient
             .post(s.url("/api/submit?timeout=30"))
@@ -650,7 +657,7 @@ async fn client_disconnect_cancels_pending_job(kind: Kind) {
     // Waiters register before the insert: wait until the job is stored too.
     s.wait_stat("pending", 1).await;
     let list = s.get("/api/admin/jobs").await;
-    let id = list.body["jobs"][0]["job_id"].as_str().unwrap().to_owned();
+    let id = id_of(&list.body["jobs"][0]);
     // Someone watching the job does not keep it alive.
     let watcher = TestServer::spawn_send(s.http.get(s.url(&format!("/api/jobs/{id}?wait=10"))));
     s.wait_stat("waiting_clients", 2).await;
@@ -673,16 +680,13 @@ async fn client_disconnect_cancels_pending_job(kind: Kind) {
 
 async fn client_disconnect_leaves_running_job(kind: Kind) {
     let s = TestServer::start(kind).await;
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(500))
-        .build()
-        .unwrap();
+    let impatient = impatient_client(500);
     let rb = impatient
         .post(s.url("/api/submit?timeout=30"))
         .body("keep going");
     let client = tokio::spawn(rb.send());
     let job = s.take("").await;
-    let id = job["job_id"].as_str().unwrap().to_owned();
+    let id = id_of(&job);
     let r = within(BOUND, "impatient client", client).await.unwrap();
     assert!(
         r.is_err_and(|e| e.is_timeout()),
@@ -725,10 +729,7 @@ async fn result_ttl_forgets_ended_jobs(kind: Kind) {
 
 async fn disconnect_keeps_job_others_wait_for(kind: Kind) {
     let s = TestServer::start(kind).await;
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(1000))
-        .build()
-        .unwrap();
+    let impatient = impatient_client(1000);
     let first = tokio::spawn(
         impatient
             .post(s.url("/api/submit?timeout=30"))

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{keys, within, Kind, Reply, TestServer};
-use serde_json::{json, Value};
+use common::{http, id_of, keys, within, Kind, Reply, TestServer};
+use serde_json::json;
 
 backend_tests!(
     many_sync_clients_many_workers,
@@ -33,17 +33,10 @@ async fn many_sync_clients_many_workers(kind: Kind) {
             tokio::spawn(async move {
                 let mut mine = 0;
                 while done.load(Ordering::SeqCst) < CLIENTS {
-                    let r = http
-                        .get(format!("{base}/api/worker/poll?wait=0.5"))
-                        .send()
-                        .await
-                        .unwrap();
-                    if r.status() == 204 {
+                    let Some(job) = http::poll(&http, &base, "?wait=0.5").await else {
                         continue;
-                    }
-                    assert_eq!(r.status(), 200);
-                    let job: Value = r.json().await.unwrap();
-                    let id = job["job_id"].as_str().unwrap().to_owned();
+                    };
+                    let id = id_of(&job);
                     assert!(
                         seen.lock().unwrap().insert(id.clone()),
                         "job {id} handed out twice"
@@ -100,66 +93,34 @@ async fn many_sync_clients_many_workers(kind: Kind) {
     s.stop().await;
 }
 
-/// Waits (bounded) until the server reports shutting down on `/health`.
-async fn wait_shutting_down(http: &reqwest::Client, base: &str) {
-    within(Duration::from_secs(5), "shutdown begins", async {
-        loop {
-            let r = http.get(format!("{base}/health")).send().await.unwrap();
-            if r.status() == 503 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-}
-
 async fn shutdown_lets_running_job_finish(kind: Kind) {
     let s = TestServer::start_with(kind, &["--shutdown-grace", "10"]).await;
     let client = s.spawn_submit("?timeout=30", "in flight");
     let job = s.take("").await;
-    let id = job["job_id"].as_str().unwrap().to_owned();
+    let id = id_of(&job);
     let (http, base) = (s.http.clone(), s.base.clone());
     let stopping = tokio::spawn(s.stop());
-    wait_shutting_down(&http, &base).await;
+    let before = http::wait_health(&http, &base, 503, Duration::from_secs(5))
+        .await
+        .expect("shutdown begins");
+    assert!(before.iter().all(|&st| st == 200), "{before:?}");
 
     // No new work during the drain.
-    let r = Reply::of(
-        http.post(format!("{base}/api/submit"))
-            .body("new")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let answer =
+        |rb: reqwest::RequestBuilder| async move { Reply::of(rb.send().await.unwrap()).await };
+    let r = answer(http.post(format!("{base}/api/submit")).body("new")).await;
     r.assert_error(503);
     assert!(r.header("retry-after").parse::<u64>().is_ok());
-    let r = Reply::of(
-        http.post(format!("{base}/api/jobs"))
-            .body("new")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = answer(http.post(format!("{base}/api/jobs")).body("new")).await;
     r.assert_error(503);
-    let r = Reply::of(
-        http.get(format!("{base}/api/worker/poll"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = answer(http.get(format!("{base}/api/worker/poll"))).await;
     r.assert_error(503);
 
     // The running job's worker can still finish, and its client gets the result.
-    let r = Reply::of(
+    let r = answer(
         http.post(format!("{base}/api/worker/complete/{id}"))
             .header("X-Lease-Id", job["lease_id"].as_str().unwrap())
-            .body("finished during the grace")
-            .send()
-            .await
-            .unwrap(),
+            .body("finished during the grace"),
     )
     .await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -174,7 +135,7 @@ async fn shutdown_lets_running_job_finish(kind: Kind) {
 async fn shutdown_grace_over_answers_503(kind: Kind) {
     let s = TestServer::start_with(kind, &["--shutdown-grace", "0.5"]).await;
     let client = s.spawn_submit("?timeout=30", "never finished");
-    let id = s.take("").await["job_id"].as_str().unwrap().to_owned();
+    let id = id_of(&s.take("").await);
     let stopping = tokio::spawn(s.stop());
     let r = TestServer::join(client).await;
     r.assert_error(503);

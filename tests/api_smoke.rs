@@ -2,26 +2,18 @@
 
 mod common;
 
-use common::{Kind, TestServer};
+use common::{http, Kind, TestServer};
 use serde_json::Value;
 
 backend_tests!(submit_poll_complete);
 
 async fn submit_poll_complete(kind: Kind) {
     let s = TestServer::start(kind).await;
-    let client = {
-        let (http, url) = (s.http.clone(), s.url("/api/submit?timeout=10"));
-        tokio::spawn(async move { http.post(url).body(r#"{"n":1}"#).send().await.unwrap() })
-    };
+    let client = http::spawn_post(&s.http, s.url("/api/submit?timeout=10"), r#"{"n":1}"#);
     // One long-poll: the submit wakes it.
-    let r = s
-        .http
-        .get(s.url("/api/worker/poll?wait=10"))
-        .send()
+    let job = http::poll(&s.http, &s.base, "?wait=10")
         .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let job: Value = r.json().await.unwrap();
+        .expect("a job (200)");
     assert_eq!(job["payload"], serde_json::json!({"n": 1}));
     assert_eq!(job["attempt"], 1);
     let id = job["job_id"].as_str().unwrap();

@@ -5,8 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{keys, Kind, TestServer};
-use serde_json::{json, Value};
+use common::{assert_has_keys, id_of, keys, Kind, TestServer};
+use serde_json::json;
 
 backend_tests!(
     poll_without_jobs_is_204,
@@ -26,10 +26,6 @@ backend_tests!(
 );
 
 const UNKNOWN: &str = "3f1d2c4b-5a6e-4f70-8a91-b2c3d4e5f607";
-
-fn id_of(job: &Value) -> String {
-    job["job_id"].as_str().expect("job_id").to_owned()
-}
 
 async fn poll_without_jobs_is_204(kind: Kind) {
     let s = TestServer::start(kind).await;
@@ -56,17 +52,19 @@ async fn poll_hands_out_a_job(kind: Kind) {
     let r = s.get("/api/worker/poll").await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.header("x-job-id"), id);
-    for k in [
-        "job_id",
-        "payload",
-        "headers",
-        "queue",
-        "attempt",
-        "lease_id",
-        "lease_expires_at",
-    ] {
-        assert!(r.body.get(k).is_some(), "hand-out lacks {k}: {r:?}");
-    }
+    assert_has_keys(
+        &r.body,
+        &[
+            "job_id",
+            "payload",
+            "headers",
+            "queue",
+            "attempt",
+            "lease_id",
+            "lease_expires_at",
+        ],
+        "hand-out",
+    );
     assert_eq!(r.body["job_id"], id);
     assert_eq!(r.body["payload"], json!({"k": "v"}));
     assert!(r.body["headers"].is_object());

@@ -561,12 +561,6 @@ fn write_tokens(path: &std::path::Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn sighup(p: &Proc) {
-    // SAFETY: kill(2) on our own child's pid.
-    let rc = unsafe { libc::kill(p.child.id() as i32, libc::SIGHUP) };
-    assert_eq!(rc, 0);
-}
-
 /// The status of `GET /api/jobs/{NO_JOB}` with `token`: 404 = accepted.
 async fn client_status(http: &reqwest::Client, p: &Proc, token: &str) -> u16 {
     http.get(p.url(&format!("/api/jobs/{NO_JOB}")))
@@ -667,18 +661,18 @@ async fn token_file_rotates_on_sighup_under_load() {
         };
         // Add the new token next to the old one: both valid.
         write_tokens(&file, &format!("{base}client {old}\nclient {new}\n"));
-        sighup(&p);
+        p.signal(libc::SIGHUP);
         until_status(&http, &p, &new, 404).await;
         assert_eq!(client_status(&http, &p, &old).await, 404);
         // Retire the old one.
         write_tokens(&file, &format!("{base}client {new}\n"));
-        sighup(&p);
+        p.signal(libc::SIGHUP);
         until_status(&http, &p, &old, 401).await;
         assert_eq!(client_status(&http, &p, &new).await, 404);
     }
     // A broken file keeps the tokens in force.
     write_tokens(&file, "client\n");
-    sighup(&p);
+    p.signal(libc::SIGHUP);
     common::within(common::BOUND, "reload error logged", async {
         while !p.log_text().contains("tokens not reloaded") {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -774,7 +768,7 @@ async fn tokens_never_reach_the_logs() {
     assert!(job["headers"].get("authorization").is_none(), "{job}");
     // A reload that fails on a line holding a token.
     write_tokens(&file, &format!("{file_token}\n"));
-    sighup(&p);
+    p.signal(libc::SIGHUP);
     common::within(common::BOUND, "reload error logged", async {
         while !p.log_text().contains("tokens not reloaded") {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::binary::free_port;
-use common::{Kind, TestServer};
+use common::http::wait_health;
+use common::{joined, wait_until, Kind, TestServer};
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -192,6 +193,15 @@ async fn failing_command_reports_its_stderr_tail() {
     s.stop().await;
 }
 
+/// The process id a command wrote to `path`.
+fn read_pid(path: &Path) -> i32 {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// Whether `pid` is gone (or a zombie waiting for init to reap it).
 fn is_dead(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -220,16 +230,9 @@ async fn timeout_kills_the_whole_process_group() {
     assert!(error.contains("about to hang"), "{error}");
     assert!(t0.elapsed() < Duration::from_secs(40));
     // The background `sleep` was in the command's process group: killed too.
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let until = Instant::now() + BOUND;
-    while !is_dead(pid) {
-        assert!(Instant::now() < until, "the command's child {pid} survived");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let pid = read_pid(&pidfile);
+    let gone = format!("the command's child {pid} is killed");
+    wait_until(BOUND, &gone, || is_dead(pid)).await;
     s.stop().await;
 }
 
@@ -240,15 +243,7 @@ async fn heartbeats_keep_a_job_that_outlives_its_lease() {
     let (status, body, id) = submit(&s, "", "x").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["payload"], "done\n");
-    let job: Value = s
-        .http
-        .get(s.url(&format!("/api/jobs/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = s.job(&id).await.body;
     assert_eq!(job["attempts"], 1, "the lease never lapsed: {job}");
     s.stop().await;
 }
@@ -272,15 +267,8 @@ async fn sigterm_finishes_the_job_in_hand_then_exits_0() {
         go.display()
     );
     let mut w = worker(&s.base, &cmd, &[]);
-    let client = {
-        let (http, url) = (s.http.clone(), s.url("/api/submit?timeout=50"));
-        tokio::spawn(async move { http.post(url).body("x").send().await.unwrap() })
-    };
-    let until = Instant::now() + BOUND;
-    while !started.exists() {
-        assert!(Instant::now() < until, "the job never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let client = s.spawn_submit("?timeout=50", "x");
+    wait_until(BOUND, "the job started", || started.exists()).await;
     w.signal(libc::SIGTERM);
     w.wait_log("stop signal").await;
     assert!(
@@ -296,10 +284,9 @@ async fn sigterm_finishes_the_job_in_hand_then_exits_0() {
     .await
     .expect("the command still reads its FIFO")
     .unwrap();
-    let resp = tokio::time::timeout(BOUND, client).await.unwrap().unwrap();
-    assert_eq!(resp.status(), 200);
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["payload"], "finished ok");
+    let resp = joined(BOUND, "the client is answered", client).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body["payload"], "finished ok");
     let st = w.exit().await;
     assert_eq!(st.code(), Some(0), "log:\n{}", w.log());
     s.stop().await;
@@ -317,16 +304,10 @@ async fn serve(addr: &str) -> Proc {
         "1",
     ]);
     let http = reqwest::Client::new();
-    let until = Instant::now() + BOUND;
-    loop {
-        if let Ok(r) = http.get(format!("http://{addr}/health")).send().await {
-            if r.status() == 200 {
-                return p;
-            }
-        }
-        assert!(Instant::now() < until, "server on {addr} never came up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if let Err(e) = wait_health(&http, &format!("http://{addr}"), 200, BOUND).await {
+        panic!("server on {addr} never came up: {e}");
     }
+    p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,15 +397,7 @@ async fn submit_exit_codes() {
     let waiting = waiting.spawn().unwrap();
     let until = Instant::now() + BOUND;
     let id = loop {
-        let list: Value = s
-            .http
-            .get(s.url("/api/admin/jobs?queue=doomed"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = s.get("/api/admin/jobs?queue=doomed").await.body;
         if let Some(id) = list["jobs"][0]["job_id"].as_str() {
             break id.to_owned();
         }
@@ -577,39 +550,14 @@ async fn cancelling_a_running_job_kills_its_command() {
         pidfile.display()
     );
     let mut w = worker(&s.base, &cmd, &[]);
-    let r = s
-        .http
-        .post(s.url("/api/jobs"))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let id = r.headers()["x-job-id"].to_str().unwrap().to_owned();
-    let until = Instant::now() + BOUND;
-    while !pidfile.exists() {
-        assert!(Instant::now() < until, "the job never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let r = s
-        .http
-        .delete(s.url(&format!("/api/jobs/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let id = s.submit_async("", "x").await;
+    wait_until(BOUND, "the job started", || pidfile.exists()).await;
+    let pid = read_pid(&pidfile);
+    assert_eq!(s.delete(&format!("/api/jobs/{id}")).await.status, 200);
     // The next heartbeat gets 409: the worker kills the command's group.
     w.wait_log("killed its command").await;
-    let until = Instant::now() + BOUND;
-    while !is_dead(pid) {
-        assert!(Instant::now() < until, "the command's child {pid} survived");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let gone = format!("the command's child {pid} is killed");
+    wait_until(BOUND, &gone, || is_dead(pid)).await;
     s.stop().await;
 }
 
@@ -620,22 +568,15 @@ async fn a_second_sigterm_kills_the_running_commands() {
     let started = dir.path().join("started");
     let cmd = format!("cat >/dev/null; : > {}; exec sleep 300", started.display());
     let mut w = worker(&s.base, &cmd, &[]);
-    let client = {
-        let (http, url) = (s.http.clone(), s.url("/api/submit?timeout=50"));
-        tokio::spawn(async move { http.post(url).body("x").send().await.unwrap() })
-    };
-    let until = Instant::now() + BOUND;
-    while !started.exists() {
-        assert!(Instant::now() < until, "the job never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let client = s.spawn_submit("?timeout=50", "x");
+    wait_until(BOUND, "the job started", || started.exists()).await;
     w.signal(libc::SIGTERM);
     w.wait_log("stop signal").await;
     w.signal(libc::SIGTERM);
     assert_eq!(w.exit().await.code(), Some(0), "log:\n{}", w.log());
-    let resp = tokio::time::timeout(BOUND, client).await.unwrap().unwrap();
-    assert_eq!(resp.status(), 502);
-    let body: Value = resp.json().await.unwrap();
+    let resp = joined(BOUND, "the client is answered", client).await;
+    assert_eq!(resp.status, 502);
+    let body = resp.body;
     assert!(
         body["error"]
             .as_str()

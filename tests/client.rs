@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Kind, TestServer};
+use common::{joined, Kind, TestServer};
 use jobq::client::{Client, Error, Outcome, RunOptions, SubmitOptions, Worker};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,21 @@ async fn poll_one(w: &Worker) -> jobq::client::Job {
     .expect("a job arrives")
 }
 
+/// `worker.run(opts, stop, handler)` in the background.
+fn spawn_run<H, F>(
+    worker: Worker,
+    opts: RunOptions,
+    stop: &CancellationToken,
+    handler: H,
+) -> tokio::task::JoinHandle<Result<(), Error>>
+where
+    H: Fn(jobq::client::Job, CancellationToken) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = Outcome> + Send + 'static,
+{
+    let stop = stop.clone();
+    tokio::spawn(async move { worker.run(opts, stop, handler).await })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_poll_complete_with_binary_bytes_and_fencing() {
     let s = TestServer::start(Kind::Memory).await;
@@ -53,10 +68,8 @@ async fn submit_poll_complete_with_binary_bytes_and_fencing() {
     worker.heartbeat(&job).await.unwrap();
     let result = Bytes::from_static(&[0xfe, b'r', 0x00]);
     worker.complete(&job, result.clone()).await.unwrap();
-    let done = tokio::time::timeout(BOUND, waiting)
+    let done = joined(BOUND, "the submit is answered", waiting)
         .await
-        .unwrap()
-        .unwrap()
         .unwrap();
     assert_eq!(done.job_id, job.id);
     assert_eq!(done.result, result);
@@ -88,7 +101,7 @@ async fn failed_cancelled_still_running_and_refused() {
     };
     let job = poll_one(&worker).await;
     worker.fail(&job, "it broke", true).await.unwrap();
-    match tokio::time::timeout(BOUND, waiting).await.unwrap().unwrap() {
+    match joined(BOUND, "the submit is answered", waiting).await {
         Err(Error::JobFailed {
             job_id,
             attempts,
@@ -143,7 +156,7 @@ async fn failed_cancelled_still_running_and_refused() {
     .unwrap();
     assert_eq!(client.cancel(&id).await.unwrap().status, "cancelled");
     assert!(matches!(
-        tokio::time::timeout(BOUND, waiting).await.unwrap().unwrap(),
+        joined(BOUND, "the submit is answered", waiting).await,
         Err(Error::JobCancelled { job_id }) if job_id == id
     ));
 
@@ -189,22 +202,20 @@ async fn run_handles_jobs_concurrently() {
     let stop = CancellationToken::new();
     // Two jobs must be in hand at once to get past the barrier.
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
-    let running = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            worker
-                .run(RunOptions { concurrency: 2 }, stop, move |job, _lost| {
-                    let barrier = barrier.clone();
-                    async move {
-                        if job.payload.starts_with(b"pair") {
-                            barrier.wait().await;
-                        }
-                        Outcome::Complete(job.payload.to_ascii_uppercase().into())
-                    }
-                })
-                .await
-        })
-    };
+    let running = spawn_run(
+        worker,
+        RunOptions { concurrency: 2 },
+        &stop,
+        move |job, _lost| {
+            let barrier = barrier.clone();
+            async move {
+                if job.payload.starts_with(b"pair") {
+                    barrier.wait().await;
+                }
+                Outcome::Complete(job.payload.to_ascii_uppercase().into())
+            }
+        },
+    );
     let mut subs = vec![];
     for p in ["pair-a", "pair-b", "c", "d", "e"] {
         let c = client.clone();
@@ -213,15 +224,11 @@ async fn run_handles_jobs_concurrently() {
         ));
     }
     for sub in subs {
-        let (p, r) = tokio::time::timeout(BOUND, sub).await.unwrap().unwrap();
+        let (p, r) = joined(BOUND, "the submit is answered", sub).await;
         assert_eq!(r.unwrap().result, p.to_ascii_uppercase());
     }
     stop.cancel();
-    tokio::time::timeout(BOUND, running)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    joined(BOUND, "run returns", running).await.unwrap();
     s.stop().await;
 }
 
@@ -234,23 +241,16 @@ async fn run_stops_gracefully_after_the_jobs_in_hand() {
     let (started_tx, mut started) = mpsc::channel::<()>(1);
     let (release, released) = oneshot::channel::<()>();
     let released = std::sync::Arc::new(tokio::sync::Mutex::new(Some(released)));
-    let running = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            worker
-                .run(RunOptions::default(), stop, move |_job, _lost| {
-                    let (started_tx, released) = (started_tx.clone(), released.clone());
-                    async move {
-                        let _ = started_tx.send(()).await;
-                        if let Some(rx) = released.lock().await.take() {
-                            let _ = rx.await;
-                        }
-                        Outcome::Complete(Bytes::from_static(b"finished"))
-                    }
-                })
-                .await
-        })
-    };
+    let running = spawn_run(worker, RunOptions::default(), &stop, move |_job, _lost| {
+        let (started_tx, released) = (started_tx.clone(), released.clone());
+        async move {
+            let _ = started_tx.send(()).await;
+            if let Some(rx) = released.lock().await.take() {
+                let _ = rx.await;
+            }
+            Outcome::Complete(Bytes::from_static(b"finished"))
+        }
+    });
     let waiting = {
         let c = client.clone();
         tokio::spawn(async move { c.submit("x", &wait(50)).await })
@@ -262,17 +262,11 @@ async fn run_stops_gracefully_after_the_jobs_in_hand() {
     stop.cancel();
     assert!(!running.is_finished(), "run returned with a job in hand");
     release.send(()).unwrap();
-    let done = tokio::time::timeout(BOUND, waiting)
+    let done = joined(BOUND, "the submit is answered", waiting)
         .await
-        .unwrap()
-        .unwrap()
         .unwrap();
     assert_eq!(done.result, &b"finished"[..]);
-    tokio::time::timeout(BOUND, running)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    joined(BOUND, "run returns", running).await.unwrap();
     s.stop().await;
 }
 
@@ -283,28 +277,26 @@ async fn run_heartbeats_long_jobs_and_stops_lost_ones() {
     let worker = client.worker(vec![]).long_poll(Duration::from_secs(2));
     let stop = CancellationToken::new();
     let (lost_tx, mut lost_rx) = mpsc::channel::<String>(4);
-    let running = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            worker
-                .run(RunOptions { concurrency: 2 }, stop, move |job, lost| {
-                    let lost_tx = lost_tx.clone();
-                    async move {
-                        if job.payload == "long" {
-                            // Outlives its 2 s lease: heartbeats keep it.
-                            tokio::time::sleep(Duration::from_secs(5)).await;
-                            return Outcome::Complete(Bytes::from_static(b"kept"));
-                        }
-                        // Waits to be told the job is gone.
-                        if tokio::time::timeout(BOUND, lost.cancelled()).await.is_ok() {
-                            let _ = lost_tx.send(job.id.clone()).await;
-                        }
-                        Outcome::Complete(Bytes::from_static(b"too late"))
-                    }
-                })
-                .await
-        })
-    };
+    let running = spawn_run(
+        worker,
+        RunOptions { concurrency: 2 },
+        &stop,
+        move |job, lost| {
+            let lost_tx = lost_tx.clone();
+            async move {
+                if job.payload == "long" {
+                    // Outlives its 2 s lease: heartbeats keep it.
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    return Outcome::Complete(Bytes::from_static(b"kept"));
+                }
+                // Waits to be told the job is gone.
+                if tokio::time::timeout(BOUND, lost.cancelled()).await.is_ok() {
+                    let _ = lost_tx.send(job.id.clone()).await;
+                }
+                Outcome::Complete(Bytes::from_static(b"too late"))
+            }
+        },
+    );
     let long = {
         let c = client.clone();
         tokio::spawn(async move { c.submit("long", &wait(50)).await })
@@ -326,19 +318,13 @@ async fn run_heartbeats_long_jobs_and_stops_lost_ones() {
         .unwrap()
         .unwrap();
     assert_eq!(lost, doomed);
-    let done = tokio::time::timeout(BOUND, long)
+    let done = joined(BOUND, "the long job is answered", long)
         .await
-        .unwrap()
-        .unwrap()
         .unwrap();
     assert_eq!(done.result, &b"kept"[..]);
     assert_eq!(client.job(&done.job_id).await.unwrap().attempts, 1);
     assert_eq!(client.job(&doomed).await.unwrap().status, "cancelled");
     stop.cancel();
-    tokio::time::timeout(BOUND, running)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    joined(BOUND, "run returns", running).await.unwrap();
     s.stop().await;
 }

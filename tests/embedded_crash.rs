@@ -8,6 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::binary::{free_port, start_fails, Proc};
+use common::http::{enqueue, get_json, spawn_post};
+use common::id_of;
 use serde_json::Value;
 
 async fn list_all(http: &reqwest::Client, p: &Proc) -> Vec<Value> {
@@ -21,24 +23,9 @@ async fn list_all(http: &reqwest::Client, p: &Proc) -> Vec<Value> {
     v["jobs"].as_array().unwrap().clone()
 }
 
+/// One poll of the default queue.
 async fn poll(http: &reqwest::Client, p: &Proc) -> Option<Value> {
-    let r = http.get(p.url("/api/worker/poll")).send().await.unwrap();
-    match r.status().as_u16() {
-        200 => Some(r.json().await.unwrap()),
-        204 => None,
-        s => panic!("poll: {s}"),
-    }
-}
-
-/// `POST /api/jobs` with `body`, which must be acknowledged (202).
-async fn enqueue(http: &reqwest::Client, p: &Proc, body: String) {
-    let r = http
-        .post(p.url("/api/jobs"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    common::http::poll(http, &p.base, "").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +54,7 @@ async fn kill9_mid_submit_burst_loses_no_acknowledged_job() {
                 match r {
                     Ok(r) if r.status() == 202 => {
                         let v: Value = r.json().await.unwrap();
-                        let _ = ack_tx.send((key, v["job_id"].as_str().unwrap().to_owned()));
+                        let _ = ack_tx.send((key, id_of(&v)));
                     }
                     _ => return, // the server is gone
                 }
@@ -135,17 +122,11 @@ async fn submit_and_take(
     p: &Proc,
     body: &'static str,
 ) -> (tokio::task::JoinHandle<reqwest::Response>, Value) {
-    let client = {
-        let (http, url) = (http.clone(), p.url("/api/submit"));
-        tokio::spawn(async move { http.post(url).body(body).send().await.unwrap() })
-    };
-    let r = http
-        .get(p.url("/api/worker/poll?wait=10"))
-        .send()
+    let client = spawn_post(http, p.url("/api/submit"), body);
+    let job = common::http::poll(http, &p.base, "?wait=10")
         .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "no job within the long-poll");
-    (client, r.json().await.unwrap())
+        .expect("no job within the long-poll");
+    (client, job)
 }
 
 fn body_of(key: &str) -> String {
@@ -161,17 +142,17 @@ async fn kill9_with_jobs_running_returns_them_to_pending() {
     let mut p = Proc::start(&data, free_port(), &[]).await;
     let http = reqwest::Client::new();
     for i in 0..20 {
-        enqueue(&http, &p, format!("{{\"i\":{i}}}")).await;
+        enqueue(&http, &p.base, format!("{{\"i\":{i}}}")).await;
     }
     let mut running = HashSet::new();
     for _ in 0..5 {
         let j = poll(&http, &p).await.expect("a job");
-        running.insert(j["job_id"].as_str().unwrap().to_owned());
+        running.insert(id_of(&j));
     }
     // Hand-outs are written within 100 ms (docs/storage.md); then a
     // durable write puts them in front of it in the log.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    enqueue(&http, &p, "{\"i\":20}".to_owned()).await;
+    enqueue(&http, &p.base, "{\"i\":20}".to_owned()).await;
     p.kill9();
 
     let p = Proc::start(&data, free_port(), &[]).await;
@@ -203,13 +184,13 @@ async fn kill9_with_a_job_out_of_attempts_fails_it_at_restart() {
     let flags = ["--max-attempts", "1"];
     let mut p = Proc::start(&data, free_port(), &flags).await;
     let http = reqwest::Client::new();
-    enqueue(&http, &p, "{\"last\":true}".to_owned()).await;
+    enqueue(&http, &p.base, "{\"last\":true}").await;
     let j = poll(&http, &p).await.expect("a job");
     assert_eq!(j["attempt"], 1);
-    let id = j["job_id"].as_str().unwrap().to_owned();
+    let id = id_of(&j);
     // Let the deferred hand-out write reach the log (docs/storage.md).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    enqueue(&http, &p, "{\"other\":true}".to_owned()).await;
+    enqueue(&http, &p.base, "{\"other\":true}").await;
     p.kill9();
 
     for round in 0..2 {
@@ -243,12 +224,12 @@ async fn kill9_after_deferred_writes_keeps_completions_and_attempts() {
     let mut p = Proc::start(&data, free_port(), &[]).await;
     let http = reqwest::Client::new();
     for i in 0..10 {
-        enqueue(&http, &p, format!("{{\"i\":{i}}}")).await;
+        enqueue(&http, &p.base, format!("{{\"i\":{i}}}")).await;
     }
     let mut completed = HashSet::new();
     for _ in 0..5 {
         let j = poll(&http, &p).await.expect("a job");
-        let id = j["job_id"].as_str().unwrap().to_owned();
+        let id = id_of(&j);
         let r = http
             .post(p.url(&format!("/api/worker/complete/{id}")))
             .body(format!("{{\"done\":\"{id}\"}}"))
@@ -261,7 +242,7 @@ async fn kill9_after_deferred_writes_keeps_completions_and_attempts() {
     let mut running = HashSet::new();
     for _ in 0..3 {
         let j = poll(&http, &p).await.expect("a job");
-        running.insert(j["job_id"].as_str().unwrap().to_owned());
+        running.insert(id_of(&j));
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     p.kill9();
@@ -301,7 +282,7 @@ async fn kill9_right_after_completes_keeps_every_result() {
     }
     let mut done = HashMap::new();
     while let Some(j) = poll(&http, &p).await {
-        let id = j["job_id"].as_str().unwrap().to_owned();
+        let id = id_of(&j);
         let i = j["payload"]["i"].as_u64().unwrap();
         let r = http
             .post(p.url(&format!("/api/worker/complete/{id}")))
@@ -341,14 +322,7 @@ async fn kill9_right_after_completes_keeps_every_result() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["job_id"], id.as_str());
     assert_eq!(v["payload"]["result"], i * 10);
-    let stats: Value = http
-        .get(p.url("/api/admin/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = get_json(&http, &p.url("/api/admin/stats")).await;
     assert_eq!(stats["total"], 50);
     assert_eq!(stats["completed"], 50);
 }
@@ -360,7 +334,7 @@ async fn sigterm_lets_the_running_job_finish_and_exits_zero() {
     let mut p = Proc::start(&data, free_port(), &["--shutdown-grace", "20"]).await;
     let http = reqwest::Client::new();
     let (client, job) = submit_and_take(&http, &p, "\"work\"").await;
-    let id = job["job_id"].as_str().unwrap().to_owned();
+    let id = id_of(&job);
     p.term();
     // New submits are refused while the running job drains.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -400,14 +374,7 @@ async fn sigterm_lets_the_running_job_finish_and_exits_zero() {
 
     // The result was stored.
     let p = Proc::start(&data, free_port(), &[]).await;
-    let v: Value = http
-        .get(p.url(&format!("/api/jobs/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(&http, &p.url(&format!("/api/jobs/{id}"))).await;
     assert_eq!(v["status"], "completed");
 }
 
@@ -430,14 +397,11 @@ async fn grace_over_answers_waiting_clients_503_and_keeps_their_jobs() {
     assert_eq!(p.wait_exit(Duration::from_secs(15)).await.code(), Some(0));
 
     let p = Proc::start(&data, free_port(), &[]).await;
-    let v: Value = http
-        .get(p.url(&format!("/api/jobs/{}", job["job_id"].as_str().unwrap())))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(
+        &http,
+        &p.url(&format!("/api/jobs/{}", job["job_id"].as_str().unwrap())),
+    )
+    .await;
     assert_eq!(
         v["status"], "pending",
         "unfinished work is served after restart"
@@ -644,7 +608,12 @@ async fn restored_jobs_are_served_while_new_writes_commit() {
         } else {
             String::new()
         };
-        enqueue(&http, &p, format!("{{\"restored\":{i},\"pad\":\"{pad}\"}}")).await;
+        enqueue(
+            &http,
+            &p.base,
+            format!("{{\"restored\":{i},\"pad\":\"{pad}\"}}"),
+        )
+        .await;
     }
     p.term();
     assert!(p.wait_exit(Duration::from_secs(10)).await.success());
@@ -656,18 +625,15 @@ async fn restored_jobs_are_served_while_new_writes_commit() {
     let mut workers = Vec::new();
     for _ in 0..8 {
         let (http, done) = (http.clone(), done.clone());
-        let (poll_url, base) = (p.url("/api/worker/poll?wait=1"), p.url(""));
+        let base = p.base.clone();
         workers.push(tokio::spawn(async move {
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
             while done.load(std::sync::atomic::Ordering::SeqCst) < 400
                 && std::time::Instant::now() < deadline
             {
-                let r = http.get(&poll_url).send().await.unwrap();
-                if r.status() == 204 {
+                let Some(j) = common::http::poll(&http, &base, "?wait=1").await else {
                     continue;
-                }
-                assert_eq!(r.status(), 200);
-                let j: Value = r.json().await.unwrap();
+                };
                 let id = j["job_id"].as_str().unwrap();
                 let r = http
                     .post(format!("{base}/api/worker/complete/{id}"))

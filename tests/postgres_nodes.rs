@@ -10,27 +10,18 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::binary::free_port;
+use common::binary::{free_port, Proc};
 use common::postgres::{available, with_dbname, TestDb};
-use common::TestServer;
+use common::{http, id_of, joined, stores, Reply, TestServer, BOUND};
 use parking_lot::Mutex;
 use serde_json::Value;
+use tokio::task::JoinHandle;
 
 /// Two in-process nodes on one fresh database.
 async fn two_nodes(flags: &[&str]) -> (TestServer, TestServer, Arc<TestDb>) {
     let db = Arc::new(TestDb::create().await);
-    let a = TestServer::start_on(
-        TestServer::postgres_backend(&db),
-        vec![Box::new(db.clone()) as Box<dyn std::any::Any + Send>],
-        flags,
-    )
-    .await;
-    let b = TestServer::start_on(
-        TestServer::postgres_backend(&db),
-        vec![Box::new(db.clone()) as Box<dyn std::any::Any + Send>],
-        flags,
-    )
-    .await;
+    let a = TestServer::start_node(&db, flags).await;
+    let b = TestServer::start_node(&db, flags).await;
     (a, b, db)
 }
 
@@ -43,14 +34,9 @@ async fn poll_job(s: &TestServer, wait: u32, within: Duration) -> Value {
             Instant::now() < deadline,
             "no job handed out within {within:?}"
         );
-        let r = s
-            .http
-            .get(s.url(&format!("/api/worker/poll?wait={wait}")))
-            .send()
-            .await
-            .unwrap();
-        match r.status().as_u16() {
-            200 => return r.json().await.unwrap(),
+        let r = s.get(&format!("/api/worker/poll?wait={wait}")).await;
+        match r.status {
+            200 => return r.body,
             204 => {}
             503 => tokio::time::sleep(Duration::from_millis(100)).await,
             other => panic!("poll answered {other}"),
@@ -58,43 +44,37 @@ async fn poll_job(s: &TestServer, wait: u32, within: Duration) -> Value {
     }
 }
 
+/// Completes the hand-out `job` on `s` under its lease; the status code.
 async fn complete(s: &TestServer, job: &Value, body: &str) -> u16 {
-    let id = job["job_id"].as_str().unwrap();
-    let lease = job["lease_id"].as_str().unwrap();
-    s.http
-        .post(s.url(&format!("/api/worker/complete/{id}?lease={lease}")))
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    http::complete(&s.http, &s.base, job, body.to_owned()).await
 }
 
 /// Starts a sync submit on `s` in the background.
-fn submit_and_wait(s: &TestServer, body: &str) -> tokio::task::JoinHandle<reqwest::Response> {
-    let (http, url, body) = (
-        s.http.clone(),
-        s.url("/api/submit?timeout=30"),
-        body.to_owned(),
-    );
-    tokio::spawn(async move { http.post(url).body(body).send().await.unwrap() })
+fn submit_and_wait(s: &TestServer, body: &str) -> JoinHandle<Reply> {
+    s.spawn_submit("?timeout=30", body.to_owned())
 }
 
 /// Waits until `s` reports `n` jobs in `status`.
 async fn wait_for_count(s: &TestServer, status: &str, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = s.http.get(s.url("/api/admin/stats")).send().await.unwrap();
-        if r.status() == 200 {
-            let v: Value = r.json().await.unwrap();
-            if v[status].as_u64() == Some(n) {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "never saw {n} {status} jobs");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    s.wait_stats(
+        Duration::from_secs(20),
+        &format!("{n} {status} jobs"),
+        |v| v[status].as_u64() == Some(n),
+    )
+    .await
+}
+
+/// Waits until `s` has `n` workers in a long-poll.
+async fn wait_for_pollers(s: &TestServer, n: u64) {
+    s.wait_stats(BOUND, "workers polling", |v| {
+        v["polling_workers"].as_u64() >= Some(n)
+    })
+    .await
+}
+
+/// A long-poll of up to 20 s on `s`, in the background.
+fn spawn_long_poll(s: &TestServer) -> JoinHandle<Reply> {
+    TestServer::spawn_send(s.http.get(s.url("/api/worker/poll?wait=20")))
 }
 
 #[test]
@@ -119,75 +99,26 @@ async fn submit_on_a_complete_on_b() {
     let (a, b, _db) = two_nodes(&[]).await;
 
     // A worker long-polls on B before the job exists: NOTIFY must wake it.
-    let worker = {
-        let http = b.http.clone();
-        let url = b.url("/api/worker/poll?wait=20");
-        tokio::spawn(async move {
-            let r = http.get(url).send().await.unwrap();
-            assert_eq!(r.status(), 200);
-            r.json::<Value>().await.unwrap()
-        })
-    };
-    wait_for_polling(&b).await;
+    let worker = spawn_long_poll(&b);
+    wait_for_pollers(&b, 1).await;
     let client = submit_and_wait(&a, r#"{"n":1}"#);
-    let job = tokio::time::timeout(Duration::from_secs(10), worker)
-        .await
-        .expect("worker on B woken")
-        .unwrap();
+    let r = joined(Duration::from_secs(10), "worker on B woken", worker).await;
+    assert_eq!(r.status, 200);
+    let job = r.body;
     assert_eq!(job["payload"], serde_json::json!({"n": 1}));
     assert_eq!(complete(&b, &job, r#"{"done":true}"#).await, 200);
 
-    let resp = tokio::time::timeout(Duration::from_secs(10), client)
-        .await
-        .expect("client on A answered")
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["job_id"], job["job_id"]);
-    assert_eq!(body["payload"], serde_json::json!({"done": true}));
+    let resp = joined(Duration::from_secs(10), "client on A answered", client).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body["job_id"], job["job_id"]);
+    assert_eq!(resp.body["payload"], serde_json::json!({"done": true}));
 
     // The result is readable on both nodes.
     for s in [&a, &b] {
-        let id = job["job_id"].as_str().unwrap();
-        let v: Value = s
-            .http
-            .get(s.url(&format!("/api/jobs/{id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(v["status"], "completed");
+        assert_eq!(s.job(&id_of(&job)).await.body["status"], "completed");
     }
     a.stop().await;
     b.stop().await;
-}
-
-/// Waits until `s` has a worker in a long-poll.
-async fn wait_for_polling(s: &TestServer) {
-    wait_for_pollers(s, 1).await
-}
-
-/// Waits until `s` has `n` workers in a long-poll.
-async fn wait_for_pollers(s: &TestServer, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let v: Value = s
-            .http
-            .get(s.url("/api/admin/stats"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["polling_workers"].as_u64() >= Some(n) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "worker never started polling");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Notifications, not the once-a-second fallback, wake pollers on other
@@ -214,20 +145,11 @@ async fn jobs_submitted_on_one_node_wake_pollers_on_another_at_once() {
         wait_for_pollers(&b, 2).await;
         let submitted = Instant::now();
         for n in 0..2 {
-            let r = a
-                .http
-                .post(a.url("/api/jobs"))
-                .body(format!("{{\"round\":{round},\"n\":{n}}}"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 202);
+            a.submit_async("", format!("{{\"round\":{round},\"n\":{n}}}"))
+                .await;
         }
         for p in pollers {
-            let (at, job) = tokio::time::timeout(Duration::from_secs(10), p)
-                .await
-                .expect("poller on B woken")
-                .unwrap();
+            let (at, job) = joined(Duration::from_secs(10), "poller on B woken", p).await;
             let waited = at.saturating_duration_since(submitted);
             assert!(
                 waited < Duration::from_millis(400),
@@ -250,45 +172,24 @@ async fn cancel_and_clear_reach_clients_on_other_nodes() {
 
     let client = submit_and_wait(&a, "one");
     wait_for_count(&b, "pending", 1).await;
-    let listed: Value = b
-        .http
-        .get(b.url("/api/admin/jobs?status=pending"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = listed["jobs"][0]["job_id"].as_str().unwrap().to_owned();
-    let r = b
-        .http
-        .delete(b.url(&format!("/api/jobs/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let resp = tokio::time::timeout(Duration::from_secs(10), client)
-        .await
-        .expect("cancel reached the client on A")
-        .unwrap();
-    assert_eq!(resp.status(), 410);
+    let listed = b.get("/api/admin/jobs?status=pending").await.body;
+    let id = id_of(&listed["jobs"][0]);
+    assert_eq!(b.delete(&format!("/api/jobs/{id}")).await.status, 200);
+    let resp = joined(
+        Duration::from_secs(10),
+        "cancel reached the client on A",
+        client,
+    )
+    .await;
+    assert_eq!(resp.status, 410);
 
     let c1 = submit_and_wait(&a, "two");
     let c2 = submit_and_wait(&b, "three");
     wait_for_count(&a, "pending", 2).await;
-    let r = b
-        .http
-        .delete(b.url("/api/admin/clear"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(b.delete("/api/admin/clear").await.status, 200);
     for c in [c1, c2] {
-        let resp = tokio::time::timeout(Duration::from_secs(10), c)
-            .await
-            .expect("clear reached every client")
-            .unwrap();
-        assert_eq!(resp.status(), 410);
+        let resp = joined(Duration::from_secs(10), "clear reached every client", c).await;
+        assert_eq!(resp.status, 410);
     }
     a.stop().await;
     b.stop().await;
@@ -315,15 +216,7 @@ async fn thousand_jobs_each_handed_out_exactly_once() {
             let (http, base) = &nodes[t % 2];
             let mut ids = Vec::new();
             for i in (t..JOBS).step_by(8) {
-                let r = http
-                    .post(format!("{base}/api/jobs"))
-                    .body(format!("{{\"i\":{i}}}"))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 202);
-                let v: Value = r.json().await.unwrap();
-                ids.push(v["job_id"].as_str().unwrap().to_owned());
+                ids.push(http::enqueue(http, base, format!("{{\"i\":{i}}}")).await);
             }
             ids
         }));
@@ -338,27 +231,13 @@ async fn thousand_jobs_each_handed_out_exactly_once() {
             let deadline = Instant::now() + Duration::from_secs(120);
             while seen.lock().len() < JOBS {
                 assert!(Instant::now() < deadline, "workers did not finish in time");
-                let r = http
-                    .get(format!("{base}/api/worker/poll?wait=1"))
-                    .send()
-                    .await
-                    .unwrap();
-                if r.status() == 204 {
+                let Some(job) = http::poll(http, base, "?wait=1").await else {
                     continue;
-                }
-                assert_eq!(r.status(), 200);
-                let job: Value = r.json().await.unwrap();
+                };
                 assert_eq!(job["attempt"], 1, "a job was handed out twice");
-                let id = job["job_id"].as_str().unwrap().to_owned();
+                let id = id_of(&job);
                 assert!(seen.lock().insert(id.clone()), "job {id} handed out twice");
-                let lease = job["lease_id"].as_str().unwrap();
-                let r = http
-                    .post(format!("{base}/api/worker/complete/{id}?lease={lease}"))
-                    .body("ok")
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
+                assert_eq!(http::complete(http, base, &job, "ok").await, 200);
             }
         }));
     }
@@ -377,78 +256,27 @@ async fn thousand_jobs_each_handed_out_exactly_once() {
     b.stop().await;
 }
 
-/// Kills the child on drop (a failing test leaves no server behind).
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_node_job_is_handed_out_again_by_another_node() {
     if !available("killed_node_job_is_handed_out_again_by_another_node").await {
         return;
     }
     let db = Arc::new(TestDb::create().await);
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_jobq"))
-        .args([
-            "serve",
-            "--postgres-url",
-            &db.url,
-            "--listen",
-            &listen,
-            "--lease",
-            "2",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("start jobq");
-    let mut child = Child(child);
+    // Node A is the real binary (its data dir is unused: PostgreSQL holds the jobs).
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--postgres-url", &db.url, "--lease", "2"];
+    let mut node_a = Proc::start(&dir.path().join("data"), free_port(), &flags).await;
     let http = reqwest::Client::new();
-    let a = format!("http://{listen}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http.get(format!("{a}/health")).send().await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "node A never became healthy");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let b = TestServer::start_on(
-        TestServer::postgres_backend(&db),
-        vec![Box::new(db.clone()) as Box<dyn std::any::Any + Send>],
-        &["--lease", "2"],
-    )
-    .await;
+    let b = TestServer::start_node(&db, &["--lease", "2"]).await;
 
-    let r = http
-        .post(format!("{a}/api/jobs"))
-        .body("survive")
-        .send()
+    http::enqueue(&http, &node_a.base, "survive").await;
+    let first = http::poll(&http, &node_a.base, "")
         .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let r = http
-        .get(format!("{a}/api/worker/poll"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let first: Value = r.json().await.unwrap();
+        .expect("a job (200)");
     assert_eq!(first["attempt"], 1);
 
     // kill -9 node A while its job runs.
-    child.0.kill().expect("kill -9 node A");
-    child.0.wait().unwrap();
+    node_a.kill9();
     let killed_at = Instant::now();
 
     let again = poll_job(&b, 5, Duration::from_secs(20)).await;
@@ -475,16 +303,7 @@ async fn nodes_recover_when_postgres_drops_their_connections() {
     // Acknowledged work before the cut: 20 queued jobs and one waiting client.
     let mut acked = HashSet::new();
     for i in 0..20 {
-        let r = a
-            .http
-            .post(a.url("/api/jobs"))
-            .body(format!("{i}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
-        let v: Value = r.json().await.unwrap();
-        acked.insert(v["job_id"].as_str().unwrap().to_owned());
+        acked.insert(a.submit_async("", format!("{i}")).await);
     }
     let waiting = submit_and_wait(&a, "waited-for");
     wait_for_count(&b, "pending", 21).await;
@@ -497,22 +316,16 @@ async fn nodes_recover_when_postgres_drops_their_connections() {
 
     // Both nodes serve again (503 meanwhile at most), and nothing acked is lost.
     for s in [&a, &b] {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let r = s.http.get(s.url("/health")).send().await.unwrap();
-            if r.status() == 200 {
-                break;
-            }
-            assert_eq!(r.status(), 503);
-            assert!(Instant::now() < deadline, "node never recovered");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let meanwhile = http::wait_health(&s.http, &s.base, 200, Duration::from_secs(20))
+            .await
+            .expect("node recovers");
+        assert!(meanwhile.iter().all(|&st| st == 503), "{meanwhile:?}");
     }
     let mut done = HashSet::new();
     let mut waited_job = None;
     while done.len() < 21 {
         let job = poll_job(&b, 2, Duration::from_secs(30)).await;
-        let id = job["job_id"].as_str().unwrap().to_owned();
+        let id = id_of(&job);
         if job["payload"] == "waited-for" {
             waited_job = Some(id.clone());
         } else {
@@ -530,14 +343,18 @@ async fn nodes_recover_when_postgres_drops_their_connections() {
     }
     let waited_job = waited_job.expect("the waited-for job was handed out");
     // The client on A hears of the completion on B after A re-LISTENed.
-    let resp = tokio::time::timeout(Duration::from_secs(15), waiting)
-        .await
-        .expect("waiting client on A answered after reconnect")
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["job_id"], waited_job.as_str());
-    assert_eq!(body["payload"], format!("result-{waited_job}").as_str());
+    let resp = joined(
+        Duration::from_secs(15),
+        "waiting client on A answered after reconnect",
+        waiting,
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body["job_id"], waited_job.as_str());
+    assert_eq!(
+        resp.body["payload"],
+        format!("result-{waited_job}").as_str()
+    );
     assert_eq!(
         db.scalar("select count(*) from jobq_jobs where status = 'completed'")
             .await,
@@ -548,11 +365,8 @@ async fn nodes_recover_when_postgres_drops_their_connections() {
     let client = submit_and_wait(&b, "after");
     let job = poll_job(&a, 5, Duration::from_secs(15)).await;
     assert_eq!(complete(&a, &job, "fine").await, 200);
-    let resp = tokio::time::timeout(Duration::from_secs(15), client)
-        .await
-        .expect("client on B answered")
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let resp = joined(Duration::from_secs(15), "client on B answered", client).await;
+    assert_eq!(resp.status, 200);
     a.stop().await;
     b.stop().await;
 }
@@ -582,18 +396,8 @@ async fn unreachable_database_is_one_clear_line() {
 
 /// Waits until `/health` on `s` answers `status`.
 async fn wait_for_health(s: &TestServer, status: u16, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let r = s.http.get(s.url("/health")).send().await.unwrap();
-        if r.status().as_u16() == status {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/health never answered {status} (last {})",
-            r.status()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Err(e) = http::wait_health(&s.http, &s.base, status, within).await {
+        panic!("{e}");
     }
 }
 
@@ -609,45 +413,23 @@ async fn node_cut_off_from_postgres_answers_503_then_recovers() {
     };
     // Node A reaches PostgreSQL through the proxy, node B directly.
     let a = TestServer::start_on(
-        jobq::store::Backend::Postgres {
-            url: via_proxy,
-            pool_size: 4,
-        },
-        vec![Box::new(db.clone()) as Box<dyn std::any::Any + Send>],
+        stores::postgres_backend(&via_proxy, 4),
+        vec![Box::new(db.clone()) as stores::Guard],
         &[],
     )
     .await;
-    let b = TestServer::start_on(
-        TestServer::postgres_backend(&db),
-        vec![Box::new(db.clone()) as Box<dyn std::any::Any + Send>],
-        &[],
-    )
-    .await;
+    let b = TestServer::start_node(&db, &[]).await;
 
     // Acknowledged before the cut: a queued job and a client waiting on A.
-    let r = a
-        .http
-        .post(a.url("/api/jobs"))
-        .body("queued")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let queued: Value = r.json().await.unwrap();
+    let queued = a.submit_async("", "queued").await;
     let waiting = submit_and_wait(&a, "waited-for");
     wait_for_count(&b, "pending", 2).await;
 
     proxy.down();
     wait_for_health(&a, 503, Duration::from_secs(15)).await;
-    let r = a
-        .http
-        .post(a.url("/api/jobs"))
-        .body("refused")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503, "a submit A cannot store is refused");
-    assert!(r.headers().contains_key("retry-after"));
+    let r = a.post("/api/jobs", "refused").await;
+    assert_eq!(r.status, 503, "a submit A cannot store is refused");
+    assert!(r.headers.contains_key("retry-after"));
     wait_for_health(&b, 200, Duration::from_secs(5)).await;
 
     // While A is cut off, B's worker runs both jobs: A misses the NOTIFY.
@@ -655,9 +437,9 @@ async fn node_cut_off_from_postgres_answers_503_then_recovers() {
     for _ in 0..2 {
         let job = poll_job(&b, 2, Duration::from_secs(10)).await;
         if job["payload"] == "waited-for" {
-            waited_id = Some(job["job_id"].as_str().unwrap().to_owned());
+            waited_id = Some(id_of(&job));
         } else {
-            assert_eq!(job["job_id"], queued["job_id"]);
+            assert_eq!(job["job_id"], queued.as_str());
         }
         assert_eq!(complete(&b, &job, "\"from B\"").await, 200);
     }
@@ -666,45 +448,26 @@ async fn node_cut_off_from_postgres_answers_503_then_recovers() {
     proxy.up();
     wait_for_health(&a, 200, Duration::from_secs(20)).await;
     // A re-LISTENs, tells its waiters to re-read, and the client is answered.
-    let resp = tokio::time::timeout(Duration::from_secs(20), waiting)
-        .await
-        .expect("client on A answered after A reconnected")
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["job_id"], waited_id.as_str());
-    assert_eq!(body["payload"], "from B");
-    let id = queued["job_id"].as_str().unwrap();
-    let v: Value = a
-        .http
-        .get(a.url(&format!("/api/jobs/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(v["status"], "completed");
+    let resp = joined(
+        Duration::from_secs(20),
+        "client on A answered after A reconnected",
+        waiting,
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body["job_id"], waited_id.as_str());
+    assert_eq!(resp.body["payload"], "from B");
+    assert_eq!(a.job(&queued).await.body["status"], "completed");
 
     // And A takes work again, woken by B's NOTIFY on its new LISTEN.
-    let worker = {
-        let (http, url) = (a.http.clone(), a.url("/api/worker/poll?wait=20"));
-        tokio::spawn(async move { http.get(url).send().await.unwrap() })
-    };
-    wait_for_polling(&a).await;
+    let worker = spawn_long_poll(&a);
+    wait_for_pollers(&a, 1).await;
     let client = submit_and_wait(&b, "after");
-    let r = tokio::time::timeout(Duration::from_secs(10), worker)
-        .await
-        .expect("A's worker woken")
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let job: Value = r.json().await.unwrap();
-    assert_eq!(complete(&a, &job, "fine").await, 200);
-    let resp = tokio::time::timeout(Duration::from_secs(10), client)
-        .await
-        .expect("client on B answered")
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let r = joined(Duration::from_secs(10), "A's worker woken", worker).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(complete(&a, &r.body, "fine").await, 200);
+    let resp = joined(Duration::from_secs(10), "client on B answered", client).await;
+    assert_eq!(resp.status, 200);
     a.stop().await;
     b.stop().await;
     drop(proxy);

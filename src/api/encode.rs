@@ -56,13 +56,6 @@ impl Obj {
         self
     }
 
-    /// `"k": true|false`.
-    pub fn bool(mut self, k: &str, v: bool) -> Self {
-        self.key(k)
-            .extend_from_slice(if v { b"true" } else { b"false" });
-        self
-    }
-
     /// `"k": "<RFC 3339>"` or `null`.
     pub fn time(mut self, k: &str, v: Option<Timestamp>) -> Self {
         let out = self.key(k);

@@ -79,9 +79,18 @@ impl From<broker::Error> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, message, job_id, retry_after) = match &self {
+/// What an error answer says: its status, sentence, job and `Retry-After`.
+struct Answer {
+    status: StatusCode,
+    message: String,
+    job_id: Option<JobId>,
+    retry_after: Option<u32>,
+}
+
+impl ApiError {
+    /// The one place that picks a status code.
+    fn answer(&self) -> Answer {
+        let (status, message, job_id, retry_after) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone(), None, None),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no such route".into(), None, None),
             ApiError::MethodNotAllowed => (
@@ -150,6 +159,23 @@ impl IntoResponse for ApiError {
             }
             ApiError::Auth(e) => (StatusCode::FORBIDDEN, e.to_string(), None, None),
         };
+        Answer {
+            status,
+            message,
+            job_id,
+            retry_after,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let Answer {
+            status,
+            message,
+            job_id,
+            retry_after,
+        } = self.answer();
         let mut body = Obj::with_capacity(128).str("error", &message);
         if let Some(id) = job_id {
             body = body.id("job_id", &id);

@@ -27,6 +27,37 @@ pub use error::{ApiError, ApiResult};
 /// The header naming the job an answer is about.
 pub const X_JOB_ID: HeaderName = HeaderName::from_static("x-job-id");
 
+/// The socket a request came on (its raw descriptor, open for as long as
+/// the request is being handled), to learn whether the peer is still there.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerSocket(pub std::os::fd::RawFd);
+
+impl PeerSocket {
+    /// Whether the peer has closed or reset the connection: a read would see
+    /// end-of-file or an error. Reads nothing (a pipelined request stays).
+    pub fn is_closed(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: the descriptor belongs to the connection that is serving
+        // this request, so it is open; MSG_PEEK leaves the data in place.
+        let n = unsafe {
+            libc::recv(
+                self.0,
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => true,
+            n if n > 0 => false,
+            _ => !matches!(
+                std::io::Error::last_os_error().kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            ),
+        }
+    }
+}
+
 /// Shared state of all handlers.
 #[derive(Clone)]
 pub struct AppState {

@@ -3,22 +3,93 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde::Deserialize;
 
-use super::{encode, header_str, job_json, ApiError, ApiResult, AppState, Body, Params, PathId};
-use crate::broker::{CompleteRequest, FailRequest, HeartbeatRequest, PollRequest};
+use super::{
+    encode, header_str, job_json, ApiError, ApiResult, AppState, Body, Params, PathId, PeerSocket,
+};
+use crate::broker::{CompleteRequest, FailRequest, HeartbeatRequest, PollRequest, MAX_BATCH};
+use crate::job::Job;
 use crate::job::LeaseId;
 
-/// `GET /api/worker/poll[?queue=a,b][&wait=N]`.
-pub async fn poll(State(st): State<AppState>, params: Params) -> ApiResult<Response> {
+/// The poll part of a request: `queue=a,b`, `wait=N`, and `max=N` (a
+/// batch poll, answered `{"jobs": [...]}`; without it one poll body).
+fn poll_request(params: &Params) -> ApiResult<(PollRequest, Option<usize>)> {
+    let max = params
+        .get("max")
+        .map(|v| match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n.min(MAX_BATCH)),
+            _ => Err(ApiError::BadRequest(format!(
+                "bad max {v:?}: expected a positive integer (at most {MAX_BATCH})"
+            ))),
+        })
+        .transpose()?;
     let req = PollRequest {
         queues: params.queues("queue")?,
         wait: params.secs("wait")?.unwrap_or_default(),
     };
-    match st.broker.poll(req).await? {
-        Some(job) => Ok(job_json(StatusCode::OK, job.id, encode::handout(&job))),
-        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    Ok((req, max))
+}
+
+/// Whether a complete or fail also asks for the next job (`next=1`).
+fn wants_next(params: &Params) -> ApiResult<bool> {
+    match params.get("next").map(str::trim) {
+        None | Some("0" | "false") => Ok(false),
+        Some("1" | "true" | "") => Ok(true),
+        Some(v) => Err(ApiError::BadRequest(format!(
+            "bad next {v:?}: expected 1 or 0"
+        ))),
     }
+}
+
+/// Answers as a poll does: `204` for no job, else the job (or with a batch,
+/// `{"jobs": [...]}`). A worker that went away while it waited would leave
+/// the jobs leased to nobody until their leases run out: they are handed
+/// back instead.
+async fn handout(
+    st: &AppState,
+    peer: Option<Extension<PeerSocket>>,
+    jobs: Vec<Job>,
+    batch: bool,
+) -> ApiResult<Response> {
+    if jobs.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    if peer.is_some_and(|Extension(p)| p.is_closed()) {
+        tracing::debug!(jobs = jobs.len(), "poller went away; hand-out undone");
+        st.broker.release_all(&jobs).await?;
+        return Err(ApiError::BadRequest("the connection closed".into()));
+    }
+    if !batch {
+        let job = &jobs[0];
+        return Ok(job_json(StatusCode::OK, job.id, encode::handout(job)));
+    }
+    let mut body =
+        Vec::with_capacity(16 + jobs.iter().map(|j| 256 + j.payload.len()).sum::<usize>());
+    body.extend_from_slice(b"{\"jobs\":[");
+    for (i, job) in jobs.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&encode::handout(job));
+    }
+    body.extend_from_slice(b"]}");
+    Ok(super::json(StatusCode::OK, body))
+}
+
+/// `GET /api/worker/poll[?queue=a,b][&wait=N][&max=N]`.
+pub async fn poll(
+    State(st): State<AppState>,
+    peer: Option<Extension<PeerSocket>>,
+    params: Params,
+) -> ApiResult<Response> {
+    let (req, max) = poll_request(&params)?;
+    let jobs = match max {
+        None => st.broker.poll(req).await?.into_iter().collect(),
+        Some(max) => st.broker.poll_many(req, max).await?,
+    };
+    handout(&st, peer, jobs, max.is_some()).await
 }
 
 /// The fencing token: `?lease=` or `X-Lease-Id`.
@@ -38,18 +109,26 @@ fn lease(params: &Params, headers: &HeaderMap) -> ApiResult<Option<LeaseId>> {
 /// `POST /api/worker/complete/{id}`: the body is the result.
 pub async fn complete(
     State(st): State<AppState>,
+    peer: Option<Extension<PeerSocket>>,
     PathId(id): PathId,
     params: Params,
     headers: HeaderMap,
     Body(body): Body,
 ) -> ApiResult<Response> {
-    st.broker
-        .complete(CompleteRequest {
-            id,
-            lease: lease(&params, &headers)?,
-            result: body,
-        })
-        .await?;
+    let done = CompleteRequest {
+        id,
+        lease: lease(&params, &headers)?,
+        result: body,
+    };
+    if wants_next(&params)? {
+        let (next, max) = poll_request(&params)?;
+        let (_, jobs) = st
+            .broker
+            .complete_and_next(done, next, max.unwrap_or(1))
+            .await?;
+        return handout(&st, peer, jobs, max.is_some()).await;
+    }
+    st.broker.complete(done).await?;
     let body = encode::Obj::with_capacity(80)
         .str("message", "Job completed")
         .id("job_id", &id)
@@ -68,6 +147,7 @@ struct FailBody {
 /// `POST /api/worker/fail/{id}` with `{"error": "...", "retry": true}`.
 pub async fn fail(
     State(st): State<AppState>,
+    peer: Option<Extension<PeerSocket>>,
     PathId(id): PathId,
     params: Params,
     headers: HeaderMap,
@@ -91,15 +171,21 @@ pub async fn fail(
         Some(serde_json::Value::String(s)) => Some(s),
         Some(other) => Some(other.to_string()),
     };
-    let job = st
-        .broker
-        .fail(FailRequest {
-            id,
-            lease,
-            error,
-            retry: parsed.retry,
-        })
-        .await?;
+    let failed = FailRequest {
+        id,
+        lease,
+        error,
+        retry: parsed.retry,
+    };
+    if wants_next(&params)? {
+        let (next, max) = poll_request(&params)?;
+        let (_, jobs) = st
+            .broker
+            .fail_and_next(failed, next, max.unwrap_or(1))
+            .await?;
+        return handout(&st, peer, jobs, max.is_some()).await;
+    }
+    let job = st.broker.fail(failed).await?;
     let body = encode::Obj::with_capacity(80)
         .id("job_id", &id)
         .str("status", job.status.as_str())

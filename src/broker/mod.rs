@@ -29,7 +29,7 @@ use crate::job::{
 };
 use crate::metrics::{self, CancelReason};
 use crate::store::{
-    self, ClaimParams, CompleteParams, FailParams, Inserted, ListFilter, Store, StoreEvent,
+    self, ClaimParams, Claimed, CompleteParams, FailParams, Inserted, ListFilter, Store, StoreEvent,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use request::{
@@ -50,6 +50,9 @@ pub const LIST_DEFAULT: usize = 100;
 
 /// Largest `limit` of a job listing.
 pub const LIST_MAX: usize = 1000;
+
+/// Most jobs one batch poll (`max`) hands out.
+pub const MAX_BATCH: usize = 100;
 
 /// The error a failing worker reports when it gives no text.
 pub const FAIL_ERROR_DEFAULT: &str = "worker reported failure";
@@ -243,6 +246,47 @@ fn refused(queue: &Option<Queue>, e: &Error) {
 fn stale(e: &Error, op: &'static str) {
     if let Error::Conflict(_, TransitionError::StaleLease | TransitionError::NotRunning(_)) = e {
         metrics::stale_refused(op);
+    }
+}
+
+/// Jobs a batch poll has taken so far; handed back if it is dropped.
+struct HeldJobs {
+    broker: Broker,
+    jobs: Vec<Job>,
+}
+
+impl Drop for HeldJobs {
+    fn drop(&mut self) {
+        if self.jobs.is_empty() {
+            return;
+        }
+        let (broker, jobs) = (self.broker.clone(), std::mem::take(&mut self.jobs));
+        tokio::spawn(async move {
+            let _ = broker.release_all(&jobs).await;
+        });
+    }
+}
+
+/// Hands back the job of a claim still running when its poll was dropped.
+struct ReleaseOnDrop {
+    broker: Broker,
+    claiming: Option<tokio::task::JoinHandle<store::Result<Option<Claimed>>>>,
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        let Some(claiming) = self.claiming.take() else {
+            return;
+        };
+        let broker = self.broker.clone();
+        tokio::spawn(async move {
+            if let Ok(Ok(Some(c))) = claiming.await {
+                if let Some(lease) = c.job.lease_id {
+                    tracing::debug!(job.id = %c.job.id, "poll dropped during its claim; hand-out undone");
+                    let _ = broker.release(c.job.id, lease).await;
+                }
+            }
+        });
     }
 }
 
@@ -694,6 +738,91 @@ impl Broker {
         }
     }
 
+    /// Hands out up to `max` jobs (capped at [`MAX_BATCH`]): waits as
+    /// [`Broker::poll`] does for the first, then takes whatever else is
+    /// pending at once. Empty when none came within the wait.
+    ///
+    /// # Errors
+    /// As [`Broker::poll`].
+    pub async fn poll_many(&self, req: PollRequest, max: usize) -> Result<Vec<Job>> {
+        let queues = if req.queues.is_empty() {
+            vec![Queue::default_queue()]
+        } else {
+            req.queues.clone()
+        };
+        let Some(first) = self.poll(req).await? else {
+            return Ok(Vec::new());
+        };
+        let max = max.clamp(1, MAX_BATCH);
+        // Held, so that the jobs taken so far are handed back if this is
+        // dropped (or fails) while it takes the next.
+        let mut held = HeldJobs {
+            broker: self.clone(),
+            jobs: Vec::with_capacity(max),
+        };
+        held.jobs.push(first);
+        while held.jobs.len() < max {
+            match self.claim(&queues).await? {
+                Some(job) => held.jobs.push(job),
+                None => break,
+            }
+        }
+        Ok(std::mem::take(&mut held.jobs))
+    }
+
+    /// Hands back jobs taken for a worker who will never get them.
+    ///
+    /// # Errors
+    /// The first failure; the rest are still tried.
+    pub async fn release_all(&self, jobs: &[Job]) -> Result<()> {
+        let mut first = Ok(());
+        for job in jobs {
+            if let Some(lease) = job.lease_id {
+                if let Err(e) = self.release(job.id, lease).await {
+                    if first.is_ok() {
+                        first = Err(e);
+                    }
+                }
+            }
+        }
+        first
+    }
+
+    /// Complete-and-take-next: records the result exactly as
+    /// [`Broker::complete`] does (same fencing, same errors; on an error no
+    /// job is taken), then hands out up to `max` jobs as
+    /// [`Broker::poll_many`] does. One request per job for a busy worker.
+    ///
+    /// # Errors
+    /// As [`Broker::complete`], then as [`Broker::poll`].
+    pub async fn complete_and_next(
+        &self,
+        done: CompleteRequest,
+        next: PollRequest,
+        max: usize,
+    ) -> Result<(Job, Vec<Job>)> {
+        let job = self.complete(done).await?;
+        Ok((job, self.poll_many(next, max).await?))
+    }
+
+    /// Fail-and-take-next: [`Broker::fail`], then as [`Broker::poll_many`].
+    ///
+    /// # Errors
+    /// As [`Broker::fail`], then as [`Broker::poll`].
+    pub async fn fail_and_next(
+        &self,
+        failed: FailRequest,
+        next: PollRequest,
+        max: usize,
+    ) -> Result<(Job, Vec<Job>)> {
+        let job = self.fail(failed).await?;
+        Ok((job, self.poll_many(next, max).await?))
+    }
+
+    /// One claim. Drop-safe like a sync submit's insert: a claim that does
+    /// not finish at once (a database round trip, a payload read from disk)
+    /// runs as a task of its own, and if the poll is dropped meanwhile (its
+    /// worker went away) the job it took is handed back.
     async fn claim(&self, queues: &[Queue]) -> Result<Option<Job>> {
         let now = self.now();
         let p = ClaimParams {
@@ -702,7 +831,22 @@ impl Broker {
             now,
             expires_at: now + self.inner.cfg.lease,
         };
-        let Some(claimed) = self.store().claim(&p).await? else {
+        let store = self.inner.store.clone();
+        let mut claim: Pin<Box<dyn Future<Output = store::Result<Option<Claimed>>> + Send>> =
+            Box::pin(async move { store.claim(&p).await });
+        let claimed = match std::future::poll_fn(|cx| Poll::Ready(claim.as_mut().poll(cx))).await {
+            Poll::Ready(r) => r?,
+            Poll::Pending => {
+                let mut guard = ReleaseOnDrop {
+                    broker: self.clone(),
+                    claiming: Some(tokio::spawn(claim)),
+                };
+                let r = guard.claiming.as_mut().expect("just set").await;
+                guard.claiming = None;
+                r.map_err(|e| Error::Unavailable(format!("claim task failed: {e}")))??
+            }
+        };
+        let Some(claimed) = claimed else {
             return Ok(None);
         };
         metrics::handed_out(&claimed.job);
@@ -713,6 +857,23 @@ impl Broker {
             }
         }
         Ok(Some(claimed.job))
+    }
+
+    /// Undoes the hand-out of job `id` under `lease`: its answer could not be
+    /// delivered (the worker's connection had closed). The job is pending
+    /// again, the attempt not counted, and another worker is woken for it.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Conflict`] (no longer running under
+    /// that lease), [`Error::Unavailable`].
+    pub async fn release(&self, id: JobId, lease: LeaseId) -> Result<Job> {
+        let job = self
+            .store()
+            .release(id, lease)
+            .await
+            .map_err(Error::about(id))?;
+        self.after_release(&job);
+        Ok(job)
     }
 
     /// The job a poll of `queues` (empty: `default`) would get, without taking it.
@@ -961,6 +1122,7 @@ mod tests {
     use futures_util::FutureExt;
 
     use super::*;
+    use crate::job::{Completion, Counts, JobRecord};
     use crate::store::{embedded::EmbeddedStore, memory::MemoryStore, SyncMode};
 
     fn submit(body: &'static str) -> SubmitRequest {
@@ -1088,5 +1250,97 @@ mod tests {
             Some(&b"{}"[..]),
             "an empty result is stored as {{}}"
         );
+    }
+
+    /// The memory store, with every claim taking 50 ms after it took its
+    /// job (as a database round trip or a payload read from disk would).
+    struct SlowClaims(MemoryStore);
+
+    #[async_trait::async_trait]
+    impl Store for SlowClaims {
+        async fn insert(&self, job: NewJob, max: u64) -> store::Result<Inserted> {
+            self.0.insert(job, max).await
+        }
+        async fn claim(&self, p: &ClaimParams) -> store::Result<Option<Claimed>> {
+            let c = self.0.claim(p).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            c
+        }
+        async fn peek(&self, q: &[Queue]) -> store::Result<Option<Job>> {
+            self.0.peek(q).await
+        }
+        async fn complete(&self, p: &CompleteParams) -> store::Result<(Job, Completion)> {
+            self.0.complete(p).await
+        }
+        async fn fail(&self, p: &FailParams) -> store::Result<Job> {
+            self.0.fail(p).await
+        }
+        async fn heartbeat(
+            &self,
+            id: JobId,
+            l: Option<LeaseId>,
+            t: Timestamp,
+        ) -> store::Result<Job> {
+            self.0.heartbeat(id, l, t).await
+        }
+        async fn release(&self, id: JobId, l: LeaseId) -> store::Result<Job> {
+            self.0.release(id, l).await
+        }
+        async fn cancel(&self, id: JobId, only: bool, t: Timestamp) -> store::Result<Job> {
+            self.0.cancel(id, only, t).await
+        }
+        async fn clear(&self, q: Option<&Queue>, t: Timestamp) -> store::Result<Vec<JobId>> {
+            self.0.clear(q, t).await
+        }
+        async fn get(&self, id: JobId) -> store::Result<Option<JobRecord>> {
+            self.0.get(id).await
+        }
+        async fn list(&self, f: &ListFilter) -> store::Result<Vec<Job>> {
+            self.0.list(f).await
+        }
+        async fn counts(&self) -> store::Result<Counts> {
+            self.0.counts().await
+        }
+        async fn rescue_expired(&self, t: Timestamp, max: u32) -> store::Result<Vec<Job>> {
+            self.0.rescue_expired(t, max).await
+        }
+        async fn purge_expired(&self, ttl: Duration, t: Timestamp) -> store::Result<u64> {
+            self.0.purge_expired(ttl, t).await
+        }
+        fn pending_count(&self) -> u64 {
+            self.0.pending_count()
+        }
+    }
+
+    /// A poll dropped while its claim is under way (its worker went away)
+    /// hands the job back: pending, the attempt not counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poll_dropped_during_its_claim_hands_the_job_back() {
+        let broker = Broker::new(
+            Arc::new(SlowClaims(MemoryStore::new())),
+            BrokerConfig::new(),
+        );
+        let job = broker.enqueue(submit("x")).await.unwrap();
+        let poll = {
+            let b = broker.clone();
+            tokio::spawn(async move { b.poll(PollRequest::default()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        poll.abort();
+        assert!(poll.await.unwrap_err().is_cancelled());
+        let settled = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let j = broker.get(job.id, Duration::ZERO).await.unwrap().job;
+                if j.status == Status::Pending {
+                    return j;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the job is handed back");
+        assert_eq!(settled.attempts, 0);
+        let again = broker.poll(PollRequest::default()).await.unwrap().unwrap();
+        assert_eq!((again.id, again.attempts), (job.id, 1));
     }
 }

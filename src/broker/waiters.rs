@@ -184,13 +184,6 @@ impl QueueSignals {
         }
     }
 
-    /// Wakes every worker polling any queue (shutdown, or a bulk change).
-    pub fn wake_all(&self) {
-        for n in self.map.lock().values() {
-            n.notify_waiters();
-        }
-    }
-
     /// The signals of `queues`, to wait on.
     pub fn signals(&self, queues: &[Queue]) -> Vec<Arc<Notify>> {
         queues.iter().map(|q| self.signal(q)).collect()

@@ -141,7 +141,7 @@ async fn job_detail(State(st): State<AppState>, PathId(id): PathId) -> ApiResult
         o = o.str("result_format", encoding_of(r));
     }
     let kept = !job.payload.is_empty() || !job.status.is_ended();
-    o = o.bool("input_kept", kept);
+    o = o.raw("input_kept", if kept { b"true" } else { b"false" });
     if kept {
         o = o
             .payload("input", &job.payload)

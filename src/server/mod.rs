@@ -150,6 +150,7 @@ pub async fn run(
             _ = drained.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let app = app.clone();
         let max_body = cfg.max_body;
         let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -157,6 +158,8 @@ pub async fn run(
             // The auth layer needs the peer (admin is loopback-only without a token).
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
+            // A poll checks that its worker is still there before handing out.
+            req.extensions_mut().insert(api::PeerSocket(fd));
             async move {
                 if !is_known_method(req.method()) {
                     let m = req.method().to_string();

@@ -387,13 +387,20 @@ impl Index {
         Ok(job.clone())
     }
 
+    /// See [`Store::release`].
+    pub fn release(&mut self, id: JobId, lease_id: LeaseId) -> Result<Job> {
+        let (_, job) = self.transition(id, |j| j.release(&lease_id))?;
+        Ok(job.clone())
+    }
+
     /// See [`Store::cancel`].
     pub fn cancel(&mut self, id: JobId, only_pending: bool, now: Timestamp) -> Result<Job> {
         let (_, job) = self.transition(id, |j| {
-            if only_pending && j.status != Status::Pending {
-                return Err(crate::job::TransitionError::NotPending(j.status));
+            if only_pending {
+                j.abandon(now)
+            } else {
+                j.cancel(now)
             }
-            j.cancel(now)
         })?;
         Ok(job.clone())
     }

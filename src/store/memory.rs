@@ -52,6 +52,9 @@ impl Store for MemoryStore {
     ) -> Result<Job> {
         self.index.lock().heartbeat(id, lease_id, expires_at)
     }
+    async fn release(&self, id: JobId, lease_id: LeaseId) -> Result<Job> {
+        self.index.lock().release(id, lease_id)
+    }
     async fn cancel(&self, id: JobId, only_pending: bool, now: Timestamp) -> Result<Job> {
         self.index.lock().cancel(id, only_pending, now)
     }

@@ -174,6 +174,10 @@ pub trait Store: Send + Sync + 'static {
         expires_at: Timestamp,
     ) -> Result<Job>;
 
+    /// Applies [`Job::release`]: the hand-out under `lease_id` reached no
+    /// worker. Returns the job as it now stands (pending).
+    async fn release(&self, id: JobId, lease_id: LeaseId) -> Result<Job>;
+
     /// Applies [`Job::cancel`]; with `only_pending`, refuses running jobs too
     /// (a disconnected client cancels only what no worker has started).
     async fn cancel(&self, id: JobId, only_pending: bool, now: Timestamp) -> Result<Job>;

@@ -981,6 +981,30 @@ impl Store for PostgresStore {
         Err(Error::Unavailable("job kept changing; retry".into()))
     }
 
+    async fn release(&self, id: JobId, lease_id: LeaseId) -> Result<Job> {
+        // Keeps a concurrent refresh of the pending count from counting it twice.
+        let _change = self.shared.change();
+        const SQL: &str = concat!(
+            "update jobq_jobs set status = 'pending', attempts = greatest(attempts - 1, 0), ",
+            "started_at = case when attempts <= 1 then null else started_at end, ",
+            "lease_id = null, lease_expires_at = null ",
+            "where id = $1 and status = 'running' and lease_id = $2 returning ",
+            cols!()
+        );
+        for _ in 0..RACE_RETRIES {
+            let rows = self.query(SQL, &[&id.0, &lease_id.0]).await?;
+            if let Some(row) = rows.first() {
+                let job = job_from_row(row)?;
+                self.shared.adjust_pending(1);
+                self.notify(&job);
+                return Ok(job);
+            }
+            self.refusal(id, |j| j.release(&lease_id).map(|_| None::<()>))
+                .await?;
+        }
+        Err(Error::Unavailable("job kept changing; retry".into()))
+    }
+
     async fn cancel(&self, id: JobId, only_pending: bool, now: Timestamp) -> Result<Job> {
         // Keeps a concurrent refresh of the pending count from counting it twice.
         let _change = self.shared.change();
@@ -1004,10 +1028,12 @@ impl Store for PostgresStore {
                 return Ok(job);
             }
             self.refusal(id, |j| {
-                if only_pending && j.status != Status::Pending {
-                    return Err(TransitionError::NotPending(j.status));
+                if only_pending {
+                    j.abandon(now)
+                } else {
+                    j.cancel(now)
                 }
-                j.cancel(now).map(|_| None::<()>)
+                .map(|_| None::<()>)
             })
             .await?;
         }

@@ -92,20 +92,15 @@ impl Proc {
     }
 
     async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
         let http = reqwest::Client::new();
-        while Instant::now() < deadline {
-            if let Ok(r) = http.get(format!("{}/health", self.base)).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Err(e) =
+            super::http::wait_health(&http, &self.base, 200, Duration::from_secs(20)).await
+        {
+            panic!(
+                "jobq did not become ready ({e}): {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
         }
-        panic!(
-            "jobq did not become ready: {}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
     }
 
     /// `base` + `path`.
@@ -139,10 +134,14 @@ impl Proc {
 
     /// SIGTERM.
     pub fn term(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends `sig` (SIGHUP, SIGTERM, ...) to the process.
+    pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
     }
 
     /// Waits (bounded) for the process to exit.

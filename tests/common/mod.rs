@@ -1,12 +1,20 @@
 //! Test harness: the real server, in process, on an ephemeral port, spoken
 //! to over real HTTP. One behavioural suite runs against every backend
-//! through [`backend_tests!`].
+//! through [`backend_tests!`]. Every helper that more than one test file
+//! needs lives here or in a submodule: [`binary`] (the built binary as a
+//! child process), [`http`] (calls by URL, for servers not started in
+//! process), [`postgres`] (a database of each test's own) and [`stores`]
+//! (the backend each [`Kind`] runs on, and store-level factories).
 #![allow(dead_code)]
 
+pub mod binary;
+pub mod http;
 pub mod postgres;
+pub mod stores;
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use jobq::broker::Broker;
@@ -38,7 +46,7 @@ pub struct TestServer {
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     /// Kept alive for the server's lifetime (embedded data dir and the like).
-    _guards: Vec<Box<dyn std::any::Any + Send>>,
+    _guards: Vec<stores::Guard>,
 }
 
 impl TestServer {
@@ -49,45 +57,27 @@ impl TestServer {
 
     /// Starts a server with extra `serve` flags, e.g. `&["--lease", "1"]`.
     pub async fn start_with(kind: Kind, flags: &[&str]) -> Self {
-        let (backend, guards): (Backend, Vec<Box<dyn std::any::Any + Send>>) = match kind {
-            Kind::Memory => (Backend::Memory, Vec::new()),
-            Kind::Embedded => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let backend = Backend::Embedded {
-                    data_dir: dir.path().to_owned(),
-                    sync: jobq::store::SyncMode::Full,
-                    max_attempts: 3,
-                };
-                (
-                    backend,
-                    vec![Box::new(dir) as Box<dyn std::any::Any + Send>],
-                )
-            }
-            Kind::Postgres => {
-                let db = postgres::TestDb::create().await;
-                (
-                    Self::postgres_backend(&db),
-                    vec![Box::new(db) as Box<dyn std::any::Any + Send>],
-                )
-            }
-        };
+        let (backend, guards) = stores::backend(kind, stores::SERVER_POOL).await;
         Self::start_on(backend, guards, flags).await
     }
 
     /// The backend of a node on `db` (several servers may share one).
     pub fn postgres_backend(db: &postgres::TestDb) -> Backend {
-        Backend::Postgres {
-            url: db.url.clone(),
-            pool_size: 16,
-        }
+        stores::postgres_backend(&db.url, stores::SERVER_POOL)
+    }
+
+    /// Starts a node on the shared database `db` (kept alive as long as the node).
+    pub async fn start_node(db: &Arc<postgres::TestDb>, flags: &[&str]) -> Self {
+        Self::start_on(
+            Self::postgres_backend(db),
+            vec![Box::new(db.clone()) as stores::Guard],
+            flags,
+        )
+        .await
     }
 
     /// Starts a server on `backend`, keeping `guards` alive as long as it.
-    pub async fn start_on(
-        backend: Backend,
-        guards: Vec<Box<dyn std::any::Any + Send>>,
-        flags: &[&str],
-    ) -> Self {
+    pub async fn start_on(backend: Backend, guards: Vec<stores::Guard>, flags: &[&str]) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         Self::start_on_listener(backend, guards, flags, listener).await
     }
@@ -96,7 +86,7 @@ impl TestServer {
     /// another network namespace); `base` names its local address.
     pub async fn start_on_listener(
         backend: Backend,
-        guards: Vec<Box<dyn std::any::Any + Send>>,
+        guards: Vec<stores::Guard>,
         flags: &[&str],
         listener: tokio::net::TcpListener,
     ) -> Self {
@@ -106,7 +96,7 @@ impl TestServer {
         let Some(jobq::cli::Command::Serve(args)) = cli.command else {
             unreachable!()
         };
-        let store = jobq::store::open(&backend).await.expect("open store");
+        let store = stores::open(&backend).await;
         let addr = listener.local_addr().unwrap();
         let broker = Broker::new(store, args.broker_config());
         let (tx, rx) = oneshot::channel::<()>();
@@ -250,6 +240,32 @@ pub async fn within<F: std::future::Future>(d: Duration, what: &str, f: F) -> F:
         .unwrap_or_else(|_| panic!("timed out after {d:?}: {what}"))
 }
 
+/// Joins the task `h`, failing the test if it takes longer than `d` or panicked.
+pub async fn joined<T>(d: Duration, what: &str, h: JoinHandle<T>) -> T {
+    within(d, what, h).await.expect("task")
+}
+
+/// Checks `cond` every 20 ms until it holds, failing the test after `d`.
+pub async fn wait_until(d: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + d;
+    while !cond() {
+        assert!(Instant::now() < deadline, "not within {d:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `job_id` of a job view or hand-out.
+pub fn id_of(job: &Value) -> String {
+    job["job_id"].as_str().expect("job_id").to_owned()
+}
+
+/// Asserts that the JSON object `v` (a `what`) has every key of `keys`.
+pub fn assert_has_keys(v: &Value, keys: &[&str], what: &str) {
+    for k in keys {
+        assert!(v.get(k).is_some(), "{what} lacks {k}: {v}");
+    }
+}
+
 impl TestServer {
     /// Sends `rb` and reads the answer in full, bounded by [`BOUND`].
     pub async fn send(&self, rb: reqwest::RequestBuilder) -> Reply {
@@ -297,9 +313,7 @@ impl TestServer {
 
     /// Joins a background request, bounded by [`BOUND`].
     pub async fn join(h: JoinHandle<Reply>) -> Reply {
-        within(BOUND, "background request", h)
-            .await
-            .expect("request task")
+        joined(BOUND, "background request", h).await
     }
 
     /// One poll (`GET /api/worker/poll{query}`): the hand-out, or `None` on 204.
@@ -345,9 +359,17 @@ impl TestServer {
 
     /// Waits (bounded) until `/api/admin/stats` has `key == want`.
     pub async fn wait_stat(&self, key: &str, want: u64) {
-        within(BOUND, &format!("stats {key} == {want}"), async {
+        self.wait_stats(BOUND, &format!("stats {key} == {want}"), |st| {
+            st[key] == want
+        })
+        .await
+    }
+
+    /// Waits (bounded by `d`) until `/api/admin/stats` satisfies `cond`.
+    pub async fn wait_stats(&self, d: Duration, what: &str, cond: impl Fn(&Value) -> bool) {
+        within(d, what, async {
             loop {
-                if self.stats().await[key] == want {
+                if cond(&self.stats().await) {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -417,4 +439,3 @@ macro_rules! backend_tests {
         }
     };
 }
-pub mod binary;

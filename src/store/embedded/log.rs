@@ -534,6 +534,31 @@ fn background(log: Weak<Log>, signal: Arc<Signal>, health: Arc<Health>) {
     }
 }
 
+/// Writes a new job's row, its input inline when small (else in `inputs`).
+fn insert_job(
+    insert: &mut rusqlite::CachedStatement<'_>,
+    insert_input: &mut rusqlite::CachedStatement<'_>,
+    seq: u64,
+    j: &Job,
+) -> rusqlite::Result<()> {
+    let inline = j.payload.len() + j.headers.len() <= INLINE_MAX;
+    insert.execute(params![
+        seq as i64,
+        j.id.0.as_bytes(),
+        j.queue.as_str(),
+        j.priority,
+        j.created_at.0,
+        j.idempotency.as_ref().map(|i| i.key.as_str()),
+        j.idempotency.as_ref().map(|i| &i.fingerprint[..]),
+        inline.then_some(&j.payload[..]),
+        inline.then_some(&j.headers[..]),
+    ])?;
+    if !inline {
+        insert_input.execute(params![seq as i64, &j.payload[..], &j.headers[..]])?;
+    }
+    Ok(())
+}
+
 fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
@@ -575,27 +600,7 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
         for (i, op) in batch.cmds.iter().flat_map(|c| &c.ops).enumerate() {
             match op {
                 Op::Update(seq, _) if last_update.get(seq) != Some(&i) => {}
-                Op::Insert(seq, j) => {
-                    let inline = j.payload.len() + j.headers.len() <= INLINE_MAX;
-                    insert.execute(params![
-                        *seq as i64,
-                        j.id.0.as_bytes(),
-                        j.queue.as_str(),
-                        j.priority,
-                        j.created_at.0,
-                        j.idempotency.as_ref().map(|i| i.key.as_str()),
-                        j.idempotency.as_ref().map(|i| &i.fingerprint[..]),
-                        inline.then_some(&j.payload[..]),
-                        inline.then_some(&j.headers[..]),
-                    ])?;
-                    if !inline {
-                        insert_input.execute(params![
-                            *seq as i64,
-                            &j.payload[..],
-                            &j.headers[..]
-                        ])?;
-                    }
-                }
+                Op::Insert(seq, j) => insert_job(&mut insert, &mut insert_input, *seq, j)?,
                 Op::Update(seq, j) => {
                     update_job(*seq, j)?;
                 }

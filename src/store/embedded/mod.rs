@@ -151,11 +151,6 @@ impl EmbeddedStore {
         })
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn check_writable(&self) -> Result<()> {
         let health = self.log.health();
         if let Some(e) = health.sync_failed.get() {
@@ -535,6 +530,17 @@ impl Store for EmbeddedStore {
     ) -> Result<Job> {
         // Leases are not stored: a restart returns running jobs to pending.
         self.index.lock().heartbeat(id, lease_id, expires_at)
+    }
+
+    async fn release(&self, id: JobId, lease_id: LeaseId) -> Result<Job> {
+        // Written like a hand-out (deferred): if it is lost, a restart
+        // returns the job to pending all the same.
+        let mut index = self.index.lock();
+        self.check_writable()?;
+        let job = index.release(id, lease_id)?;
+        let seq = Self::seq(&index, id)?;
+        self.log.push_handout(seq, job.clone());
+        Ok(job)
     }
 
     async fn cancel(&self, id: JobId, only_pending: bool, now: Timestamp) -> Result<Job> {

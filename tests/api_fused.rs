@@ -1,0 +1,193 @@
+//! Two requests per job: complete-and-take-next (`?next=1` on complete and
+//! fail) and batch poll (`?max=N`), on every backend.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{id_of, keys, Kind, TestServer};
+
+/// The keys of a poll body.
+const POLL_KEYS: &[&str] = &[
+    "job_id",
+    "payload",
+    "headers",
+    "queue",
+    "attempt",
+    "priority",
+    "lease_id",
+    "lease_expires_at",
+    "created_at",
+];
+
+async fn complete_with_next_answers_the_next_job(kind: Kind) {
+    let srv = TestServer::start(kind).await;
+    let a = srv.submit_async("", "{\"n\":1}").await;
+    let b = srv.submit_async("", "{\"n\":2}").await;
+    let first = srv.take("").await;
+    assert_eq!(id_of(&first), a);
+    let lease = first["lease_id"].as_str().unwrap();
+    let r = srv
+        .post(
+            &format!("/api/worker/complete/{a}?next=1&lease={lease}"),
+            "done",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.keys(), keys(POLL_KEYS));
+    assert_eq!(id_of(&r.body), b);
+    assert_eq!(r.header("x-job-id"), b);
+    assert_eq!(r.body["payload"]["n"], 2);
+    assert_eq!(srv.job(&a).await.body["status"], "completed");
+    assert_eq!(srv.job(&b).await.body["status"], "running");
+
+    // Nothing left: 204 once the wait is over (0 by default: at once).
+    let lease = r.body["lease_id"].as_str().unwrap().to_owned();
+    let r = srv
+        .post(
+            &format!("/api/worker/complete/{b}?next=1&lease={lease}"),
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 204, "{r:?}");
+    assert!(r.raw.is_empty());
+    assert_eq!(srv.job(&b).await.body["payload"], serde_json::json!({}));
+
+    // With a wait, a job submitted meanwhile arrives on the same request.
+    let c = srv.submit_async("", "{\"n\":3}").await;
+    let third = srv.take("").await;
+    let lease = third["lease_id"].as_str().unwrap().to_owned();
+    let fused = TestServer::spawn_send(
+        srv.http
+            .post(srv.url(&format!(
+                "/api/worker/complete/{c}?next=1&wait=5&lease={lease}"
+            )))
+            .body("ok"),
+    );
+    srv.wait_stat("polling_workers", 1).await;
+    let d = srv.submit_async("", "{\"n\":4}").await;
+    let r = TestServer::join(fused).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(id_of(&r.body), d);
+}
+
+async fn a_refused_complete_takes_no_job(kind: Kind) {
+    let srv = TestServer::start(kind).await;
+    let a = srv.submit_async("", "a").await;
+    srv.take("").await;
+    let b = srv.submit_async("", "b").await;
+    let stale = uuid::Uuid::new_v4();
+    let r = srv
+        .post(
+            &format!("/api/worker/complete/{a}?next=1&lease={stale}"),
+            "x",
+        )
+        .await;
+    r.assert_error(409);
+    let r = srv
+        .post(
+            &format!("/api/worker/complete/{}?next=1", uuid::Uuid::new_v4()),
+            "x",
+        )
+        .await;
+    r.assert_error(404);
+    let r = srv
+        .post(&format!("/api/worker/complete/{a}?next=maybe"), "x")
+        .await;
+    r.assert_error(400);
+    let r = srv
+        .post(&format!("/api/worker/complete/{a}?next=1&max=0"), "x")
+        .await;
+    r.assert_error(400);
+    assert_eq!(
+        srv.job(&a).await.body["status"],
+        "running",
+        "nothing applied"
+    );
+    let v = srv.job(&b).await.body;
+    assert_eq!(
+        (v["status"].as_str(), v["attempts"].as_u64()),
+        (Some("pending"), Some(0))
+    );
+}
+
+async fn fail_with_next_answers_the_next_job(kind: Kind) {
+    let srv = TestServer::start(kind).await;
+    let a = srv.submit_async("", "a").await;
+    let job = srv.take("").await;
+    let lease = job["lease_id"].as_str().unwrap();
+    let b = srv.submit_async("", "b").await;
+    let r = srv
+        .post(
+            &format!("/api/worker/fail/{a}?next=1&lease={lease}"),
+            "{\"error\":\"bad input\",\"retry\":false}",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(id_of(&r.body), b);
+    let v = srv.job(&a).await.body;
+    assert_eq!(v["status"], "failed");
+    assert_eq!(v["error"], "bad input");
+    // A stale fail takes nothing either.
+    let r = srv
+        .post(&format!("/api/worker/fail/{a}?next=1&lease={lease}"), "{}")
+        .await;
+    r.assert_error(409);
+}
+
+async fn batch_poll_hands_out_up_to_max(kind: Kind) {
+    let srv = TestServer::start(kind).await;
+    let r = srv.get("/api/worker/poll?max=3").await;
+    assert_eq!(r.status, 204, "{r:?}");
+    let mut ids = HashSet::new();
+    for i in 0..5 {
+        ids.insert(srv.submit_async("", format!("{{\"i\":{i}}}")).await);
+    }
+    let r = srv.get("/api/worker/poll?max=3").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.keys(), keys(&["jobs"]));
+    let jobs = r.body["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 3);
+    let mut got = HashSet::new();
+    for j in jobs {
+        let mut k: Vec<String> = j.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        assert_eq!(k, keys(POLL_KEYS));
+        assert!(got.insert(id_of(j)), "a job twice in one batch");
+        assert_eq!(srv.job(&id_of(j)).await.body["status"], "running");
+    }
+    // Oldest first, like single polls.
+    assert_eq!(jobs[0]["payload"]["i"], 0);
+    // The rest: fewer than max, then none.
+    let r = srv.get("/api/worker/poll?max=10&wait=1").await;
+    assert_eq!(r.body["jobs"].as_array().unwrap().len(), 2);
+    for j in r.body["jobs"].as_array().unwrap() {
+        assert!(got.insert(id_of(j)));
+    }
+    assert_eq!(got, ids);
+    srv.get("/api/worker/poll?max=abc").await.assert_error(400);
+    // Without max the answer is unchanged: one poll body.
+    let e = srv.submit_async("", "e").await;
+    let one = srv.poll("").await.expect("a job");
+    assert_eq!(id_of(&one), e);
+    // complete-and-take-next with a batch.
+    for i in 0..2 {
+        srv.submit_async("", format!("{{\"more\":{i}}}")).await;
+    }
+    let lease = one["lease_id"].as_str().unwrap();
+    let r = srv
+        .post(
+            &format!("/api/worker/complete/{e}?next=1&max=5&lease={lease}"),
+            "ok",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["jobs"].as_array().unwrap().len(), 2);
+}
+
+backend_tests!(
+    complete_with_next_answers_the_next_job,
+    a_refused_complete_takes_no_job,
+    fail_with_next_answers_the_next_job,
+    batch_poll_hands_out_up_to_max,
+);
