@@ -1301,6 +1301,11 @@ mod tests {
         async fn counts(&self) -> store::Result<Counts> {
             self.0.counts().await
         }
+        async fn activity(
+            &self,
+        ) -> store::Result<std::collections::BTreeMap<String, store::QueueActivity>> {
+            self.0.activity().await
+        }
         async fn rescue_expired(&self, t: Timestamp, max: u32) -> store::Result<Vec<Job>> {
             self.0.rescue_expired(t, max).await
         }
