@@ -232,6 +232,54 @@ async fn run_handles_jobs_concurrently() {
     s.stop().await;
 }
 
+/// A backlog drains through batch polls and complete-and-take-next: every
+/// job done once, in its first attempt, the worker's slots never exceeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_drains_a_backlog_with_batches_and_fused_completes() {
+    let s = TestServer::start(Kind::Memory).await;
+    let client = Client::new(&s.base).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        ids.push(s.submit_async("", format!("{{\"i\":{i}}}")).await);
+    }
+    let worker = client.worker(vec![]).long_poll(Duration::from_secs(2));
+    let stop = CancellationToken::new();
+    let in_hand = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let running = {
+        let (in_hand, most) = (in_hand.clone(), most.clone());
+        spawn_run(
+            worker,
+            RunOptions { concurrency: 4 },
+            &stop,
+            move |job, _| {
+                let (in_hand, most) = (in_hand.clone(), most.clone());
+                async move {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    let now = in_hand.fetch_add(1, SeqCst) + 1;
+                    most.fetch_max(now, SeqCst);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    in_hand.fetch_sub(1, SeqCst);
+                    Outcome::Complete(job.payload)
+                }
+            },
+        )
+    };
+    common::within(BOUND, "the backlog drains", s.wait_stat("completed", 60)).await;
+    for id in &ids {
+        let v = s.job(id).await.body;
+        assert_eq!(
+            (v["status"].as_str(), v["attempts"].as_u64()),
+            (Some("completed"), Some(1)),
+            "{v}"
+        );
+    }
+    assert!(most.load(std::sync::atomic::Ordering::SeqCst) <= 4);
+    stop.cancel();
+    joined(BOUND, "run returns", running).await.unwrap();
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_stops_gracefully_after_the_jobs_in_hand() {
     let s = TestServer::start(Kind::Memory).await;

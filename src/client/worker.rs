@@ -116,6 +116,59 @@ struct Handout {
     lease_expires_at: Option<String>,
 }
 
+/// A batch poll's answer.
+#[derive(Deserialize)]
+struct Batch {
+    jobs: Vec<Handout>,
+}
+
+/// Which shape a poll-shaped answer has: one job (it has a payload), a
+/// batch (`jobs`), or (from a server that ignores `next`) a plain
+/// complete's or fail's answer, which hands out nothing. (Not an untagged
+/// enum: serde cannot buffer the raw payload values through one.)
+#[derive(Deserialize)]
+struct Shape<'a> {
+    #[serde(borrow, default)]
+    jobs: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
+/// The jobs of a poll-shaped answer (`204`: none).
+async fn handouts(resp: reqwest::Response) -> Result<Vec<Job>> {
+    if resp.status() == StatusCode::NO_CONTENT {
+        return Ok(Vec::new());
+    }
+    let date = server_date(&resp);
+    let body: Box<RawValue> = json(resp).await?;
+    let malformed = |e: serde_json::Error| Error::Protocol(format!("malformed hand-out: {e}"));
+    let shape: Shape<'_> = serde_json::from_str(body.get()).map_err(malformed)?;
+    let hs: Vec<Handout> = match (shape.jobs, shape.payload) {
+        (Some(_), _) => {
+            serde_json::from_str::<Batch>(body.get())
+                .map_err(malformed)?
+                .jobs
+        }
+        (None, Some(_)) => vec![serde_json::from_str(body.get()).map_err(malformed)?],
+        (None, None) => Vec::new(),
+    };
+    hs.into_iter()
+        .map(|h| {
+            let expires = h.lease_expires_at.as_deref().and_then(parse_time);
+            Ok(Job {
+                payload: decode_payload(&h.payload, h.payload_encoding.as_deref())?,
+                id: h.job_id,
+                headers: h.headers,
+                queue: h.queue,
+                attempt: h.attempt,
+                lease_id: h.lease_id,
+                lease_expires_at: expires,
+                lease_left: lease_left(expires, date),
+            })
+        })
+        .collect()
+}
+
 /// What a handler made of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -191,10 +244,20 @@ impl Worker {
     /// [`Error::Unreachable`], [`Error::Rejected`] (`503` while the server
     /// shuts down; see [`Error::is_transient`]).
     pub async fn poll(&self) -> Result<Option<Job>> {
+        Ok(self.poll_many(None).await?.into_iter().next())
+    }
+
+    /// A batch poll (`GET /api/worker/poll?max=N`): up to `max` jobs, the
+    /// first waited for as [`Worker::poll`] does. `None` asks for one job
+    /// with a plain poll.
+    ///
+    /// # Errors
+    /// As [`Worker::poll`].
+    pub async fn poll_many(&self, max: Option<usize>) -> Result<Vec<Job>> {
         let c = &self.client;
-        let mut q: Vec<(&str, String)> = vec![("wait", self.wait.as_secs_f64().to_string())];
-        if !self.queues.is_empty() {
-            q.push(("queue", self.queues.join(",")));
+        let mut q = self.next_query();
+        if let Some(max) = max {
+            q.push(("max", max.to_string()));
         }
         let req = c
             .http
@@ -203,24 +266,18 @@ impl Worker {
             .timeout(self.wait + POLL_SLACK);
         let resp = c.send(req).await?;
         match resp.status() {
-            StatusCode::NO_CONTENT => Ok(None),
-            StatusCode::OK => {
-                let date = server_date(&resp);
-                let h: Handout = json(resp).await?;
-                let expires = h.lease_expires_at.as_deref().and_then(parse_time);
-                Ok(Some(Job {
-                    payload: decode_payload(&h.payload, h.payload_encoding.as_deref())?,
-                    id: h.job_id,
-                    headers: h.headers,
-                    queue: h.queue,
-                    attempt: h.attempt,
-                    lease_id: h.lease_id,
-                    lease_expires_at: expires,
-                    lease_left: lease_left(expires, date),
-                }))
-            }
+            StatusCode::OK | StatusCode::NO_CONTENT => handouts(resp).await,
             _ => Err(refusal(resp).await),
         }
+    }
+
+    /// The poll part of a poll or a complete-and-take-next.
+    fn next_query(&self) -> Vec<(&'static str, String)> {
+        let mut q: Vec<(&str, String)> = vec![("wait", self.wait.as_secs_f64().to_string())];
+        if !self.queues.is_empty() {
+            q.push(("queue", self.queues.join(",")));
+        }
+        q
     }
 
     fn job_call(&self, what: &str, job: &Job) -> reqwest::RequestBuilder {
@@ -243,6 +300,29 @@ impl Worker {
             };
         }
         refusal(resp).await
+    }
+
+    /// Posts the job's outcome and asks for the next job on the same request
+    /// (`?next=1`, answered at once: `wait=0`). `None`: no job was pending.
+    ///
+    /// # Errors
+    /// As [`Worker::complete`]; on an error no job was taken.
+    pub async fn post_and_next(&self, job: &Job, outcome: &Outcome) -> Result<Option<Job>> {
+        let mut q = self.next_query();
+        q[0].1 = "0".into();
+        q.push(("next", "1".into()));
+        let req = match outcome {
+            Outcome::Complete(result) => self.job_call("complete", job).body(result.clone()),
+            Outcome::Fail { error, retry } => self
+                .job_call("fail", job)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(serde_json::json!({ "error": error, "retry": retry }).to_string()),
+        };
+        let resp = self.client.send(req.query(&q)).await?;
+        match resp.status() {
+            StatusCode::OK | StatusCode::NO_CONTENT => Ok(handouts(resp).await?.into_iter().next()),
+            _ => Err(Self::job_refusal(job, resp).await),
+        }
     }
 
     /// Posts the job's result (`POST /api/worker/complete/{id}`).
@@ -348,24 +428,35 @@ impl Worker {
                 _ = stop.cancelled() => break,
                 p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
             };
-            // Dropping a poll that is in flight is safe: a job claimed at
-            // that instant comes back when its lease expires.
+            // Every free slot is filled by one batch poll.
+            let mut permits = vec![permit];
+            while let Ok(p) = slots.clone().try_acquire_owned() {
+                permits.push(p);
+            }
+            let max = (permits.len() > 1).then_some(permits.len());
+            // Dropping a poll that is in flight is safe: the server hands
+            // back a job it could not deliver (or its lease runs out).
             let polled = tokio::select! {
                 biased;
-                r = self.poll() => r,
+                r = self.poll_many(max) => r,
                 _ = stop.cancelled() => break,
             };
             match polled {
-                Ok(job) => {
+                Ok(jobs) => {
                     if away {
                         tracing::info!(url = %self.client.base, "server is back; polling again");
                         away = false;
                     }
                     backoff = Backoff::new();
-                    if let Some(job) = job {
-                        let (me, handler) = (self.clone(), handler.clone());
+                    for (job, permit) in jobs.into_iter().zip(permits) {
+                        let (me, handler, stop) = (self.clone(), handler.clone(), stop.clone());
                         tasks.spawn(async move {
-                            me.handle(job, &*handler).await;
+                            // While busy, each outcome takes the next job
+                            // with it: one request per job.
+                            let mut next = Some(job);
+                            while let Some(job) = next {
+                                next = me.handle(job, &*handler, &stop).await;
+                            }
                             drop(permit);
                         });
                     }
@@ -425,8 +516,9 @@ impl Worker {
         }
     }
 
-    /// Runs one job: the handler alongside its heartbeats, then posts the outcome.
-    async fn handle<H, F>(&self, job: Job, handler: &H)
+    /// Runs one job: the handler alongside its heartbeats, then posts the
+    /// outcome, taking the next job with it unless `stop` is cancelled.
+    async fn handle<H, F>(&self, job: Job, handler: &H, stop: &CancellationToken) -> Option<Job>
     where
         H: Fn(Job, CancellationToken) -> F,
         F: Future<Output = Outcome>,
@@ -445,20 +537,29 @@ impl Worker {
             }
         };
         if lost.is_cancelled() {
-            return;
+            return None;
         }
         let deadline = Instant::now() + POST_RETRY_WINDOW;
         let mut backoff = Backoff::new();
         let mut outcome = outcome;
+        // Only the first try takes the next job: a retry may follow an
+        // answer that was lost, job and all.
+        let mut fused = !stop.is_cancelled();
         loop {
-            let r = match &outcome {
-                Outcome::Complete(result) => self.complete(&job, result.clone()).await,
-                Outcome::Fail { error, retry } => self.fail(&job, error, *retry).await,
+            let r = match (&outcome, fused) {
+                (o, true) => self.post_and_next(&job, o).await,
+                (Outcome::Complete(result), false) => {
+                    self.complete(&job, result.clone()).await.map(|()| None)
+                }
+                (Outcome::Fail { error, retry }, false) => {
+                    self.fail(&job, error, *retry).await.map(|()| None)
+                }
             };
+            fused = false;
             match r {
-                Ok(()) => {
+                Ok(next) => {
                     tracing::debug!(parent: &span, "outcome posted");
-                    return;
+                    return next;
                 }
                 Err(e) if e.is_transient() && Instant::now() < deadline => {
                     tokio::time::sleep(backoff.next_pause()).await;
@@ -478,7 +579,7 @@ impl Worker {
                 }
                 Err(e) => {
                     tracing::warn!(parent: &span, error = %e, "could not post the job's outcome");
-                    return;
+                    return None;
                 }
             }
         }
