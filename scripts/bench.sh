@@ -7,7 +7,9 @@
 #   CASES='idealq memory' RUNS=5 scripts/bench.sh
 #
 # Environment (defaults in brackets): RUNS [3] DURATION [10] WARMUP [2]
-# PAYLOAD [100] CLIENTS [64] WORKERS [8] LONG_POLL [5] BENCH [../shared/bench]
+# PAYLOAD [100] CLIENTS [64] WORKERS [8] LONG_POLL [5]
+# BENCH (required): the directory of the load generator's Cargo project, which
+# builds the binaries syncbench and idealq; it is not part of this repository.
 # OUT [/tmp/jobq-bench/<timestamp>] CASES [idealq memory embedded embedded-normal]
 # PREFILL [0]: pending jobs stored (in a queue no worker polls) before each jobq run.
 # Case embedded-backlog is the embedded store with BACKLOG [100000] such jobs stored first,
@@ -33,7 +35,11 @@ CLIENTS=${CLIENTS:-64}
 WORKERS=${WORKERS:-8}
 LONG_POLL=${LONG_POLL:-5}
 PREFILL=${PREFILL:-0}
-BENCH=${BENCH:-$root/../shared/bench}
+BENCH=${BENCH:-}
+if [[ -z $BENCH || ! -f $BENCH/Cargo.toml ]]; then
+  echo "bench.sh: set BENCH to the directory of the syncbench/idealq Cargo project (got '${BENCH}')" >&2
+  exit 2
+fi
 OUT=${OUT:-/tmp/jobq-bench/$(date +%Y%m%d-%H%M%S)}
 CASES=${CASES:-idealq memory embedded embedded-normal}
 export CARGO_TARGET_DIR=${BENCH_TARGET:-/tmp/jobq-bench-target}

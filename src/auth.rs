@@ -26,7 +26,7 @@ use subtle::{Choice, ConstantTimeEq};
 /// Shortest token that does not draw a start-up warning.
 pub const SHORT_TOKEN_WARNING: usize = 16;
 
-/// A caller's role (SPEC §3 "Who may call what").
+/// A caller's role (docs/api.md, "Who may call what").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// Submits jobs and reads their results: `/api/submit`, `/api/jobs…`.

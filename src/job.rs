@@ -157,7 +157,7 @@ impl std::ops::Sub<Duration> for Timestamp {
     }
 }
 
-/// Where a job is in its life. See SPEC §2.
+/// Where a job is in its life (docs/api.md, "Jobs").
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 pub enum Status {
     /// Queued, waiting for a worker.
@@ -231,7 +231,7 @@ pub struct Idempotency {
     pub fingerprint: [u8; 32],
 }
 
-/// A job as stored. Field names follow SPEC §2.
+/// A job as stored. Field names follow docs/api.md, "Jobs".
 #[derive(Clone, Debug)]
 pub struct Job {
     /// Identity.
@@ -332,7 +332,7 @@ pub struct JobRecord {
     pub position: Option<u64>,
 }
 
-/// Headers never passed to workers (the rule of docs/api.md, "Headers"):
+/// Headers never passed to workers (docs/api.md, "Headers passed to workers"):
 /// hop-by-hop ones, the body length, and credentials (a client's token must
 /// never reach a worker). `name` is lower-case.
 pub fn is_private_header(name: &str) -> bool {

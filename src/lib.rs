@@ -1,4 +1,5 @@
-//! jobq: a synchronous job queue with an HTTP API (see `SPEC.md`).
+//! jobq: a synchronous job queue with an HTTP API (see `docs/api.md`;
+//! the module map is `docs/architecture.md`).
 //!
 //! # Layout
 //! - [`config`]: command line and environment.

@@ -1,4 +1,4 @@
-//! Admin endpoints and `/health` (SPEC §3 "Admin", "Other").
+//! Admin endpoints and `/health` (docs/api.md, "Admin", "Health").
 
 mod common;
 

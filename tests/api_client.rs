@@ -1,4 +1,4 @@
-//! Client endpoints (SPEC §3 "Client"): sync and async submit, reading and
+//! Client endpoints (docs/api.md, "Client"): sync and async submit, reading and
 //! cancelling jobs, idempotency, payload encodings, header filtering, limits
 //! and request validation.
 
@@ -77,7 +77,7 @@ async fn sync_submit_answers_with_the_workers_result(kind: Kind) {
     s.stop().await;
 }
 
-/// Checks a `202` of SPEC §3 and returns the job id.
+/// Checks a `202` of docs/api.md and returns the job id.
 fn assert_accepted(r: &Reply) -> String {
     assert_eq!(r.status, 202, "{r:?}");
     assert_eq!(r.keys(), keys(&["job_id", "status", "location"]));

@@ -1,4 +1,5 @@
-//! Many clients and workers at once, and graceful shutdown (SPEC §1, §5).
+//! Many clients and workers at once, and graceful shutdown (docs/api.md,
+//! "Shutdown" and "Guarantees").
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Worker endpoints (SPEC §3 "Worker"): poll, complete, fail, heartbeat,
+//! Worker endpoints (docs/api.md, "Worker"): poll, complete, fail, heartbeat,
 //! leases and fencing, priorities and named queues, long-poll wake-ups.
 
 mod common;

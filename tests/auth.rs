@@ -1,4 +1,4 @@
-//! Role tokens over real HTTP (SPEC §3 "Who may call what"): every role ×
+//! Role tokens over real HTTP (docs/api.md, "Who may call what"): every role ×
 //! endpoint × credential, roles left open, the loopback-only admin rule seen
 //! from a real non-loopback peer (two network namespaces joined by a veth
 //! pair), token-file rotation by SIGHUP under load, and tokens kept out of

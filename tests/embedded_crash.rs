@@ -1,6 +1,6 @@
-//! Durability of the embedded store (SPEC §5): the real binary is killed
-//! with SIGKILL at several points and restarted on the same data dir; every
-//! acknowledged job and result must be there, none twice.
+//! Durability of the embedded store (docs/api.md, "Guarantees"): the real
+//! binary is killed with SIGKILL at several points and restarted on the same
+//! data dir; every acknowledged job and result must be there, none twice.
 
 mod common;
 

@@ -1,8 +1,9 @@
-//! Several `jobq serve` nodes on one PostgreSQL database (SPEC §5): wake-ups
-//! and results cross nodes, every job is handed out once, a killed node's
-//! job is rescued by another, and nodes recover when their connections are
-//! cut. The behavioural suite also runs on PostgreSQL through
-//! `backend_tests!`; these are the tests only a shared database needs.
+//! Several `jobq serve` nodes on one PostgreSQL database (docs/api.md,
+//! "Guarantees"): wake-ups and results cross nodes, every job is handed out
+//! once, a killed node's job is rescued by another, and nodes recover when
+//! their connections are cut. The behavioural suite also runs on PostgreSQL
+//! through `backend_tests!`; these are the tests only a shared database
+//! needs.
 
 mod common;
 

@@ -1,9 +1,9 @@
 //! JSON bodies, written directly into a buffer: the hot answers (submit,
 //! poll, complete) are built without an intermediate `Value` tree.
 //!
-//! Payload encoding (SPEC §2): bytes that parse as JSON are embedded as that
-//! value; other UTF-8 as a string; anything else as base64 with a sibling
-//! `"payload_encoding": "base64"`.
+//! Payload encoding (docs/api.md, "Payload encoding"): bytes that parse as
+//! JSON are embedded as that value; other UTF-8 as a string; anything else
+//! as base64 with a sibling `"payload_encoding": "base64"`.
 
 use base64::Engine as _;
 

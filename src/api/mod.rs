@@ -1,4 +1,4 @@
-//! The HTTP API of SPEC §3: routing, request parsing and answer shapes.
+//! The HTTP API (docs/api.md): routing, request parsing and answer shapes.
 //! Handlers only translate between HTTP and [`Broker`] calls; every error
 //! becomes an [`ApiError`], whose `IntoResponse` picks the status code.
 
@@ -71,7 +71,7 @@ pub struct AppState {
     pub dash: crate::metrics::dash::Dash,
 }
 
-/// All routes of SPEC §3.
+/// All routes of docs/api.md.
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body;
     let auth = state.auth.clone();

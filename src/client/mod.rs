@@ -1,4 +1,4 @@
-//! A Rust client for jobq's HTTP API (SPEC §3): [`Client`] submits, reads
+//! A Rust client for jobq's HTTP API (docs/api.md): [`Client`] submits, reads
 //! and cancels jobs and calls the admin endpoints; [`Worker`] polls for jobs,
 //! heartbeats them and posts their results, and [`Worker::run`] is a complete
 //! worker loop with concurrency, heartbeats and a graceful stop.
@@ -6,10 +6,11 @@
 //! This module only speaks HTTP; it must not reach into the server's modules,
 //! so it works the same against a local or a remote server.
 //!
-//! Payloads and results are bytes. The server embeds them in JSON (SPEC §2);
-//! [`decode_payload`] turns them back into bytes: base64 when flagged, the
-//! text of a JSON string, or the JSON text itself. (A result that was itself
-//! a JSON string literal such as `"hi"` therefore comes back as `hi`.)
+//! Payloads and results are bytes. The server embeds them in JSON
+//! (docs/api.md, "Payload encoding"); [`decode_payload`] turns them back
+//! into bytes: base64 when flagged, the text of a JSON string, or the JSON
+//! text itself. (A result that was itself a JSON string literal such as
+//! `"hi"` therefore comes back as `hi`.)
 //!
 //! ```no_run
 //! use jobq::client::{Client, Outcome, RunOptions, SubmitOptions};
@@ -182,7 +183,7 @@ pub struct JobView {
     pub position: Option<u64>,
 }
 
-/// The job view as the server sends it (fields as in SPEC §3).
+/// The job view as the server sends it (fields as in docs/api.md).
 #[derive(Deserialize)]
 struct RawJobView {
     job_id: String,
@@ -231,9 +232,9 @@ impl RawJobView {
     }
 }
 
-/// Turns a payload embedded in a JSON answer back into bytes (SPEC §2):
-/// base64 when `encoding` says so, the text of a JSON string, otherwise the
-/// JSON text as sent.
+/// Turns a payload embedded in a JSON answer back into bytes (docs/api.md,
+/// "Payload encoding"): base64 when `encoding` says so, the text of a JSON
+/// string, otherwise the JSON text as sent.
 ///
 /// # Errors
 /// Flagged base64 that does not decode, or a malformed string.

@@ -97,7 +97,7 @@ fn server_date(resp: &reqwest::Response) -> Option<SystemTime> {
     httpdate::parse_http_date(v).ok()
 }
 
-/// A poll's `200` answer, as the server sends it (fields as in SPEC §3).
+/// A poll's `200` answer, as the server sends it (fields as in docs/api.md).
 #[derive(Deserialize)]
 struct Handout {
     job_id: String,

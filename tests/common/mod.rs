@@ -205,8 +205,8 @@ impl Reply {
         k
     }
 
-    /// Asserts an error answer of SPEC §3: this status, a JSON content type
-    /// and a body with a non-empty string `error`.
+    /// Asserts an error answer of docs/api.md ("Errors"): this status, a
+    /// JSON content type and a body with a non-empty string `error`.
     pub fn assert_error(&self, status: u16) {
         assert_eq!(self.status, status, "unexpected answer: {self:?}");
         let ct = self

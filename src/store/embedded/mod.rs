@@ -437,8 +437,9 @@ impl Store for EmbeddedStore {
         let Inserted::Created(job) = &inserted else {
             unreachable!()
         };
-        // Claimable once committed: it is in the store then (SPEC §5: a
-        // `kill -9` keeps it), and a worker need not wait for the fsync too.
+        // Claimable once committed: it is in the store then (a `kill -9`
+        // keeps it: docs/api.md, "Guarantees"), and a worker need not wait
+        // for the fsync too.
         // The submit is answered only once it is durable; a worker's
         // complete is durable only after it (the WAL is written in order),
         // so no result of a job that a power cut could lose is acknowledged.

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Every test of the project, in one command (the README's):
+#   1. the Rust suite, `cargo test`: real servers over real HTTP, the real
+#      binary killed with kill -9, a real PostgreSQL;
+#   2. the Python SDK against the real binary (scripts/test-python.sh);
+#   3. the dashboard in a real headless Chromium (scripts/test-browser.sh).
+# A part whose tools are missing here (PostgreSQL, python3, chromium, node)
+# is skipped with a one-line reason, except under CI=true, where that fails.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+echo "== cargo test"
+cargo test --locked
+# `cargo test` built the binary the other suites start.
+export JOBQ_BIN="${JOBQ_BIN:-$root/target/debug/jobq}"
+
+echo "== Python SDK"
+bash scripts/test-python.sh
+
+if [[ -f scripts/test-browser.sh ]]; then
+  echo "== dashboard in a browser"
+  bash scripts/test-browser.sh
+fi
+echo "== all tests passed"
