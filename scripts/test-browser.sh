@@ -9,6 +9,7 @@
 # Needs Debian's `chromium` and node with npm (`npm ci` installs
 # playwright-core, which drives the system Chromium; no browser download).
 # Without them it says why and exits 0, unless CI=true, where it fails.
+# JOBQ_BIN [build target/debug/jobq] is the binary to serve.
 # Screenshots go to SCREENSHOT_DIR [target/browser]; UPDATE_SCREENSHOT=1
 # copies the desktop one to docs/dashboard.png.
 set -euo pipefail
@@ -29,8 +30,15 @@ if [[ -n $missing ]]; then
   exit 0
 fi
 
-(cd "$root" && cargo build -q --bin jobq)
-(cd "$root/tests/browser" && npm ci --silent --no-audit --no-fund)
+# JOBQ_BIN: a binary built already (scripts/test.sh passes cargo test's).
+jobq=${JOBQ_BIN:-}
+if [[ -z $jobq ]]; then
+  (cd "$root" && cargo build -q --bin jobq)
+  jobq=$root/target/debug/jobq
+fi
+if [[ ! -d $root/tests/browser/node_modules/playwright-core ]]; then
+  (cd "$root/tests/browser" && npm ci --silent --no-audit --no-fund)
+fi
 mkdir -p "$SCREENSHOT_DIR"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()' 2>/dev/null \
@@ -38,7 +46,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 log=$SCREENSHOT_DIR/server.log
 args=(serve --storage memory --listen "127.0.0.1:$port" --log-format json)
 if [[ -n ${JOBQ_ADMIN_TOKEN:-} ]]; then args+=(--admin-token "$JOBQ_ADMIN_TOKEN"); fi
-"$root/target/debug/jobq" "${args[@]}" >"$log" 2>&1 &
+"$jobq" "${args[@]}" >"$log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true' EXIT
 
