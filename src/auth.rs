@@ -58,7 +58,8 @@ impl Role {
         }
     }
 
-    /// The role an HTTP path belongs to, by prefix (whole path segments):
+    /// The role an HTTP path (or route template such as `/api/jobs/{id}`)
+    /// belongs to, by prefix (whole path segments):
     /// `/api/submit` and `/api/jobs…` → client, `/api/worker/…` → worker,
     /// `/api/admin/…` → admin. `None` for open paths (`/health`, `/metrics`,
     /// `/openapi.json`, the dashboard page) and unknown ones.
@@ -575,6 +576,8 @@ mod tests {
             ("/api/jobs", Some(Role::Client)),
             ("/api/jobs/123", Some(Role::Client)),
             ("/api/jobs/123/events", Some(Role::Client)),
+            ("/api/jobs/{id}", Some(Role::Client)),
+            ("/api/worker/heartbeat/{id}", Some(Role::Worker)),
             ("/api/worker/poll", Some(Role::Worker)),
             ("/api/worker/complete/1", Some(Role::Worker)),
             ("/api/admin/stats", Some(Role::Admin)),

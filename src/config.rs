@@ -13,6 +13,7 @@ use crate::auth::{Auth, Secret, TokenSources};
 use crate::broker::BrokerConfig;
 use crate::server::ServerConfig;
 use crate::store::SyncMode;
+use crate::tls::{Tls, TlsFiles};
 
 /// Default `--listen`.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:3000";
@@ -188,6 +189,47 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBQ_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
 
+    /// PEM certificate chain (leaf first): serve HTTPS instead of plain
+    /// HTTP. Re-read on SIGHUP. Needs `--tls-key`.
+    #[arg(long, env = "JOBQ_TLS_CERT", value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert`. Re-read on SIGHUP.
+    #[arg(long, env = "JOBQ_TLS_KEY", value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Most clients waiting at once for a result (`POST /api/submit`,
+    /// `GET /api/jobs/{id}?wait=N`); more get 503 + Retry-After.
+    #[arg(long, env = "JOBQ_MAX_WAITING_CLIENTS", default_value_t = crate::api::limits::MAX_WAITING_CLIENTS_DEFAULT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
+    pub max_waiting_clients: usize,
+
+    /// Most workers long-polling at once (`?wait=N`); more get 503 + Retry-After.
+    #[arg(long, env = "JOBQ_MAX_POLLING_WORKERS", default_value_t = crate::api::limits::MAX_POLLING_WORKERS_DEFAULT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
+    pub max_polling_workers: usize,
+
+    /// Largest request line plus headers, in bytes (431 beyond).
+    #[arg(long, env = "JOBQ_MAX_HEADER_BYTES", default_value_t = crate::server::MAX_HEADER_BYTES_DEFAULT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=262_144))]
+    pub max_header_bytes: usize,
+
+    /// Most request headers (431 beyond).
+    #[arg(long, env = "JOBQ_MAX_HEADERS", default_value_t = crate::server::HYPER_MAX_HEADERS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    pub max_headers: usize,
+
+    /// Seconds a request's head may take to arrive once it has begun; a
+    /// slower client is disconnected (slow-loris guard).
+    #[arg(long, env = "JOBQ_HEADER_READ_TIMEOUT", default_value = "10", value_parser = positive_secs)]
+    pub header_read_timeout: Duration,
+
+    /// Seconds a kept-alive connection may sit idle between requests.
+    #[arg(long, env = "JOBQ_IDLE_TIMEOUT", default_value = "60", value_parser = positive_secs)]
+    pub idle_timeout: Duration,
+
+    /// Seconds of silence on a connection before TCP keepalive probes start
+    /// (then every third of it, at least 1 s; 3 unanswered probes drop it).
+    /// 0 = off.
+    #[arg(long, env = "JOBQ_TCP_KEEPALIVE", default_value = "60", value_parser = secs)]
+    pub tcp_keepalive: Duration,
+
     /// Seconds running jobs get to finish on SIGTERM/SIGINT.
     #[arg(long, env = "JOBQ_SHUTDOWN_GRACE", default_value = "30", value_parser = secs)]
     pub shutdown_grace: Duration,
@@ -273,7 +315,8 @@ impl ServeArgs {
         }
     }
 
-    /// The server's options, loading what they name (the token file).
+    /// The server's options, loading what they name (the token file, the
+    /// TLS certificate and key).
     ///
     /// # Errors
     /// A file named by a flag cannot be read or is malformed.
@@ -282,6 +325,20 @@ impl ServeArgs {
             max_body: self.max_body as usize,
             shutdown_grace: self.shutdown_grace,
             auth: Auth::load(self.token_sources())?,
+            max_waiting_clients: self.max_waiting_clients,
+            max_polling_workers: self.max_polling_workers,
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            tcp_keepalive: (!self.tcp_keepalive.is_zero()).then_some(self.tcp_keepalive),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(Tls::load(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })?),
+                _ => None,
+            },
         })
     }
 }
@@ -292,6 +349,9 @@ pub enum LoadError {
     /// `--token-file`, or tokens given twice.
     #[error(transparent)]
     Auth(#[from] crate::auth::LoadError),
+    /// `--tls-cert`/`--tls-key`.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::LoadError),
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`config`]: command line and environment.
 //! - [`auth`]: role tokens and the decision who may call what (no HTTP types).
+//! - [`tls`]: the server's certificate and key, reloadable (rustls).
 //! - [`job`]: domain types and the state machine (pure, no I/O).
 //! - [`store`]: the storage trait and its backends.
 //! - [`broker`]: the only API for a job's lifecycle; waiters and wake-ups.
@@ -28,3 +29,4 @@ pub mod job;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod tls;

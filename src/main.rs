@@ -53,7 +53,7 @@ fn init_logging(format: LogFormat) {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = args.listen_addr().map_err(anyhow::Error::msg)?;
     let cfg = args.server_config()?;
-    reload_on_hangup(cfg.auth.clone())?;
+    reload_on_hangup(cfg.auth.clone(), cfg.tls.clone())?;
     let store = jobq::store::open(&args.backend()).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -61,6 +61,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         listen = %listener.local_addr()?,
         storage = ?args.effective_storage(),
+        tls = args.tls_cert.is_some(),
         "jobq {} serving",
         env!("CARGO_PKG_VERSION")
     );
@@ -68,9 +69,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     jobq::server::run(listener, broker, cfg, shutdown_signal()).await
 }
 
-/// Re-reads the token file on every SIGHUP (instead of SIGHUP's default,
-/// exiting). A file that fails to load leaves the tokens in force.
-fn reload_on_hangup(auth: jobq::auth::Auth) -> anyhow::Result<()> {
+/// Re-reads the token file and the TLS certificate and key on every SIGHUP
+/// (instead of SIGHUP's default, exiting). What fails to load stays as it was.
+fn reload_on_hangup(auth: jobq::auth::Auth, tls: Option<jobq::tls::Tls>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())
         .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
@@ -80,6 +81,16 @@ fn reload_on_hangup(auth: jobq::auth::Auth) -> anyhow::Result<()> {
                 Ok(counts) => tracing::info!(%counts, "SIGHUP: tokens reloaded"),
                 Err(e) => {
                     tracing::error!(error = %e, "SIGHUP: tokens not reloaded; the previous ones stay in force")
+                }
+            }
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => {
+                        tracing::info!(cert = %tls.files().cert.display(), "SIGHUP: TLS certificate reloaded")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the previous one stays in force")
+                    }
                 }
             }
         }

@@ -208,6 +208,49 @@ async fn every_role_endpoint_and_credential() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_spelling_of_a_path_slips_past_its_role() {
+    let s = TestServer::start_with(
+        Kind::Memory,
+        &[
+            "--client-token",
+            CLIENT,
+            "--worker-token",
+            WORKER,
+            "--admin-token",
+            ADMIN,
+        ],
+    )
+    .await;
+    for path in [
+        "/api/%61dmin/stats",
+        "/api/admin/%73tats",
+        "//api/admin/stats",
+        "/api/admin//stats",
+        "/api/admin/stats/",
+        "/api/./admin/stats",
+        "/api/worker/../admin/stats",
+        "/API/admin/stats",
+        "/api/admin/stats?x=/health",
+    ] {
+        for cred in [Cred::None, Cred::Token(CLIENT)] {
+            let ep = Endpoint {
+                method: "GET",
+                path: path.to_owned(),
+                role: Some("admin"),
+                ok: 200,
+            };
+            let r = call(&s, &ep, cred).await;
+            assert!(
+                matches!(r.status, 401 | 403 | 404),
+                "{path} with {cred:?} must not be served: {r:?}"
+            );
+            r.assert_error(r.status);
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_without_a_token_is_open() {
     // Only a client token: worker endpoints are open (any or no token),
     // admin endpoints are open to this loopback caller.
@@ -294,143 +337,10 @@ async fn tokens_flow_through_the_rust_client() {
 /// deleted on drop; nothing touches the host's network.
 mod remote {
     use super::*;
-    use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpStream};
+    use std::net::SocketAddr;
     use std::process::Command;
 
-    const SERVER_IP: &str = "10.213.7.1";
-    const CLIENT_IP: &str = "10.213.7.2";
-
-    /// Two fresh namespaces `server` and `client`, linked.
-    struct Namespaces {
-        server: String,
-        client: String,
-    }
-
-    fn ip(args: &[&str]) -> Result<(), String> {
-        let out = Command::new("ip")
-            .args(args)
-            .output()
-            .map_err(|e| format!("ip {args:?}: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-
-    impl Namespaces {
-        /// `None` when namespaces cannot be made here (no privileges) and
-        /// CI is not set; under CI that is a failure.
-        fn create(tag: &str) -> Option<Namespaces> {
-            let id = format!("{}{tag}", std::process::id());
-            let ns = Namespaces {
-                server: format!("jobq-sec-{id}-s"),
-                client: format!("jobq-sec-{id}-c"),
-            };
-            let (vs, vc) = (format!("jq{id}s"), format!("jq{id}c"));
-            let setup = || -> Result<(), String> {
-                ip(&["netns", "add", &ns.server])?;
-                ip(&["netns", "add", &ns.client])?;
-                ip(&[
-                    "link", "add", &vs, "netns", &ns.server, "type", "veth", "peer", "name", &vc,
-                    "netns", &ns.client,
-                ])?;
-                for (n, dev, addr) in [(&ns.server, &vs, SERVER_IP), (&ns.client, &vc, CLIENT_IP)] {
-                    ip(&["-n", n, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
-                    ip(&["-n", n, "link", "set", dev, "up"])?;
-                    ip(&["-n", n, "link", "set", "lo", "up"])?;
-                }
-                Ok(())
-            };
-            match setup() {
-                Ok(()) => Some(ns),
-                Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
-                    eprintln!("skipped: cannot create network namespaces here: {e}");
-                    None
-                }
-                Err(e) => panic!("cannot create network namespaces: {e}"),
-            }
-        }
-
-        /// Runs `f` on a thread inside namespace `name` (sockets it creates
-        /// stay in that namespace).
-        fn run_in<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-            let path = format!("/run/netns/{name}");
-            std::thread::spawn(move || {
-                let file = std::fs::File::open(&path).expect("open netns");
-                // SAFETY: setns(2) on a valid namespace fd, affecting only
-                // this thread, which ends after `f`.
-                let rc = unsafe {
-                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET)
-                };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("namespace thread")
-        }
-    }
-
-    impl Drop for Namespaces {
-        fn drop(&mut self) {
-            // Deleting a namespace deletes the veth end inside it.
-            let _ = ip(&["netns", "del", &self.server]);
-            let _ = ip(&["netns", "del", &self.client]);
-        }
-    }
-
-    /// One HTTP/1.1 exchange over a fresh connection: (status, JSON body).
-    fn exchange(
-        to: SocketAddr,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-    ) -> (u16, serde_json::Value) {
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let auth = token
-            .map(|t| format!("authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nhost: jobq\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).expect("read answer");
-        let text = String::from_utf8_lossy(&raw);
-        let (head, body) = text.split_once("\r\n\r\n").expect("a full answer");
-        let status = head[9..12].parse().expect("status code");
-        let body = if body.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.into()))
-        };
-        (status, body)
-    }
-
-    /// Starts a server listening on 0.0.0.0 in the server namespace.
-    async fn serve_in(ns: &Namespaces, flags: &[&str]) -> (TestServer, u16) {
-        let std_listener = Namespaces::run_in(&ns.server, || {
-            let l = std::net::TcpListener::bind("0.0.0.0:0").expect("bind in namespace");
-            l.set_nonblocking(true).unwrap();
-            l
-        });
-        let port = std_listener.local_addr().unwrap().port();
-        let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-        let s = TestServer::start_on_listener(
-            jobq::store::Backend::Memory,
-            Vec::new(),
-            flags,
-            listener,
-        )
-        .await;
-        (s, port)
-    }
+    use common::netns::{exchange, serve_in, Namespaces, CLIENT_IP, SERVER_IP};
 
     const ADMIN_CALLS: [(&str, &str, u16); 4] = [
         ("GET", "/api/admin/stats", 200),
@@ -531,7 +441,7 @@ mod remote {
         let deadline = Instant::now() + Duration::from_secs(20);
         let text = loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("serving") || Instant::now() > deadline {
+            if text.contains("listening beyond loopback") || Instant::now() > deadline {
                 break text;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

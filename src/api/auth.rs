@@ -1,12 +1,14 @@
 //! The HTTP face of [`crate::auth`]: one middleware in front of every route
-//! picks the endpoint's role from its path and lets the request through only
-//! if the caller may act in it. The peer address comes from the
+//! picks the endpoint's role from the route the request matched (its
+//! template, e.g. `/api/jobs/{id}`, so no spelling of a path can reach a
+//! route under another role's prefix) and lets the request through only if
+//! the caller may act in it. The peer address comes from the
 //! [`ConnectInfo`] extension the accept loop puts on every request; without
 //! it the peer counts as remote (fail closed).
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -22,9 +24,14 @@ pub fn peer_is_loopback(req: &Request) -> bool {
 }
 
 /// Answers `401`/`403` (see [`ApiError::Auth`]) unless the caller may act in
-/// the role of the requested path; open paths pass untouched.
+/// the role of the matched route; open routes and unrouted paths (answered
+/// `404` by the fallback) pass untouched.
 pub async fn require_role(State(auth): State<Auth>, req: Request, next: Next) -> Response {
-    if let Some(role) = Role::for_http_path(req.uri().path()) {
+    let role = req
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|m| Role::for_http_path(m.as_str()));
+    if let Some(role) = role {
         // A second Authorization header is ignored: the first must do.
         let credential = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
         if let Err(e) = auth.check_credential(role, credential, peer_is_loopback(&req)) {

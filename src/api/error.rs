@@ -43,6 +43,14 @@ pub enum ApiError {
     },
     /// The job was cancelled or its queue cleared: `410` to its waiting client.
     JobCancelled(JobId),
+    /// Too many requests of this kind are waiting (`--max-waiting-clients`,
+    /// `--max-polling-workers`): `503` with `Retry-After`.
+    Busy {
+        /// "waiting clients" or "long-polling workers".
+        what: &'static str,
+        /// The cap.
+        limit: usize,
+    },
     /// The caller may not act in the endpoint's role: `401` or `403`.
     Auth(crate::auth::AuthError),
 }
@@ -153,6 +161,12 @@ impl ApiError {
                 "job was cancelled".into(),
                 Some(*id),
                 None,
+            ),
+            ApiError::Busy { what, limit } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("too many {what} (the limit is {limit}); retry later"),
+                None,
+                Some(1),
             ),
             ApiError::Auth(e) if e.is_unauthenticated() => {
                 (StatusCode::UNAUTHORIZED, e.to_string(), None, None)

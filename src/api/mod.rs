@@ -7,6 +7,7 @@ pub mod auth;
 pub mod encode;
 pub mod error;
 pub mod jobs;
+pub mod limits;
 pub mod workers;
 
 use std::borrow::Cow;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub max_body: usize,
     /// Role tokens, checked in front of every route ([`auth::require_role`]).
     pub auth: crate::auth::Auth,
+    /// Caps on waiting clients and long-polling workers ([`limits::cap_waiting`]).
+    pub caps: limits::Caps,
     /// This server's dashboard figures (the per-second ring).
     pub dash: crate::metrics::dash::Dash,
 }
@@ -75,6 +78,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body;
     let auth = state.auth.clone();
+    let caps = state.caps.clone();
     Router::new()
         .route("/api/submit", post(jobs::submit))
         .route("/api/jobs", post(jobs::submit_async))
@@ -97,6 +101,12 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
+        // The last layer runs first: a caller is authenticated before it is
+        // counted against a cap.
+        .layer(axum::middleware::from_fn_with_state(
+            caps,
+            limits::cap_waiting,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             auth,
             auth::require_role,
@@ -312,6 +322,10 @@ mod tests {
             Duration::from_millis(1500)
         );
         assert_eq!(parse_secs("wait", "1e300").unwrap(), MAX_WAIT);
+        assert_eq!(
+            parse_secs("wait", "7200").unwrap(),
+            Duration::from_secs(3600)
+        );
         for bad in ["-1", "abc", "NaN", "inf", ""] {
             assert!(parse_secs("wait", bad).is_err(), "{bad}");
         }

@@ -38,9 +38,12 @@ pub use request::{
 };
 use waiters::{AnyNotified, JobWaiters, QueueSignals, Waiter, Wake};
 
-/// Longest wait a request may ask for (a submit's, a poll's, a `GET ?wait`).
-/// Longer values are clamped: timers need a finite deadline.
-pub const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest wait a request may ask for (a submit's `timeout` or `Prefer:
+/// wait`, a poll's or a `GET`'s `wait`): one hour. Longer values are clamped,
+/// so no request holds a connection and a waiter slot for longer than this
+/// by asking (a submit that waits longer gets `202` and can wait again on
+/// `GET /api/jobs/{id}?wait=N`). `timeout=0` still means "forever".
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 /// Longest accepted `Idempotency-Key`, in bytes.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;

@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{exit, fail, positive_secs, secs};
-use crate::client::{Client, SubmitOptions, URL_DEFAULT};
+use crate::client::{SubmitOptions, URL_DEFAULT};
 
 /// How long one bench submit may wait before it counts as an error.
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -38,6 +38,9 @@ pub struct BenchArgs {
     /// Sent as `Authorization: Bearer TOKEN`.
     #[arg(long, env = "JOBQ_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM certificate(s) to trust for an `https://` URL (a private CA).
+    #[arg(long, env = "JOBQ_CA_CERT", value_name = "PATH")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Concurrent submitting clients.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub clients: u32,
@@ -128,11 +131,7 @@ pub async fn run(a: BenchArgs) -> ExitCode {
             .unwrap_or_else(|| URL_DEFAULT.into());
         (url, None)
     };
-    let client = match &a.token {
-        Some(t) => Client::with_token(&url, t),
-        None => Client::new(&url),
-    };
-    let client = match client {
+    let client = match super::connect(&url, a.token.as_deref(), a.ca_cert.as_deref()) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };

@@ -81,19 +81,39 @@ pub struct ConnArgs {
     /// Sent as `Authorization: Bearer TOKEN`.
     #[arg(long, env = "JOBQ_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM certificate(s) to trust for an `https://` URL instead of the
+    /// public roots (a private CA, or the server's self-signed certificate).
+    #[arg(long, env = "JOBQ_CA_CERT", value_name = "PATH")]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl ConnArgs {
-    /// A client for `--url`, with `--token` when given.
+    /// A client for `--url`, with `--token` and `--ca-cert` when given.
     ///
     /// # Errors
-    /// A bad URL or token.
+    /// A bad URL, token or CA file.
     pub fn client(&self) -> client::Result<Client> {
-        match &self.token {
-            Some(t) => Client::with_token(&self.url, t),
-            None => Client::new(&self.url),
-        }
+        connect(&self.url, self.token.as_deref(), self.ca_cert.as_deref())
     }
+}
+
+/// A client for `url` with an optional token and private CA.
+///
+/// # Errors
+/// A bad URL, token or CA file.
+pub(crate) fn connect(
+    url: &str,
+    token: Option<&str>,
+    ca_cert: Option<&std::path::Path>,
+) -> client::Result<Client> {
+    let mut b = Client::builder(url);
+    if let Some(t) = token {
+        b = b.token(t);
+    }
+    if let Some(path) = ca_cert {
+        b = b.ca_cert_file(path)?;
+    }
+    b.build()
 }
 
 /// A non-negative number of seconds (fractions allowed).

@@ -33,6 +33,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! For a server with TLS and a private CA, and role tokens:
+//! `Client::builder("https://jobq.internal:3000").token(t).ca_cert_file(path)?.build()?`.
+//!
 //! Runnable versions: `examples/worker.rs` and `examples/submit.rs`.
 
 mod worker;
@@ -319,7 +322,7 @@ fn parse_time(s: &str) -> Option<SystemTime> {
 pub struct Client {
     /// Pooled HTTP connections.
     http: reqwest::Client,
-    /// `http://host:port`, without a trailing slash.
+    /// `http(s)://host:port`, without a trailing slash.
     base: String,
 }
 
@@ -366,46 +369,124 @@ impl EventStream {
     }
 }
 
-impl Client {
-    /// A client for the server at `base` (e.g. `http://127.0.0.1:3000`).
-    ///
-    /// # Errors
-    /// `base` is not an `http://` URL.
-    pub fn new(base: &str) -> Result<Self> {
-        Self::build(base, None)
+/// Options of a [`Client`]: see [`Client::builder`].
+#[derive(Clone)]
+pub struct ClientBuilder {
+    /// The server's base URL.
+    base: String,
+    /// Sent as `Authorization: Bearer <token>`.
+    token: Option<String>,
+    /// PEM certificates that alone are trusted for `https://` (a private CA).
+    ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca", &self.ca_pem.is_some())
+            .finish()
+    }
+}
+
+impl ClientBuilder {
+    /// Sends `Authorization: Bearer <token>` on every call.
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
     }
 
-    /// Like [`Client::new`], sending `Authorization: Bearer <token>` on every call.
-    ///
-    /// # Errors
-    /// `base` is not an `http://` URL, or the token is not a valid header value.
-    pub fn with_token(base: &str, token: &str) -> Result<Self> {
-        Self::build(base, Some(token))
+    /// Trusts only the PEM certificate(s) in `pem` for `https://` (a private
+    /// CA, or the server's self-signed certificate) instead of the built-in
+    /// public roots.
+    pub fn ca_cert_pem(mut self, pem: &[u8]) -> Self {
+        self.ca_pem = Some(pem.to_vec());
+        self
     }
 
-    fn build(base: &str, token: Option<&str>) -> Result<Self> {
-        let base = base.trim().trim_end_matches('/').to_owned();
+    /// As [`ClientBuilder::ca_cert_pem`], read from a file.
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub fn ca_cert_file(self, path: &std::path::Path) -> Result<Self> {
+        let pem = std::fs::read(path).map_err(|e| {
+            Error::Protocol(format!(
+                "cannot read CA certificate {}: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(self.ca_cert_pem(&pem))
+    }
+
+    /// The client.
+    ///
+    /// # Errors
+    /// The URL is not `http://` or `https://`, the token is not a valid
+    /// header value, or the CA file holds no PEM certificate.
+    pub fn build(self) -> Result<Client> {
+        let base = self.base.trim().trim_end_matches('/').to_owned();
         let url = reqwest::Url::parse(&base)
             .map_err(|e| Error::Protocol(format!("bad server URL {base:?}: {e}")))?;
-        if url.scheme() != "http" {
+        if !matches!(url.scheme(), "http" | "https") {
             return Err(Error::Protocol(format!(
-                "bad server URL {base:?}: only http:// is supported (put a TLS proxy in front)"
+                "bad server URL {base:?}: expected http:// or https://"
             )));
         }
         let mut headers = HeaderMap::new();
-        if let Some(t) = token {
+        if let Some(t) = &self.token {
             let mut v = HeaderValue::from_str(&format!("Bearer {t}"))
                 .map_err(|_| Error::Protocol("the token is not a valid header value".into()))?;
             v.set_sensitive(true);
             headers.insert(AUTHORIZATION, v);
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .default_headers(headers)
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        if let Some(pem) = &self.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| Error::Protocol("the CA file holds no PEM certificate".into()))?;
+            http = http.tls_built_in_root_certs(false);
+            for c in certs {
+                http = http.add_root_certificate(c);
+            }
+        }
+        let http = http
             .build()
             .map_err(|e| Error::Protocol(format!("cannot build the HTTP client: {e}")))?;
         Ok(Client { http, base })
+    }
+}
+
+impl Client {
+    /// A client for the server at `base` (e.g. `http://127.0.0.1:3000`, or
+    /// `https://…` for a server with TLS).
+    ///
+    /// # Errors
+    /// `base` is not an `http://` or `https://` URL.
+    pub fn new(base: &str) -> Result<Self> {
+        Self::builder(base).build()
+    }
+
+    /// Like [`Client::new`], sending `Authorization: Bearer <token>` on every call.
+    ///
+    /// # Errors
+    /// `base` is not an `http://` or `https://` URL, or the token is not a
+    /// valid header value.
+    pub fn with_token(base: &str, token: &str) -> Result<Self> {
+        Self::builder(base).token(token).build()
+    }
+
+    /// A client with more options: a token, a private CA.
+    pub fn builder(base: &str) -> ClientBuilder {
+        ClientBuilder {
+            base: base.to_owned(),
+            token: None,
+            ca_pem: None,
+        }
     }
 
     /// The server's base URL.
@@ -700,10 +781,17 @@ mod tests {
     }
 
     #[test]
-    fn only_http_urls() {
+    fn only_http_and_https_urls() {
         assert!(Client::new("http://127.0.0.1:3000/").is_ok());
         assert_eq!(Client::new("http://h:1/").unwrap().base_url(), "http://h:1");
-        assert!(Client::new("https://h").is_err());
+        assert!(Client::new("https://h").is_ok());
+        assert!(Client::new("ftp://h").is_err());
         assert!(Client::new("nowhere").is_err());
+        assert!(Client::builder("https://h")
+            .ca_cert_pem(b"not pem")
+            .build()
+            .is_err());
+        let b = Client::builder("https://h").token("s3cret");
+        assert!(!format!("{b:?}").contains("s3cret"));
     }
 }

@@ -8,22 +8,44 @@ use std::time::Duration;
 
 use axum::http::{Method, Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 use crate::api::{self, ApiError, AppState};
 use crate::auth::{Auth, Role};
+use crate::tls::Tls;
 
+mod conn;
 mod json_errors;
 use crate::broker::{maintenance, Broker};
 
 /// How long open connections get to finish once the drain is over.
 const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
 
-/// A request's headers must arrive within this time (slow-loris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `--header-read-timeout`: a request's head must arrive within it
+/// once it has begun (slow-loris guard).
+pub const HEADER_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
+/// Default `--idle-timeout`: how long a kept-alive connection may sit idle.
+pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+
+/// Default `--tcp-keepalive`: silence before the first keepalive probe.
+pub const TCP_KEEPALIVE_DEFAULT: Duration = Duration::from_secs(60);
+
+/// Unanswered keepalive probes after which the kernel drops a connection.
+const TCP_KEEPALIVE_RETRIES: u32 = 3;
+
+/// Default `--max-header-bytes`: request line and headers together.
+pub const MAX_HEADER_BYTES_DEFAULT: usize = 64 * 1024;
+
+/// hyper's own header count limit, the default `--max-headers`.
+pub const HYPER_MAX_HEADERS: usize = 100;
+
+/// A TLS handshake must be done within this time.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serving options that are not the broker's policy.
 #[derive(Debug, Clone)]
@@ -35,6 +57,22 @@ pub struct ServerConfig {
     /// Role tokens (`--client-token`, `--token-file`, ...); the same handle
     /// is reloaded on SIGHUP by whoever owns the signals.
     pub auth: Auth,
+    /// `--tls-cert`/`--tls-key`: serve HTTPS (`None`: plain HTTP).
+    pub tls: Option<Tls>,
+    /// `--max-waiting-clients`.
+    pub max_waiting_clients: usize,
+    /// `--max-polling-workers`.
+    pub max_polling_workers: usize,
+    /// `--max-header-bytes` (`431` beyond).
+    pub max_header_bytes: usize,
+    /// `--max-headers` (`431` beyond).
+    pub max_headers: usize,
+    /// `--header-read-timeout`.
+    pub header_read_timeout: Duration,
+    /// `--idle-timeout`.
+    pub idle_timeout: Duration,
+    /// `--tcp-keepalive` (`None`: off).
+    pub tcp_keepalive: Option<Duration>,
 }
 
 fn is_known_method(m: &Method) -> bool {
@@ -63,9 +101,35 @@ fn declared_length<B>(req: &Request<B>) -> Option<u64> {
         .ok()
 }
 
+/// Runs one connection until it ends, expires (idle, or a request head too
+/// slow), or the server closes (then it finishes its answer in progress).
+async fn drive<I, S>(
+    conn: hyper::server::conn::http1::Connection<I, S>,
+    activity: std::sync::Arc<conn::Activity>,
+    deadlines: conn::Deadlines,
+    closing: CancellationToken,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = axum::body::Body>,
+{
+    tokio::pin!(conn);
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = closing.cancelled(), if !shutting_down => {
+                conn.as_mut().graceful_shutdown();
+                shutting_down = true;
+            }
+            // Dropping the connection closes it: nothing is being answered.
+            _ = activity.expired(deadlines) => return,
+        }
+    }
+}
+
 /// Warns when the server listens beyond loopback while a role is open to
 /// anyone who can reach it.
-fn warn_if_open(listener: &TcpListener, auth: &Auth) {
+fn warn_if_open(listener: &TcpListener, auth: &Auth, tls: bool) {
     let Ok(addr) = listener.local_addr() else {
         return;
     };
@@ -80,6 +144,11 @@ fn warn_if_open(listener: &TcpListener, auth: &Auth) {
             open_roles = ?roles,
             "listening beyond loopback with no {} token: anyone who can reach this port may act in that role (set --client-token/--worker-token or --token-file)",
             roles.join(" or ")
+        );
+    }
+    if !tls {
+        tracing::info!(
+            "plain HTTP beyond loopback: tokens and payloads travel in clear text unless a TLS proxy is in front (or use --tls-cert)"
         );
     }
     if !auth.requires_token(Role::Admin) {
@@ -107,11 +176,16 @@ pub async fn run(
     let dash = crate::metrics::dash::Dash::new();
     let sampler = crate::metrics::dash::run(broker.clone(), dash.clone(), stop_maintenance.clone());
     tokio::spawn(sampler);
-    warn_if_open(&listener, &cfg.auth);
+    warn_if_open(&listener, &cfg.auth, cfg.tls.is_some());
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config()));
     let app = api::router(AppState {
         broker: broker.clone(),
         max_body: cfg.max_body,
         auth: cfg.auth.clone(),
+        caps: api::limits::Caps::new(cfg.max_waiting_clients, cfg.max_polling_workers),
         dash,
     });
 
@@ -130,11 +204,29 @@ pub async fn run(
         });
     }
 
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+    // No hyper header timer: [`conn`] keeps the header and idle deadlines.
+    http.header_read_timeout(None)
+        .max_header_size(cfg.max_header_bytes)
         .keep_alive(true);
+    if cfg.max_headers != HYPER_MAX_HEADERS {
+        // Only when changed: hyper then keeps headers on the heap (slower).
+        http.max_headers(cfg.max_headers);
+    }
+    let deadlines = conn::Deadlines {
+        idle: cfg.idle_timeout,
+        header: cfg.header_read_timeout,
+    };
+    let keepalive = cfg.tcp_keepalive.map(|t| {
+        socket2::TcpKeepalive::new()
+            .with_time(t)
+            .with_interval((t / 3).max(Duration::from_secs(1)))
+            .with_retries(TCP_KEEPALIVE_RETRIES)
+    });
+    // Cancelled once the drain is over: connections finish their answer
+    // in progress and close.
+    let closing = CancellationToken::new();
+    let connections = TaskTracker::new();
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -151,10 +243,17 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        if let Some(ka) = &keepalive {
+            // A long-poll whose peer vanished is noticed by the probes.
+            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(ka);
+        }
+        let activity = conn::Activity::new();
         let app = app.clone();
         let max_body = cfg.max_body;
+        let svc_activity = activity.clone();
         let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let app = app.clone();
+            let in_flight = svc_activity.request_started();
             // The auth layer needs the peer (admin is loopback-only without a token).
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
@@ -175,18 +274,47 @@ pub async fn run(
                     ));
                 }
                 let resp: Response<axum::body::Body> = app.oneshot(req).await?;
-                Ok(resp)
+                // In flight until its body is sent (an event stream included).
+                Ok(api::limits::hold_until_sent(resp, in_flight))
             }
         });
-        let io = TokioIo::new(json_errors::JsonErrors::new(stream));
-        let conn = graceful.watch(http.serve_connection(io, svc));
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let (http, closing) = (http.clone(), closing.clone());
+        match &tls {
+            None => {
+                let io = TokioIo::new(json_errors::JsonErrors::new(conn::Watched::new(
+                    stream,
+                    activity.clone(),
+                )));
+                connections.spawn(drive(
+                    http.serve_connection(io, svc),
+                    activity,
+                    deadlines,
+                    closing,
+                ));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                connections.spawn(async move {
+                    // A failed or stalled handshake just ends the connection.
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    let io = TokioIo::new(json_errors::JsonErrors::new(conn::Watched::new(
+                        stream,
+                        activity.clone(),
+                    )));
+                    drive(http.serve_connection(io, svc), activity, deadlines, closing).await;
+                });
+            }
+        }
     }
     drop(listener);
+    closing.cancel();
+    connections.close();
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = connections.wait() => {}
         _ = tokio::time::sleep(CONNECTION_DRAIN) => tracing::warn!("connections still open after the drain; closing"),
     }
     stop_maintenance.cancel();

@@ -9,6 +9,7 @@
 
 pub mod binary;
 pub mod http;
+pub mod netns;
 pub mod postgres;
 pub mod stores;
 
@@ -43,6 +44,9 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// A client with no timeout of its own (tests bound their waits).
     pub http: reqwest::Client,
+    /// The TLS identity when started with `--tls-cert` (`base` is then
+    /// `https://`), for reload tests.
+    pub tls: Option<jobq::tls::Tls>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     /// Kept alive for the server's lifetime (embedded data dir and the like).
@@ -100,18 +104,17 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let broker = Broker::new(store, args.broker_config());
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(jobq::server::run(
-            listener,
-            broker,
-            args.server_config().expect("server config"),
-            async move {
-                let _ = rx.await;
-            },
-        ));
+        let cfg = args.server_config().expect("server config");
+        let tls = cfg.tls.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let handle = tokio::spawn(jobq::server::run(listener, broker, cfg, async move {
+            let _ = rx.await;
+        }));
         TestServer {
-            base: format!("http://{addr}"),
+            base: format!("{scheme}://{addr}"),
             addr,
             http: reqwest::Client::new(),
+            tls,
             stop: Some(tx),
             handle: Some(handle),
             _guards: guards,

@@ -1,0 +1,255 @@
+//! One connection's deadlines: between requests it may stay idle for
+//! `--idle-timeout`; once the first byte of a request has arrived, the whole
+//! header must follow within `--header-read-timeout` (a slow-loris client
+//! cannot hold the connection). While a request is being answered (a
+//! long-poll, a held submit, an event stream) neither applies: the TCP
+//! keepalive notices a peer that vanished.
+//!
+//! hyper's own header timer is not used: it also runs while a kept-alive
+//! connection is idle, which would make the idle timeout no longer than the
+//! header timeout.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The two timeouts of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// `--idle-timeout`.
+    pub idle: Duration,
+    /// `--header-read-timeout`.
+    pub header: Duration,
+}
+
+/// What a connection is doing, as far as its deadlines go.
+#[derive(Debug)]
+struct State {
+    /// Requests whose answer has not been sent in full.
+    in_flight: usize,
+    /// Bytes of a new request arrived while nothing was in flight.
+    reading_head: bool,
+    /// When the current phase began: the end of the last answer (idle) or
+    /// the first byte of the request being read.
+    since: Instant,
+}
+
+/// A connection's activity, shared by its I/O, its service and its driver.
+#[derive(Debug)]
+pub struct Activity {
+    /// The phase and when it began.
+    state: Mutex<State>,
+    /// Wakes the driver when a deadline may have moved earlier.
+    changed: Notify,
+}
+
+impl Activity {
+    /// A connection accepted just now (idle until its first byte).
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            state: Mutex::new(State {
+                in_flight: 0,
+                reading_head: false,
+                since: Instant::now(),
+            }),
+            changed: Notify::new(),
+        })
+    }
+
+    fn on_read(&self) {
+        let mut s = self.state.lock();
+        if s.in_flight == 0 && !s.reading_head {
+            s.reading_head = true;
+            s.since = Instant::now();
+            drop(s);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A request's head has been read; the returned guard ends it when
+    /// dropped (with its answer's body, once sent).
+    pub fn request_started(self: &Arc<Self>) -> InFlight {
+        let mut s = self.state.lock();
+        s.in_flight += 1;
+        s.reading_head = false;
+        InFlight(self.clone())
+    }
+
+    /// When the connection expires unless something happens first (`None`
+    /// while a request is in flight).
+    fn deadline(&self, d: Deadlines) -> Option<Instant> {
+        let s = self.state.lock();
+        match (s.in_flight, s.reading_head) {
+            (0, false) => Some(s.since + d.idle),
+            (0, true) => Some(s.since + d.header),
+            _ => None,
+        }
+    }
+
+    /// Waits until the connection has been idle, or reading one request
+    /// head, for too long. Never returns while a request is in flight.
+    pub async fn expired(&self, d: Deadlines) {
+        loop {
+            let changed = self.changed.notified();
+            match self.deadline(d) {
+                Some(at) if at <= Instant::now() => return,
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = changed => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+}
+
+/// One request in flight on a connection.
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = self.0.state.lock();
+        s.in_flight -= 1;
+        if s.in_flight == 0 {
+            s.since = Instant::now();
+            drop(s);
+            // From "no deadline" to the idle one.
+            self.0.changed.notify_one();
+        }
+    }
+}
+
+/// A connection's I/O, reporting reads to its [`Activity`].
+pub struct Watched<T> {
+    /// The stream.
+    io: T,
+    /// Whose reads they are.
+    activity: Arc<Activity>,
+}
+
+impl<T> Watched<T> {
+    /// Wraps `io`.
+    pub fn new(io: T, activity: Arc<Activity>) -> Self {
+        Watched { io, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        if buf.filled().len() > before {
+            this.activity.on_read();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: Deadlines = Deadlines {
+        idle: Duration::from_secs(60),
+        header: Duration::from_secs(10),
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_then_head_then_busy() {
+        let a = Activity::new();
+        let t0 = Instant::now();
+        assert_eq!(a.deadline(D), Some(t0 + D.idle));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        a.on_read();
+        assert_eq!(a.deadline(D), Some(t0 + Duration::from_secs(15)));
+        // More bytes of the same head do not move the deadline.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        a.on_read();
+        assert_eq!(a.deadline(D), Some(t0 + Duration::from_secs(15)));
+        let req = a.request_started();
+        assert_eq!(a.deadline(D), None);
+        // Body bytes while in flight change nothing.
+        a.on_read();
+        assert_eq!(a.deadline(D), None);
+        tokio::time::advance(Duration::from_secs(100)).await;
+        drop(req);
+        assert_eq!(a.deadline(D), Some(Instant::now() + D.idle));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_follows_the_earliest_deadline() {
+        let a = Activity::new();
+        let t0 = Instant::now();
+        let waiter = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                a.expired(D).await;
+                Instant::now()
+            })
+        };
+        tokio::time::advance(Duration::from_secs(1)).await;
+        a.on_read(); // A slow-loris starts a head at t0+1.
+        let at = waiter.await.unwrap();
+        assert_eq!(at - t0, Duration::from_secs(11));
+
+        // A request in flight never expires; its end starts the idle clock.
+        let a = Activity::new();
+        let req = a.request_started();
+        let waiter = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                a.expired(D).await;
+                Instant::now()
+            })
+        };
+        tokio::time::advance(Duration::from_secs(1000)).await;
+        let ended = Instant::now();
+        drop(req);
+        assert_eq!(waiter.await.unwrap() - ended, D.idle);
+    }
+}
