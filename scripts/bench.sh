@@ -102,26 +102,26 @@ for round in $(seq 1 "$RUNS"); do
     log="$OUT/logs/$c.$round.log"
     case $c in
       idealq) $B/idealq --addr "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
-      memory) $JOBQ serve --storage memory --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
-      embedded) $JOBQ serve --data-dir "$DIR" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
-      embedded-normal) $JOBQ serve --data-dir "$DIR" --sync normal --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
-      memory-metrics-off) $JOBQ serve --storage memory --metrics off --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
-      embedded-metrics-off) $JOBQ serve --data-dir "$DIR" --metrics off --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
-      memory-dashboard) $JOBQ serve --storage memory --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
-      embedded-dashboard) $JOBQ serve --data-dir "$DIR" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
-      embedded-backlog) $JOBQ serve --data-dir "$DIR" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      memory) $JOBQ serve --grpc-listen off --storage memory --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      embedded) $JOBQ serve --grpc-listen off --data-dir "$DIR" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      embedded-normal) $JOBQ serve --grpc-listen off --data-dir "$DIR" --sync normal --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      embedded-backlog) $JOBQ serve --grpc-listen off --data-dir "$DIR" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      memory-metrics-off) $JOBQ serve --grpc-listen off --storage memory --metrics off --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      embedded-metrics-off) $JOBQ serve --grpc-listen off --data-dir "$DIR" --metrics off --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      memory-dashboard) $JOBQ serve --grpc-listen off --storage memory --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      embedded-dashboard) $JOBQ serve --grpc-listen off --data-dir "$DIR" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       base-memory) ${BASE_JOBQ:?set BASE_JOBQ} serve --storage memory --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       base-embedded) ${BASE_JOBQ:?set BASE_JOBQ} serve --data-dir "$DIR" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       base-embedded-normal) ${BASE_JOBQ:?set BASE_JOBQ} serve --data-dir "$DIR" --sync normal --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       base-postgres) url=$(newdb); ${BASE_JOBQ:?set BASE_JOBQ} serve --postgres-url "$url" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
-      postgres) url=$(newdb); $JOBQ serve --postgres-url "$url" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      postgres) url=$(newdb); $JOBQ serve --grpc-listen off --postgres-url "$url" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       postgres-2nodes)
         url=$(newdb)
-        $JOBQ serve --postgres-url "$url" --listen "127.0.0.1:$PORT" >"$log" 2>&1 &
+        $JOBQ serve --grpc-listen off --postgres-url "$url" --listen "127.0.0.1:$PORT" >"$log" 2>&1 &
         PID2=$!
         $B/syncbench wait-port "127.0.0.1:$PORT" --timeout 30
         PORT2=$($B/syncbench free-port)
-        $JOBQ serve --postgres-url "$url" --listen "127.0.0.1:$PORT2" >"$log.b" 2>&1 &
+        $JOBQ serve --grpc-listen off --postgres-url "$url" --listen "127.0.0.1:$PORT2" >"$log.b" 2>&1 &
         ;;
       *) echo "unknown case $c" >&2; exit 2 ;;
     esac

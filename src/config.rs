@@ -1,6 +1,7 @@
 //! The server's configuration: every `serve` flag also reads `JOBQ_<FLAG>`;
-//! `PORT` is honoured for compatibility. The subcommands that wrap it live
-//! in [`crate::cli`], which imports this module (never the other way round).
+//! `PORT` and `GRPC_PORT` are honoured for compatibility. The subcommands
+//! that wrap it live in [`crate::cli`], which imports this module (never the
+//! other way round).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -75,6 +76,25 @@ fn secs(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// `--grpc-listen`: an address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrpcListen {
+    /// No gRPC server.
+    Off,
+    /// Serve gRPC here.
+    Addr(SocketAddr),
+}
+
+fn grpc_listen(s: &str) -> Result<GrpcListen, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(GrpcListen::Off);
+    }
+    s.trim()
+        .parse()
+        .map(GrpcListen::Addr)
+        .map_err(|_| format!("{s:?} is neither an address like 127.0.0.1:50051 nor `off`"))
+}
+
 /// A positive number of seconds.
 fn positive_secs(s: &str) -> Result<Duration, String> {
     secs(s).and_then(|d| {
@@ -123,6 +143,11 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:3000, or 0.0.0.0:$PORT when PORT is set].
     #[arg(long, env = "JOBQ_LISTEN")]
     pub listen: Option<SocketAddr>,
+
+    /// gRPC worker API address, or `off` [default: 127.0.0.1:50051, or
+    /// 0.0.0.0:$GRPC_PORT when GRPC_PORT is set].
+    #[arg(long, env = "JOBQ_GRPC_LISTEN", value_parser = grpc_listen)]
+    pub grpc_listen: Option<GrpcListen>,
 
     /// Directory of the embedded store.
     #[arg(long, env = "JOBQ_DATA_DIR", default_value = "./data")]
@@ -261,6 +286,31 @@ impl ServeArgs {
                 .map(|port| SocketAddr::from(([0, 0, 0, 0], port)))
                 .map_err(|_| format!("PORT={p:?} is not a port number")),
             Err(_) => Ok(LISTEN_DEFAULT.parse().expect("valid default")),
+        }
+    }
+
+    /// The gRPC address: `--grpc-listen`/`JOBQ_GRPC_LISTEN`, else
+    /// `0.0.0.0:$GRPC_PORT`, else the default; `None` when `off`.
+    ///
+    /// # Errors
+    /// `GRPC_PORT` is set but not a port number.
+    pub fn grpc_listen_addr(&self) -> Result<Option<SocketAddr>, String> {
+        match self.grpc_listen {
+            Some(GrpcListen::Off) => return Ok(None),
+            Some(GrpcListen::Addr(a)) => return Ok(Some(a)),
+            None => {}
+        }
+        match std::env::var("GRPC_PORT") {
+            Ok(p) => p
+                .trim()
+                .parse::<u16>()
+                .map(|port| Some(SocketAddr::from(([0, 0, 0, 0], port))))
+                .map_err(|_| format!("GRPC_PORT={p:?} is not a port number")),
+            Err(_) => Ok(Some(
+                crate::grpc::GRPC_LISTEN_DEFAULT
+                    .parse()
+                    .expect("valid default"),
+            )),
         }
     }
 
@@ -447,5 +497,17 @@ mod tests {
         assert!(Cli::try_parse_from(["jobq", "--wait-timeout", "-1"]).is_err());
         assert!(Cli::try_parse_from(["jobq", "--max-attempts", "0"]).is_err());
         assert!(Cli::try_parse_from(["jobq", "--listen", "nowhere"]).is_err());
+        assert!(Cli::try_parse_from(["jobq", "--grpc-listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn grpc_listen_takes_an_address_or_off() {
+        let cli = Cli::try_parse_from(["jobq", "--grpc-listen", "off"]).unwrap();
+        assert_eq!(cli.serve.grpc_listen_addr(), Ok(None));
+        let cli = Cli::try_parse_from(["jobq", "--grpc-listen", "127.0.0.1:0"]).unwrap();
+        assert_eq!(
+            cli.serve.grpc_listen_addr(),
+            Ok(Some("127.0.0.1:0".parse().unwrap()))
+        );
     }
 }

@@ -9,13 +9,14 @@
 //! - [`store`]: the storage trait and its backends.
 //! - [`broker`]: the only API for a job's lifecycle; waiters and wake-ups.
 //! - [`api`]: HTTP handlers, thin translations onto the broker.
-//! - [`server`]: accept loop, maintenance task, graceful shutdown.
+//! - [`grpc`]: the gRPC worker API (`proto/worker.proto`), thin onto the broker.
+//! - [`server`]: accept loops (HTTP and gRPC), maintenance task, graceful shutdown.
 //! - [`metrics`]: Prometheus families, hooks, the dashboard's per-second ring.
 //! - [`dashboard`]: `GET /metrics`, the dashboard page and its data calls.
 //! - [`client`]: a Rust client and worker for the HTTP API.
 //! - [`cli`]: the client-side subcommands (`worker`, `submit`, admin, `bench`).
 //!
-//! Dependencies point one way: `api → broker → store → job`.
+//! Dependencies point one way: `api`, `grpc` → `broker` → `store` → `job`.
 #![warn(missing_docs)]
 
 pub mod api;
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dashboard;
+pub mod grpc;
 pub mod job;
 pub mod metrics;
 pub mod server;

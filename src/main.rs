@@ -58,15 +58,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let grpc =
+        match args.grpc_listen_addr().map_err(anyhow::Error::msg)? {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {addr} (gRPC, --grpc-listen): {e}")
+            })?),
+            None => None,
+        };
+    let grpc_listen = match &grpc {
+        Some(l) => l.local_addr()?.to_string(),
+        None => "off".to_owned(),
+    };
     tracing::info!(
         listen = %listener.local_addr()?,
+        grpc_listen,
         storage = ?args.effective_storage(),
         tls = args.tls_cert.is_some(),
         "jobq {} serving",
         env!("CARGO_PKG_VERSION")
     );
     let broker = Broker::new(store, args.broker_config());
-    jobq::server::run(listener, broker, cfg, shutdown_signal()).await
+    jobq::server::run_with_grpc(listener, grpc, broker, cfg, shutdown_signal()).await
 }
 
 /// Re-reads the token file and the TLS certificate and key on every SIGHUP

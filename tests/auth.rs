@@ -431,6 +431,8 @@ mod remote {
                 "memory",
                 "--listen",
                 "0.0.0.0:3000",
+                "--grpc-listen",
+                "off",
                 "--worker-token",
                 WORKER,
             ])

@@ -300,6 +300,8 @@ async fn serve(addr: &str) -> Proc {
         "memory",
         "--listen",
         addr,
+        "--grpc-listen",
+        "off",
         "--shutdown-grace",
         "1",
     ]);

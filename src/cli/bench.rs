@@ -1,7 +1,9 @@
 //! `jobq bench`: load through the real HTTP API. `--clients` tasks submit
-//! synchronously in a loop, `--workers` tasks poll and echo each payload back
-//! as the result; every result is checked against the payload its request
-//! sent (each payload is unique), and latencies go into a histogram.
+//! synchronously in a loop, `--workers` tasks poll (HTTP long-polls, or with
+//! `--grpc` one gRPC `Work` stream each) and echo each payload back as the
+//! result; every result is checked against the payload its request sent
+//! (each payload is unique), and latencies go into a histogram. With
+//! `--server-pid` the server's CPU time per job is reported too.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +64,109 @@ pub struct BenchArgs {
     /// Print the report as JSON (and no progress bar).
     #[arg(long)]
     pub json: bool,
+    /// Workers take jobs over gRPC `Work` streams (one stream each) instead
+    /// of HTTP long-polls; clients still submit over HTTP.
+    #[arg(long)]
+    pub grpc: bool,
+    /// The server's gRPC address, for `--grpc` [default: http://127.0.0.1:50051;
+    /// with --embedded, the embedded server's].
+    #[arg(long, value_name = "URL")]
+    pub grpc_url: Option<String>,
+    /// With `--grpc`: jobs each stream may hold at once (its credits).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub credits: u32,
+    /// The server's process id: report its CPU time (user + system, from
+    /// /proc/PID/stat) per completed job.
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+}
+
+/// CPU time (user + system) of process `pid` so far, from /proc/PID/stat.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Some(Duration::from_micros(ticks * 1_000_000 / hz))
+}
+
+/// One `--grpc` bench worker: a `Work` stream granted `credits`, each job's
+/// payload sent back as its result with one credit, until `stop`.
+async fn grpc_worker(
+    url: String,
+    queue: String,
+    credits: u32,
+    token: Option<String>,
+    stop: CancellationToken,
+) -> Result<(), String> {
+    use crate::grpc::pb;
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|e| format!("bad gRPC URL {url:?}: {e}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach the gRPC server at {url}: {e}"))?;
+    let mut client = pb::worker_service_client::WorkerServiceClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let _ = tx
+        .send(pb::WorkRequest {
+            queues: vec![queue],
+            credits,
+            ..Default::default()
+        })
+        .await;
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(t) = token {
+        let v = format!("Bearer {t}")
+            .parse()
+            .map_err(|_| "the token is not a valid metadata value".to_owned())?;
+        req.metadata_mut().insert("authorization", v);
+    }
+    let mut inbound = client
+        .work(req)
+        .await
+        .map_err(|s| format!("Work stream refused: {}", s.message()))?
+        .into_inner();
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => {
+                let _ = tx.send(pb::WorkRequest { drain: true, ..Default::default() }).await;
+                return Ok(());
+            }
+            m = inbound.message() => m,
+        };
+        match msg {
+            Ok(Some(pb::WorkResponse {
+                event: Some(pb::work_response::Event::Job(j)),
+            })) => {
+                let (payload, result) = if j.payload_bytes.is_empty() {
+                    (j.payload, bytes::Bytes::new())
+                } else {
+                    (String::new(), j.payload_bytes)
+                };
+                let done = pb::WorkRequest {
+                    credits: 1,
+                    action: Some(pb::work_request::Action::Complete(pb::JobResult {
+                        job_id: j.id,
+                        payload,
+                        lease_id: j.lease_id,
+                        result,
+                    })),
+                    ..Default::default()
+                };
+                if tx.send(done).await.is_err() {
+                    return Err("Work stream closed".into());
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Err("Work stream ended".into()),
+            Err(s) => return Err(format!("Work stream failed: {}", s.message())),
+        }
+    }
 }
 
 /// What the clients counted.
@@ -95,7 +200,7 @@ struct Embedded {
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-async fn start_embedded() -> anyhow::Result<(String, Embedded)> {
+async fn start_embedded(grpc: bool) -> anyhow::Result<(String, Option<String>, Embedded)> {
     let cli = super::Cli::try_parse_from(["jobq", "serve", "--storage", "memory"])?;
     let Some(super::Command::Serve(args)) = cli.command else {
         anyhow::bail!("could not build the embedded server's flags");
@@ -103,24 +208,38 @@ async fn start_embedded() -> anyhow::Result<(String, Embedded)> {
     let store = crate::store::open(&crate::store::Backend::Memory).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    // Never the default port 50051: an ephemeral one, only when asked for.
+    let grpc = match grpc {
+        true => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await?),
+        false => None,
+    };
+    let grpc_url = match &grpc {
+        Some(l) => Some(format!("http://{}", l.local_addr()?)),
+        None => None,
+    };
     let broker = crate::broker::Broker::new(store, args.broker_config());
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(crate::server::run(
+    let handle = tokio::spawn(crate::server::run_with_grpc(
         listener,
+        grpc,
         broker,
         args.server_config()?,
         async move {
             let _ = rx.await;
         },
     ));
-    Ok((format!("http://{addr}"), Embedded { stop, handle }))
+    Ok((
+        format!("http://{addr}"),
+        grpc_url,
+        Embedded { stop, handle },
+    ))
 }
 
 /// Runs the bench and prints its report.
 pub async fn run(a: BenchArgs) -> ExitCode {
-    let (url, embedded) = if a.embedded {
-        match start_embedded().await {
-            Ok((u, e)) => (u, Some(e)),
+    let (url, embedded_grpc, embedded) = if a.embedded {
+        match start_embedded(a.grpc).await {
+            Ok((u, g, e)) => (u, g, Some(e)),
             Err(e) => return fail(format!("cannot start the embedded server: {e:#}")),
         }
     } else {
@@ -129,8 +248,13 @@ pub async fn run(a: BenchArgs) -> ExitCode {
             .clone()
             .or_else(|| std::env::var("JOBQ_URL").ok())
             .unwrap_or_else(|| URL_DEFAULT.into());
-        (url, None)
+        (url, None, None)
     };
+    let grpc_url = a
+        .grpc_url
+        .clone()
+        .or(embedded_grpc)
+        .unwrap_or_else(|| "http://127.0.0.1:50051".into());
     let client = match super::connect(&url, a.token.as_deref(), a.ca_cert.as_deref()) {
         Ok(c) => c,
         Err(e) => return fail(e),
@@ -143,7 +267,9 @@ pub async fn run(a: BenchArgs) -> ExitCode {
 
     let stop_workers = CancellationToken::new();
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..a.workers {
+    let grpc_failed = Arc::new(Mutex::new(None::<String>));
+    let http_workers = if a.grpc { 0 } else { a.workers };
+    for _ in 0..http_workers {
         let w = client.worker(vec![a.queue.clone()]).long_poll(a.long_poll);
         let stop = stop_workers.clone();
         workers.spawn(async move {
@@ -167,6 +293,20 @@ pub async fn run(a: BenchArgs) -> ExitCode {
             }
         });
     }
+
+    if a.grpc {
+        for _ in 0..a.workers {
+            let (url, queue, token) = (grpc_url.clone(), a.queue.clone(), a.token.clone());
+            let (stop, failed) = (stop_workers.clone(), grpc_failed.clone());
+            let credits = a.credits;
+            workers.spawn(async move {
+                if let Err(e) = grpc_worker(url, queue, credits, token, stop).await {
+                    failed.lock().get_or_insert(e);
+                }
+            });
+        }
+    }
+    let cpu_before = a.server_pid.and_then(cpu_time);
 
     let tally = Arc::new(Tally {
         ok: AtomicU64::new(0),
@@ -250,6 +390,7 @@ pub async fn run(a: BenchArgs) -> ExitCode {
         }
     }
     let elapsed = start.elapsed();
+    let cpu_after = a.server_pid.and_then(cpu_time);
     bar.finish_and_clear();
     stop_workers.cancel();
     while workers.join_next().await.is_some() {}
@@ -273,13 +414,24 @@ pub async fn run(a: BenchArgs) -> ExitCode {
             ms(hist.max()),
         )
     };
-    let first_error = tally.first_error.lock().clone();
+    let first_error = tally
+        .first_error
+        .lock()
+        .clone()
+        .or_else(|| grpc_failed.lock().clone());
+    let cpu_us_per_job = match (cpu_before, cpu_after) {
+        (Some(b), Some(e)) if ok > 0 => Some(e.saturating_sub(b).as_secs_f64() * 1e6 / ok as f64),
+        _ => None,
+    };
     if a.json {
         let report = json!({
             "url": url,
             "embedded": a.embedded,
             "clients": a.clients,
             "workers": a.workers,
+            "worker_transport": if a.grpc { "grpc-stream" } else { "http" },
+            "credits": a.grpc.then_some(a.credits),
+            "server_cpu_us_per_job": cpu_us_per_job,
             "duration_s": elapsed.as_secs_f64(),
             "payload_bytes": a.payload_bytes,
             "jobs": ok,
@@ -296,8 +448,13 @@ pub async fn run(a: BenchArgs) -> ExitCode {
         } else {
             url.clone()
         };
+        let workers = if a.grpc {
+            format!("gRPC stream workers ({} credits each)", a.credits)
+        } else {
+            "HTTP workers".to_owned()
+        };
         println!(
-            "jobq bench: {} clients, {} workers, {:.1}s, {}-byte payloads, {what}",
+            "jobq bench: {} clients, {} {workers}, {:.1}s, {}-byte payloads, {what}",
             a.clients,
             a.workers,
             elapsed.as_secs_f64(),
@@ -308,6 +465,9 @@ pub async fn run(a: BenchArgs) -> ExitCode {
         println!(
             "latency:     p50 {p50:.2} ms   p90 {p90:.2} ms   p99 {p99:.2} ms   max {max:.2} ms"
         );
+        if let Some(cpu) = cpu_us_per_job {
+            println!("server CPU:  {cpu:.1} µs/job");
+        }
         if let Some(e) = &first_error {
             println!("first error: {e}");
         }

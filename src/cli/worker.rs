@@ -68,6 +68,18 @@ pub struct WorkerArgs {
     /// server hand the job out again while attempts remain.
     #[arg(long)]
     pub no_retry: bool,
+    /// Take jobs over the gRPC `Work` stream (at `--grpc-url`) instead of
+    /// HTTP long-polls: jobs are pushed as they arrive, up to --concurrency.
+    #[arg(long)]
+    pub grpc: bool,
+    /// The server's gRPC address (its --grpc-listen), for --grpc.
+    #[arg(
+        long,
+        env = "JOBQ_GRPC_URL",
+        default_value = "http://127.0.0.1:50051",
+        value_name = "URL"
+    )]
+    pub grpc_url: String,
 }
 
 /// What every job's command run shares.
@@ -113,7 +125,7 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         });
     }
     tracing::info!(
-        url = %client.base_url(),
+        url = %if args.grpc { args.grpc_url.as_str() } else { client.base_url() },
         queues = ?args.queue,
         concurrency = args.concurrency,
         command = %args.exec,
@@ -122,11 +134,22 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
     let opts = RunOptions {
         concurrency: args.concurrency as usize,
     };
-    let r = worker
-        .run(opts, stop, move |job, lost| {
-            run_command(spec.clone(), job, lost)
-        })
-        .await;
+    let handler = move |job, lost| run_command(spec.clone(), job, lost);
+    let r = if args.grpc {
+        crate::grpc::worker::StreamWorker::new(
+            &args.grpc_url,
+            args.queue.clone(),
+            args.conn.token.clone(),
+        )
+        .run(opts, stop, handler)
+        .await
+        .map_err(|e| e.to_string())
+    } else {
+        worker
+            .run(opts, stop, handler)
+            .await
+            .map_err(|e| e.to_string())
+    };
     match r {
         Ok(()) => {
             tracing::info!("worker stopped");

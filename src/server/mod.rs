@@ -158,15 +158,31 @@ fn warn_if_open(listener: &TcpListener, auth: &Auth, tls: bool) {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then shuts down
+/// Serves the HTTP API on `listener` until `shutdown` resolves, then shuts
+/// down gracefully; see [`run_with_grpc`].
+///
+/// # Errors
+/// Closing the store failed (the last writes may not be durable).
+pub async fn run(
+    listener: TcpListener,
+    broker: Broker,
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_with_grpc(listener, None, broker, cfg, shutdown).await
+}
+
+/// Serves the API on `listener` (and the gRPC worker API on `grpc`, if
+/// given, on the same broker) until `shutdown` resolves, then shuts down
 /// gracefully: new submits and polls get 503 at once, running jobs get
 /// `shutdown_grace` to finish, then waiting clients are answered and the
 /// store is closed. Taking a bound listener lets tests pass `127.0.0.1:0`.
 ///
 /// # Errors
 /// Closing the store failed (the last writes may not be durable).
-pub async fn run(
+pub async fn run_with_grpc(
     listener: TcpListener,
+    grpc: Option<TcpListener>,
     broker: Broker,
     cfg: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -203,6 +219,16 @@ pub async fn run(
             drained.cancel();
         });
     }
+
+    // Long-polls end when shutdown begins; streams end once the drain is over.
+    let grpc = grpc.map(|l| {
+        tokio::spawn(crate::grpc::serve(
+            l,
+            broker.clone(),
+            cfg.auth.clone(),
+            drained.clone(),
+        ))
+    });
 
     let mut http = hyper::server::conn::http1::Builder::new();
     // No hyper header timer: [`conn`] keeps the header and idle deadlines.
@@ -313,9 +339,22 @@ pub async fn run(
     drop(listener);
     closing.cancel();
     connections.close();
+    let grpc_abort = grpc.as_ref().map(|t| t.abort_handle());
+    let grpc_done = async {
+        if let Some(task) = grpc {
+            match task.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server failed"),
+                Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
+    };
     tokio::select! {
-        _ = connections.wait() => {}
+        _ = async { tokio::join!(connections.wait(), grpc_done) } => {}
         _ = tokio::time::sleep(CONNECTION_DRAIN) => tracing::warn!("connections still open after the drain; closing"),
+    }
+    if let Some(a) = grpc_abort {
+        a.abort();
     }
     stop_maintenance.cancel();
     let _ = maintenance.await;

@@ -25,7 +25,9 @@ pub fn free_port() -> u16 {
 
 impl Proc {
     /// Starts `jobq serve --data-dir DIR --listen 127.0.0.1:PORT FLAGS...`
-    /// and waits (up to 20 s) until `/health` answers.
+    /// (with `--grpc-listen off` unless FLAGS name it, so parallel tests do
+    /// not collide on port 50051) and waits (up to 20 s) until `/health`
+    /// answers.
     pub async fn start(data_dir: &Path, port: u16, flags: &[&str]) -> Proc {
         Self::start_limited(data_dir, port, flags, None).await
     }
@@ -77,6 +79,7 @@ impl Proc {
             .arg(data_dir)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
+            .args(grpc_off_unless_named(flags))
             .args(flags)
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -173,10 +176,21 @@ impl Drop for Proc {
     }
 }
 
-/// Runs `jobq serve` expecting a start-up failure; returns (exit code, stderr).
+/// `--grpc-listen off`, unless `flags` already say where gRPC listens.
+pub fn grpc_off_unless_named(flags: &[&str]) -> &'static [&'static str] {
+    if flags.iter().any(|f| f.starts_with("--grpc-listen")) {
+        &[]
+    } else {
+        &["--grpc-listen", "off"]
+    }
+}
+
+/// Runs `jobq serve` expecting a start-up failure (with `--grpc-listen off`
+/// unless `args` name it); returns (exit code, stderr).
 pub fn start_fails(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_jobq"))
         .arg("serve")
+        .args(grpc_off_unless_named(args))
         .args(args)
         .stdin(Stdio::null())
         .output()

@@ -47,6 +47,10 @@ pub struct TestServer {
     /// The TLS identity when started with `--tls-cert` (`base` is then
     /// `https://`), for reload tests.
     pub tls: Option<jobq::tls::Tls>,
+    /// The gRPC address, when the test asked for one with `--grpc-listen`
+    /// (`127.0.0.1:0`); without it no gRPC server runs, so parallel tests
+    /// never collide on port 50051.
+    pub grpc_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     /// Kept alive for the server's lifetime (embedded data dir and the like).
@@ -102,19 +106,33 @@ impl TestServer {
         };
         let store = stores::open(&backend).await;
         let addr = listener.local_addr().unwrap();
+        let grpc = match args.grpc_listen {
+            Some(jobq::config::GrpcListen::Addr(a)) => {
+                Some(tokio::net::TcpListener::bind(a).await.expect("bind gRPC"))
+            }
+            _ => None,
+        };
+        let grpc_addr = grpc.as_ref().map(|l| l.local_addr().unwrap());
         let broker = Broker::new(store, args.broker_config());
         let (tx, rx) = oneshot::channel::<()>();
         let cfg = args.server_config().expect("server config");
         let tls = cfg.tls.clone();
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let handle = tokio::spawn(jobq::server::run(listener, broker, cfg, async move {
-            let _ = rx.await;
-        }));
+        let handle = tokio::spawn(jobq::server::run_with_grpc(
+            listener,
+            grpc,
+            broker,
+            cfg,
+            async move {
+                let _ = rx.await;
+            },
+        ));
         TestServer {
             base: format!("{scheme}://{addr}"),
             addr,
             http: reqwest::Client::new(),
             tls,
+            grpc_addr,
             stop: Some(tx),
             handle: Some(handle),
             _guards: guards,
@@ -124,6 +142,14 @@ impl TestServer {
     /// `base` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// `http://` + the gRPC address (panics if the test did not ask for gRPC).
+    pub fn grpc_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.grpc_addr.expect("started with --grpc-listen")
+        )
     }
 
     /// Sends SIGTERM's equivalent and waits (bounded) for a clean exit.
@@ -442,3 +468,4 @@ macro_rules! backend_tests {
         }
     };
 }
+pub mod transport;
