@@ -18,6 +18,9 @@
 # each run creates a fresh database and drops it. postgres-2nodes runs two nodes on one
 # database and two load generators at once, each with half the clients and workers against
 # its own node (labels postgres-2nodes-a and -b; the pair's throughput is their sum).
+# Cases memory-metrics-off and embedded-metrics-off run with --metrics off; memory-dashboard and
+# embedded-dashboard have a dashboard stream (GET /api/admin/events) open during the run,
+# read by curl (a headless browser would take a core of this 2-core machine).
 # Cases base-memory, base-embedded, base-embedded-normal and base-postgres run those cases with BASE_JOBQ, another
 # jobq binary (say, built from an older commit with
 #   git worktree add /tmp/jobq-base <commit> && cargo build --release --manifest-path /tmp/jobq-base/Cargo.toml),
@@ -53,7 +56,9 @@ PID=""
 PID2=""
 DIR=""
 DB=""
+SSE=""
 stop() {
+  if [[ -n $SSE ]]; then kill "$SSE" 2>/dev/null || true; wait "$SSE" 2>/dev/null || true; SSE=""; fi
   if [[ -n $PID ]]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=""; fi
   if [[ -n $PID2 ]]; then kill "$PID2" 2>/dev/null || true; wait "$PID2" 2>/dev/null || true; PID2=""; fi
   if [[ -n $DIR ]]; then rm -rf "$DIR"; DIR=""; fi
@@ -101,6 +106,10 @@ for round in $(seq 1 "$RUNS"); do
       embedded) $JOBQ serve --grpc-listen off --data-dir "$DIR" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       embedded-normal) $JOBQ serve --grpc-listen off --data-dir "$DIR" --sync normal --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       embedded-backlog) $JOBQ serve --grpc-listen off --data-dir "$DIR" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      memory-metrics-off) $JOBQ serve --grpc-listen off --storage memory --metrics off --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      embedded-metrics-off) $JOBQ serve --grpc-listen off --data-dir "$DIR" --metrics off --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      memory-dashboard) $JOBQ serve --grpc-listen off --storage memory --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
+      embedded-dashboard) $JOBQ serve --grpc-listen off --data-dir "$DIR" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       base-memory) ${BASE_JOBQ:?set BASE_JOBQ} serve --storage memory --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       base-embedded) ${BASE_JOBQ:?set BASE_JOBQ} serve --data-dir "$DIR" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       base-embedded-normal) ${BASE_JOBQ:?set BASE_JOBQ} serve --data-dir "$DIR" --sync normal --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
@@ -119,6 +128,10 @@ for round in $(seq 1 "$RUNS"); do
     PID=$!
     $B/syncbench wait-port "127.0.0.1:$PORT" --timeout 30
     label=$c
+    if [[ $c == *-dashboard ]]; then
+      curl -sN "http://127.0.0.1:$PORT/api/admin/events" >"$OUT/logs/$c.$round.events" 2>&1 &
+      SSE=$!
+    fi
     if [[ $c == embedded-backlog ]]; then
       prefill "$PORT" "${BACKLOG:-100000}"
     elif [[ $c != idealq && $PREFILL -gt 0 ]]; then

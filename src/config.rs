@@ -57,6 +57,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// A feature switch.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
 /// A non-negative number of seconds (fractions allowed).
 fn secs(s: &str) -> Result<Duration, String> {
     match s.trim().parse::<f64>() {
@@ -253,6 +262,11 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "JOBQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Record metrics and dashboard figures (`off` leaves `/metrics` and the
+    /// dashboard's figures at zero; for measuring their cost).
+    #[arg(long, env = "JOBQ_METRICS", value_enum, default_value_t = Switch::On)]
+    pub metrics: Switch,
 }
 
 impl ServeArgs {

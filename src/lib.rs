@@ -11,6 +11,8 @@
 //! - [`api`]: HTTP handlers, thin translations onto the broker.
 //! - [`grpc`]: the gRPC worker API (`proto/worker.proto`), thin onto the broker.
 //! - [`server`]: accept loops (HTTP and gRPC), maintenance task, graceful shutdown.
+//! - [`metrics`]: Prometheus families, hooks, the dashboard's per-second ring.
+//! - [`dashboard`]: `GET /metrics`, the dashboard page and its data calls.
 //! - [`client`]: a Rust client and worker for the HTTP API.
 //! - [`cli`]: the client-side subcommands (`worker`, `submit`, admin, `bench`).
 //!
@@ -23,8 +25,10 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod grpc;
 pub mod job;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod tls;

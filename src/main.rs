@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Some(client_command) => return jobq::cli::run(client_command),
     };
     init_logging(args.log_format);
+    jobq::metrics::set_enabled(args.metrics == jobq::config::Switch::On);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

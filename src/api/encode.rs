@@ -116,6 +116,15 @@ fn classify(bytes: &[u8]) -> Kind<'_> {
     }
 }
 
+/// How [`Obj::payload`] embeds `bytes`: `json`, `text` or `base64`.
+pub fn encoding_of(bytes: &[u8]) -> &'static str {
+    match classify(bytes) {
+        Kind::Json => "json",
+        Kind::Text(_) => "text",
+        Kind::Binary => "base64",
+    }
+}
+
 /// Appends `s` as a JSON string.
 pub fn push_str(out: &mut Vec<u8>, s: &str) {
     // Writing to a Vec cannot fail.

@@ -70,6 +70,8 @@ pub struct AppState {
     pub auth: crate::auth::Auth,
     /// Caps on waiting clients and long-polling workers ([`limits::cap_waiting`]).
     pub caps: limits::Caps,
+    /// This server's dashboard figures (the per-second ring).
+    pub dash: crate::metrics::dash::Dash,
 }
 
 /// All routes of docs/api.md.
@@ -95,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/admin/next", get(admin::next))
         .route("/api/admin/jobs", get(admin::jobs))
         .route("/health", get(admin::health))
+        .merge(crate::dashboard::router())
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
@@ -108,6 +111,8 @@ pub fn router(state: AppState) -> Router {
             auth,
             auth::require_role,
         ))
+        // Outermost, so that refusals (401/403) are counted and logged too.
+        .layer(axum::middleware::from_fn(crate::metrics::http::track))
         .with_state(state)
 }
 

@@ -27,6 +27,7 @@ use crate::job::{
     Completion, Counts, Idempotency, Job, JobId, JobRecord, LeaseId, NewJob, Queue, Status,
     Timestamp, TransitionError,
 };
+use crate::metrics::{self, CancelReason};
 use crate::store::{
     self, ClaimParams, Claimed, CompleteParams, FailParams, Inserted, ListFilter, Store, StoreEvent,
 };
@@ -213,6 +214,42 @@ pub struct Stats {
     pub polling_workers: usize,
     /// Seconds since start.
     pub uptime_s: u64,
+}
+
+/// What the server holds right now, per queue (see [`Broker::activity`]).
+#[derive(Debug, Clone)]
+pub struct Activity {
+    /// Pending and running jobs per queue, with the oldest pending one.
+    pub queues: std::collections::BTreeMap<String, store::QueueActivity>,
+    /// Clients waiting for a job to end.
+    pub waiting_clients: usize,
+    /// Workers in a long-poll.
+    pub polling_workers: usize,
+    /// The broker's clock when this was read.
+    pub now: Timestamp,
+    /// Seconds since start.
+    pub uptime_s: u64,
+}
+
+/// Counts a submit refused with 503 (back-pressure or shutdown).
+fn refused(queue: &Option<Queue>, e: &Error) {
+    let reason = match e {
+        Error::QueueFull(_) => metrics::RefusedReason::QueueFull,
+        Error::ShuttingDown(_) => metrics::RefusedReason::ShuttingDown,
+        _ => return,
+    };
+    match queue {
+        Some(q) => metrics::refused(q, reason),
+        None => metrics::refused(&Queue::default_queue(), reason),
+    }
+}
+
+/// Counts a worker call refused because its lease is stale or the job no
+/// longer runs.
+fn stale(e: &Error, op: &'static str) {
+    if let Error::Conflict(_, TransitionError::StaleLease | TransitionError::NotRunning(_)) = e {
+        metrics::stale_refused(op);
+    }
 }
 
 /// Jobs a batch poll has taken so far; handed back if it is dropped.
@@ -407,14 +444,25 @@ impl Broker {
     /// [`Error::ShuttingDown`], [`Error::Invalid`] (idempotency key),
     /// [`Error::QueueFull`], [`Error::IdempotencyMismatch`], [`Error::Unavailable`].
     pub async fn enqueue(&self, req: SubmitRequest) -> Result<Job> {
-        self.check_accepting()?;
+        let queue = req.queue.clone();
+        self.check_accepting().inspect_err(|e| refused(&queue, e))?;
         let job = self.new_job(req)?;
-        match self.store().insert(job, self.inner.cfg.max_queued).await? {
+        match self
+            .store()
+            .insert(job, self.inner.cfg.max_queued)
+            .await
+            .map_err(Error::from)
+            .inspect_err(|e| refused(&queue, e))?
+        {
             Inserted::Created(job) => {
+                metrics::submitted(&job.queue);
                 self.announce(&job);
                 Ok(job)
             }
-            Inserted::Existing(job) => Ok(job),
+            Inserted::Existing(job) => {
+                metrics::attached(&job.queue);
+                Ok(job)
+            }
         }
     }
 
@@ -426,6 +474,28 @@ impl Broker {
     /// As [`Broker::enqueue`]; [`Error::ShuttingDown`] with the job's id when
     /// the shutdown grace ran out during the wait.
     pub async fn submit_and_wait(&self, req: SubmitRequest, wait: WaitFor) -> Result<SyncOutcome> {
+        let (began, queue) = (Instant::now(), req.queue.clone());
+        let r = self.submit_and_wait_inner(req, wait).await;
+        if let Err(e) = &r {
+            refused(&queue, e);
+        }
+        metrics::sync_answered(
+            match &r {
+                Ok(SyncOutcome::Ended(job)) => metrics::SyncOutcome::of(job.status),
+                Ok(SyncOutcome::Accepted(_)) => metrics::SyncOutcome::Accepted,
+                Ok(SyncOutcome::Gone(_)) => metrics::SyncOutcome::Cancelled,
+                Err(_) => metrics::SyncOutcome::Error,
+            },
+            began.elapsed(),
+        );
+        r
+    }
+
+    async fn submit_and_wait_inner(
+        &self,
+        req: SubmitRequest,
+        wait: WaitFor,
+    ) -> Result<SyncOutcome> {
         self.check_accepting()?;
         let job = self.new_job(req)?;
         let id = job.id;
@@ -440,12 +510,14 @@ impl Broker {
         let inserted = self.insert_drop_safe(job, &mut guard).await?;
         let (job, waiter) = match inserted {
             Inserted::Created(job) => {
+                metrics::submitted(&job.queue);
                 self.announce(&job);
                 guard.armed = true;
                 (job, guard.waiter.take())
             }
             Inserted::Existing(mut job) => {
                 // Attached by idempotency key: wait for the first submit's job.
+                metrics::attached(&job.queue);
                 guard.waiter = None;
                 let mut waiter = None;
                 if !job.status.is_ended() {
@@ -607,6 +679,7 @@ impl Broker {
             .cancel(id, false, self.now())
             .await
             .map_err(Error::about(id))?;
+        metrics::ended(&job, Some(CancelReason::Client));
         self.ended(&job, Status::Running);
         Ok(job)
     }
@@ -622,6 +695,7 @@ impl Broker {
         }
         match self.store().cancel(id, true, self.now()).await {
             Ok(job) => {
+                metrics::ended(&job, Some(CancelReason::Disconnect));
                 tracing::debug!(job.id = %id, "client went away; pending job cancelled");
                 self.inner.waiters.wake(id, Some(&job));
             }
@@ -768,6 +842,7 @@ impl Broker {
         let Some(claimed) = claimed else {
             return Ok(None);
         };
+        metrics::handed_out(&claimed.job);
         if claimed.more_pending {
             // Pass the wake-up on: this worker may have been woken for another queue.
             for q in queues {
@@ -823,8 +898,14 @@ impl Broker {
             },
             now: self.now(),
         };
-        let (job, how) = self.store().complete(&p).await.map_err(Error::about(id))?;
+        let (job, how) = self
+            .store()
+            .complete(&p)
+            .await
+            .map_err(Error::about(id))
+            .inspect_err(|e| stale(e, "complete"))?;
         if how == Completion::Completed {
+            metrics::ended(&job, None);
             self.ended(&job, Status::Running);
         }
         Ok(job)
@@ -846,7 +927,16 @@ impl Broker {
             max_attempts: self.inner.cfg.max_attempts,
             now: self.now(),
         };
-        let job = self.store().fail(&p).await.map_err(Error::about(id))?;
+        let job = self
+            .store()
+            .fail(&p)
+            .await
+            .map_err(Error::about(id))
+            .inspect_err(|e| stale(e, "fail"))?;
+        match job.status {
+            Status::Pending => metrics::retried(&job),
+            _ => metrics::ended(&job, None),
+        }
         self.after_release(&job);
         Ok(job)
     }
@@ -861,6 +951,7 @@ impl Broker {
             .heartbeat(req.id, req.lease, expires)
             .await
             .map_err(Error::about(req.id))
+            .inspect_err(|e| stale(e, "heartbeat"))
     }
 
     /// Cancels every pending and running job (of `queue`, if given) and
@@ -870,6 +961,7 @@ impl Broker {
     /// [`Error::Unavailable`].
     pub async fn clear(&self, queue: Option<&Queue>) -> Result<usize> {
         let cancelled = self.store().clear(queue, self.now()).await?;
+        metrics::cleared(queue, cancelled.len());
         for id in &cancelled {
             self.inner.waiters.wake(*id, None);
         }
@@ -901,6 +993,26 @@ impl Broker {
             polling_workers: self.inner.signals.polling_count(),
             uptime_s: self.inner.started.elapsed().as_secs(),
         })
+    }
+
+    /// What each queue holds, with the waiting clients and polling workers:
+    /// the figures of the dashboard and the gauges of `/metrics`.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`].
+    pub async fn activity(&self) -> Result<Activity> {
+        Ok(Activity {
+            queues: self.store().activity().await?,
+            waiting_clients: self.inner.waiters.len(),
+            polling_workers: self.inner.signals.polling_count(),
+            now: self.now(),
+            uptime_s: self.inner.started.elapsed().as_secs(),
+        })
+    }
+
+    /// Whether [`Broker::activity`] is cheap enough to ask every second.
+    pub fn activity_is_cheap(&self) -> bool {
+        self.store().activity_is_cheap()
     }
 
     /// Whether the store can serve, and the server is not shutting down.
@@ -937,6 +1049,7 @@ impl Broker {
             .rescue_expired(now, self.inner.cfg.max_attempts)
             .await?;
         for job in &rescued {
+            metrics::rescued(job);
             self.after_release(job);
         }
         let purged = if purge {
@@ -1180,6 +1293,11 @@ mod tests {
         }
         async fn counts(&self) -> store::Result<Counts> {
             self.0.counts().await
+        }
+        async fn activity(
+            &self,
+        ) -> store::Result<std::collections::BTreeMap<String, store::QueueActivity>> {
+            self.0.activity().await
         }
         async fn rescue_expired(&self, t: Timestamp, max: u32) -> store::Result<Vec<Job>> {
             self.0.rescue_expired(t, max).await

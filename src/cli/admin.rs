@@ -41,6 +41,11 @@ pub struct StatsArgs {
     /// Print the server's JSON.
     #[arg(long)]
     pub json: bool,
+    /// Keep the dashboard's figures on screen, refreshed each second
+    /// (throughput, queue depth, percentiles), until interrupted. With
+    /// `--json`, print each second's snapshot as one JSON line.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// `jobq jobs`.
@@ -259,6 +264,9 @@ pub async fn stats(a: StatsArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if a.watch {
+        return watch(&c, a.json).await;
+    }
     match c.stats().await {
         Ok(s) if a.json => print_json(&s),
         Ok(s) => {
@@ -267,6 +275,144 @@ pub async fn stats(a: StatsArgs) -> ExitCode {
         }
         Err(e) => report(&e),
     }
+}
+
+/// `jobq stats --watch`: follows `GET /api/admin/events`.
+async fn watch(c: &Client, json: bool) -> ExitCode {
+    let mut events = match c.events().await {
+        Ok(e) => e,
+        Err(e) => return report(&e),
+    };
+    let mut slots: Vec<Value> = Vec::new();
+    loop {
+        let (event, data) = match events.next().await {
+            Ok(Some(ev)) => ev,
+            Ok(None) => {
+                eprintln!("jobq: the server ended the stream");
+                return ExitCode::from(exit::ERROR);
+            }
+            Err(e) => return report(&e),
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&data) else {
+            continue;
+        };
+        match event.as_str() {
+            "history" => slots = v.as_array().cloned().unwrap_or_default(),
+            "snapshot" => {
+                if json {
+                    println!("{data}");
+                    continue;
+                }
+                slots.push(v["slot"].clone());
+                if slots.len() > 900 {
+                    slots.remove(0);
+                }
+                // Clear the screen and draw from the top.
+                print!("\x1b[2J\x1b[H{}", watch_screen(&v, &slots));
+                let _ = std::io::stdout().flush();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One screen of `stats --watch`: `snap` is the latest snapshot, `slots`
+/// the per-second history (oldest first).
+fn watch_screen(snap: &Value, slots: &[Value]) -> String {
+    let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let last =
+        |k: &str, secs: usize| -> u64 { slots.iter().rev().take(secs).map(|s| n(s, k)).sum() };
+    let per_sec = |k: &str| {
+        let secs = slots.len().clamp(1, 60);
+        last(k, secs) as f64 / secs as f64
+    };
+    let ms = |v: &Value| match v.as_f64() {
+        Some(x) if x < 10.0 => format!("{x:.2}"),
+        Some(x) => format!("{x:.0}"),
+        None => "-".into(),
+    };
+    let pct = |p: &Value| {
+        format!(
+            "{} / {} / {} ms",
+            ms(&p["p50"]),
+            ms(&p["p95"]),
+            ms(&p["p99"])
+        )
+    };
+    let mut out = format!(
+        "jobq {}   uptime {}s{}\n\n",
+        "stats --watch",
+        n(snap, "uptime_s"),
+        if snap["metrics_enabled"] == false {
+            "   (server runs with --metrics off: figures stay at zero)"
+        } else {
+            ""
+        }
+    );
+    let slot = &snap["slot"];
+    out.push_str(&format!(
+        "completed/s  {:>7} now  {:>9.1} avg 1 min   {}\n",
+        n(slot, "completed"),
+        per_sec("completed"),
+        sparkline(slots, "completed", 40)
+    ));
+    out.push_str(&format!(
+        "failed/s     {:>7} now  {:>9.1} avg 1 min   {}\n",
+        n(slot, "failed"),
+        per_sec("failed"),
+        sparkline(slots, "failed", 40)
+    ));
+    out.push_str(&format!(
+        "submitted/s  {:>7} now  {:>9.1} avg 1 min\n\n",
+        n(slot, "submitted"),
+        per_sec("submitted")
+    ));
+    out.push_str(&format!(
+        "queue wait p50/p95/p99 (1 min)  {}\nrun time   p50/p95/p99 (1 min)  {}\n",
+        pct(&snap["queue_wait_minute"]),
+        pct(&snap["run_time_minute"])
+    ));
+    out.push_str(&format!(
+        "waiting clients {}   polling workers {}   lease rescues (15 min) {}\n\n",
+        n(snap, "waiting_clients"),
+        n(snap, "polling_workers"),
+        last("rescued", 900)
+    ));
+    let mut rows = Vec::new();
+    if let Some(qs) = snap["queues"].as_object() {
+        for (name, q) in qs {
+            rows.push(vec![
+                name.clone(),
+                n(q, "pending").to_string(),
+                n(q, "running").to_string(),
+                q["oldest_pending_s"]
+                    .as_f64()
+                    .map_or("-".into(), |s| format!("{s:.1}s")),
+            ]);
+        }
+    }
+    if rows.is_empty() {
+        out.push_str("no pending or running jobs\n");
+    } else {
+        out.push_str(&table(&["QUEUE", "PENDING", "RUNNING", "OLDEST"], &rows));
+    }
+    out
+}
+
+/// The last `width` seconds of `key` as block characters, scaled to their maximum.
+fn sparkline(slots: &[Value], key: &str, width: usize) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let vals: Vec<u64> = slots
+        .iter()
+        .rev()
+        .take(width)
+        .rev()
+        .map(|s| s.get(key).and_then(Value::as_u64).unwrap_or(0))
+        .collect();
+    let max = vals.iter().copied().max().unwrap_or(0).max(1);
+    vals.iter()
+        .map(|&v| BARS[((v * 7) / max) as usize])
+        .collect()
 }
 
 /// The jobs table.
@@ -379,6 +525,33 @@ mod tests {
             ],
         );
         assert_eq!(t, "A     LONGER\nxxxx  1\ny     22\n");
+    }
+
+    #[test]
+    fn watch_screen_shows_rates_percentiles_and_queues() {
+        let slots: Vec<Value> = (0..10)
+            .map(|i| json!({"completed": i, "failed": 0, "submitted": i, "rescued": u64::from(i == 3)}))
+            .collect();
+        let snap = json!({
+            "slot": {"completed": 9, "failed": 0, "submitted": 9},
+            "uptime_s": 12, "waiting_clients": 2, "polling_workers": 3,
+            "queue_wait_minute": {"p50": 1.5, "p95": 12.0, "p99": null},
+            "run_time_minute": {"p50": null, "p95": null, "p99": null},
+            "queues": {"emails": {"pending": 4, "running": 1, "oldest_pending_s": 2.25}},
+            "metrics_enabled": true
+        });
+        let s = watch_screen(&snap, &slots);
+        assert!(
+            s.contains("completed/s        9 now        4.5 avg 1 min"),
+            "{s}"
+        );
+        assert!(s.contains("1.50 / 12 / - ms"), "{s}");
+        assert!(
+            s.contains("waiting clients 2   polling workers 3   lease rescues (15 min) 1"),
+            "{s}"
+        );
+        assert!(s.contains("emails") && s.contains("2.2s"), "{s}");
+        assert_eq!(sparkline(&slots, "completed", 4), "▅▆▇█");
     }
 
     #[test]

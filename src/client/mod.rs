@@ -326,6 +326,49 @@ pub struct Client {
     base: String,
 }
 
+/// Server-Sent Events read from a response, one `(event, data)` at a time.
+pub struct EventStream {
+    /// The streaming answer.
+    resp: Response,
+    /// Text received but not yet split into events.
+    buf: String,
+}
+
+impl EventStream {
+    /// The next event (`None` when the server ended the stream); comments
+    /// (keep-alives) are skipped.
+    ///
+    /// # Errors
+    /// [`Error::Unreachable`] when the connection broke.
+    pub async fn next(&mut self) -> Result<Option<(String, String)>> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut event, mut data) = ("message".to_owned(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                if !data.is_empty() {
+                    return Ok(Some((event, data)));
+                }
+                continue;
+            }
+            let url = self.resp.url().to_string();
+            match self.resp.chunk().await {
+                Ok(Some(c)) => self
+                    .buf
+                    .push_str(&String::from_utf8_lossy(&c).replace("\r\n", "\n")),
+                Ok(None) => return Ok(None),
+                Err(source) => return Err(Error::Unreachable { url, source }),
+            }
+        }
+    }
+}
+
 /// Options of a [`Client`]: see [`Client::builder`].
 #[derive(Clone)]
 pub struct ClientBuilder {
@@ -594,6 +637,28 @@ impl Client {
             return Err(refusal(resp).await);
         }
         json(resp).await
+    }
+
+    /// `GET /api/admin/events`: the dashboard's stream (the per-second
+    /// ring as `history`, then a `snapshot` each second).
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] (e.g. `401`/`403`), [`Error::Unreachable`].
+    pub async fn events(&self) -> Result<EventStream> {
+        let resp = self
+            .send(
+                self.http
+                    .get(self.url("/api/admin/events"))
+                    .header("accept", "text/event-stream"),
+            )
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(refusal(resp).await);
+        }
+        Ok(EventStream {
+            resp,
+            buf: String::new(),
+        })
     }
 
     /// `GET /api/admin/jobs`: newest first, at most `limit` (server default 100).

@@ -189,6 +189,9 @@ pub async fn run_with_grpc(
 ) -> anyhow::Result<()> {
     let stop_maintenance = CancellationToken::new();
     let maintenance = tokio::spawn(maintenance::run(broker.clone(), stop_maintenance.clone()));
+    let dash = crate::metrics::dash::Dash::new();
+    let sampler = crate::metrics::dash::run(broker.clone(), dash.clone(), stop_maintenance.clone());
+    tokio::spawn(sampler);
     warn_if_open(&listener, &cfg.auth, cfg.tls.is_some());
     let tls = cfg
         .tls
@@ -199,6 +202,7 @@ pub async fn run_with_grpc(
         max_body: cfg.max_body,
         auth: cfg.auth.clone(),
         caps: api::limits::Caps::new(cfg.max_waiting_clients, cfg.max_polling_workers),
+        dash,
     });
 
     let drained = CancellationToken::new();

@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::collections::{ChunkedQueue, ShardedMap};
 use super::{
     ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, Inserted, JobRecord,
-    ListFilter, Result, StatusCounts,
+    ListFilter, QueueActivity, Result, StatusCounts,
 };
 use crate::job::{Completion, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp};
 
@@ -481,6 +481,42 @@ impl Index {
         }
     }
 
+    /// See [`Store::activity`](super::Store::activity). The oldest pending
+    /// job of a queue is the first of some priority (each priority's jobs
+    /// are in arrival order, which is submit order), so this visits one
+    /// entry per distinct priority, not every job.
+    pub fn activity(&self) -> BTreeMap<String, QueueActivity> {
+        let mut out: BTreeMap<String, QueueActivity> = BTreeMap::new();
+        for (q, c) in &self.per_queue {
+            let (pending, running) = (c[Status::Pending.index()], c[Status::Running.index()]);
+            if pending + running == 0 {
+                continue;
+            }
+            let mut oldest: Option<Timestamp> = None;
+            if let Some(map) = self.pending.get(q) {
+                let mut at = map.iter().next();
+                while let Some((&(Reverse(p), _), id)) = at {
+                    if let Some(e) = self.jobs.get(id) {
+                        if oldest.is_none_or(|t| e.job.created_at < t) {
+                            oldest = Some(e.job.created_at);
+                        }
+                    }
+                    let Some(lower) = p.checked_sub(1) else { break };
+                    at = map.range((Reverse(lower), 0)..).next();
+                }
+            }
+            out.insert(
+                q.as_str().to_owned(),
+                QueueActivity {
+                    pending,
+                    running,
+                    oldest_pending: oldest,
+                },
+            );
+        }
+        out
+    }
+
     /// See [`Store::rescue_expired`].
     pub fn rescue_expired(&mut self, now: Timestamp, max_attempts: u32) -> Vec<Job> {
         let mut changed = Vec::new();
@@ -542,6 +578,38 @@ mod tests {
             created_at: Timestamp(1),
             idempotency: None,
         }
+    }
+
+    #[test]
+    fn activity_finds_the_oldest_pending_job_across_priorities() {
+        let mut index = Index::new();
+        let at = |t: i64, priority: i32| NewJob {
+            created_at: Timestamp(t),
+            priority,
+            ..new_job()
+        };
+        // Oldest at a low priority, newer ones above and below it.
+        for (t, p) in [(10, -3), (20, 5), (30, 0), (40, 5), (50, i32::MIN)] {
+            index.insert(at(t, p), u64::MAX, true).unwrap();
+        }
+        let q = Queue::default_queue();
+        let a = &index.activity()[q.as_str()];
+        assert_eq!((a.pending, a.running), (5, 0));
+        assert_eq!(a.oldest_pending, Some(Timestamp(10)));
+        // Handing out takes the highest priority first; the oldest stays.
+        let claim = ClaimParams {
+            queues: vec![q.clone()],
+            lease_id: JobId::new(),
+            now: Timestamp(60),
+            expires_at: Timestamp(100),
+        };
+        index.claim(&claim).unwrap().unwrap();
+        let a = &index.activity()[q.as_str()];
+        assert_eq!((a.pending, a.running), (4, 1));
+        assert_eq!(a.oldest_pending, Some(Timestamp(10)));
+        // A queue with nothing pending or running is left out.
+        index.clear(None, Timestamp(70));
+        assert!(index.activity().is_empty());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use super::index::Index;
 use super::{
     ClaimParams, Claimed, CompleteParams, Counts, FailParams, Inserted, JobRecord, ListFilter,
-    Result, Store,
+    QueueActivity, Result, Store,
 };
 use crate::job::{Completion, Job, JobId, LeaseId, NewJob, Queue, Timestamp};
 
@@ -69,6 +69,9 @@ impl Store for MemoryStore {
     }
     async fn counts(&self) -> Result<Counts> {
         Ok(self.index.lock().counts())
+    }
+    async fn activity(&self) -> Result<std::collections::BTreeMap<String, QueueActivity>> {
+        Ok(self.index.lock().activity())
     }
     async fn rescue_expired(&self, now: Timestamp, max_attempts: u32) -> Result<Vec<Job>> {
         Ok(self.index.lock().rescue_expired(now, max_attempts))

@@ -118,6 +118,17 @@ pub struct ListFilter {
     pub limit: usize,
 }
 
+/// What one queue holds right now (the dashboard's and `/metrics`' gauges).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueActivity {
+    /// Pending jobs.
+    pub pending: u64,
+    /// Running jobs.
+    pub running: u64,
+    /// When the oldest pending job was submitted (`None`: none pending).
+    pub oldest_pending: Option<Timestamp>,
+}
+
 /// A change that local waiters must hear about and the broker did not
 /// signal itself: made elsewhere (another node on a shared database), or a
 /// job made claimable before its insert returned (the embedded store).
@@ -183,6 +194,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts per status and queue.
     async fn counts(&self) -> Result<Counts>;
+
+    /// Pending and running jobs per queue, with the oldest pending job's
+    /// submit time; queues with neither are left out.
+    async fn activity(&self) -> Result<std::collections::BTreeMap<String, QueueActivity>>;
+
+    /// Whether [`Store::activity`] is cheap enough to call every second
+    /// (an in-memory index); a shared database is asked less often.
+    fn activity_is_cheap(&self) -> bool {
+        true
+    }
 
     /// Applies [`Job::expire_lease`] to every running job whose lease ran out
     /// by `now`. Returns the jobs it changed, as they now stand.

@@ -48,7 +48,7 @@ use uuid::Uuid;
 
 use super::{
     ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, Inserted, JobRecord,
-    ListFilter, OpenError, Result, Store, StoreEvent,
+    ListFilter, OpenError, QueueActivity, Result, Store, StoreEvent,
 };
 use crate::job::{
     Completion, Idempotency, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp,
@@ -432,7 +432,10 @@ impl PostgresStore {
     ) -> Result<Vec<Row>> {
         let client = self.client().await?;
         let stmt = client.prepare_cached(sql).await.map_err(db_err)?;
-        client.query(&stmt, params).await.map_err(db_err)
+        let began = std::time::Instant::now();
+        let rows = client.query(&stmt, params).await.map_err(db_err)?;
+        crate::metrics::store_commit("postgres", 1, began.elapsed());
+        Ok(rows)
     }
 
     /// The job, or `None`.
@@ -1131,6 +1134,36 @@ impl Store for PostgresStore {
             counts.queues.entry(queue).or_default()[s.index()] += n as u64;
         }
         Ok(counts)
+    }
+
+    async fn activity(&self) -> Result<BTreeMap<String, QueueActivity>> {
+        // Only pending and running rows: the partial indexes cover them,
+        // and the ended jobs kept for --result-ttl are not visited.
+        let rows = self
+            .query(
+                "select queue, status, count(*), min(created_at) from jobq_jobs \
+                 where status in ('pending', 'running') group by queue, status",
+                &[],
+            )
+            .await?;
+        let mut out: BTreeMap<String, QueueActivity> = BTreeMap::new();
+        for row in &rows {
+            let queue: String = row.get(0);
+            let status: &str = row.get(1);
+            let n = row.get::<_, i64>(2).max(0) as u64;
+            let entry = out.entry(queue).or_default();
+            if status == "pending" {
+                entry.pending = n;
+                entry.oldest_pending = row.get::<_, Option<i64>>(3).map(Timestamp);
+            } else {
+                entry.running = n;
+            }
+        }
+        Ok(out)
+    }
+
+    fn activity_is_cheap(&self) -> bool {
+        false
     }
 
     async fn rescue_expired(&self, now: Timestamp, max_attempts: u32) -> Result<Vec<Job>> {

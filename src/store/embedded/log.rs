@@ -326,8 +326,12 @@ impl Log {
     /// Commits one batch; false (and the batch back at the head of the
     /// queue) when it cannot.
     fn commit(&self, conn: &mut Connection, batch: Batch) -> bool {
+        let began = Instant::now();
         match write_batch(conn, &batch) {
             Ok(()) => {
+                let changes =
+                    batch.cmds.iter().map(|c| c.ops.len()).sum::<usize>() + batch.handouts.len();
+                crate::metrics::store_commit("embedded", changes, began.elapsed());
                 if self.health.read_only.swap(false, Ordering::AcqRel) {
                     tracing::info!("storage writable again");
                 }

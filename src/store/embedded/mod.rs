@@ -582,6 +582,10 @@ impl Store for EmbeddedStore {
         Ok(self.index.lock().counts())
     }
 
+    async fn activity(&self) -> Result<std::collections::BTreeMap<String, super::QueueActivity>> {
+        Ok(self.index.lock().activity())
+    }
+
     async fn rescue_expired(&self, now: Timestamp, max_attempts: u32) -> Result<Vec<Job>> {
         let (changed, rx) = {
             let mut index = self.index.lock();

@@ -1,0 +1,155 @@
+//! The operator's faces that are not the job API: `GET /metrics`
+//! (Prometheus text), the dashboard page at `GET /` with its assets
+//! (embedded in the binary: no CDN, works offline), and the admin data
+//! calls only the dashboard needs: `GET /api/admin/events` (a snapshot each
+//! second as Server-Sent Events) and `GET /api/admin/jobs/{id}` (a job with
+//! its input and headers). Figures come from [`crate::metrics`]; this
+//! module decides nothing about jobs.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures_util::stream::{self, Stream, StreamExt};
+
+use crate::api::encode::{self, encoding_of};
+use crate::api::{job_json, ApiResult, AppState, PathId};
+use crate::metrics;
+
+/// A file served from the binary.
+struct Asset {
+    path: &'static str,
+    content_type: &'static str,
+    body: &'static [u8],
+}
+
+/// Every asset of the page, by URL path.
+const ASSETS: &[Asset] = &[
+    Asset {
+        path: "/dashboard/app.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("assets/app.js"),
+    },
+    Asset {
+        path: "/dashboard/app.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("assets/app.css"),
+    },
+    Asset {
+        path: "/dashboard/vendor/uplot/uPlot.iife.min.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("assets/vendor/uplot/uPlot.iife.min.js"),
+    },
+    Asset {
+        path: "/dashboard/vendor/uplot/uPlot.min.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("assets/vendor/uplot/uPlot.min.css"),
+    },
+    Asset {
+        path: "/dashboard/vendor/uplot/LICENSE",
+        content_type: "text/plain; charset=utf-8",
+        body: include_bytes!("assets/vendor/uplot/LICENSE"),
+    },
+];
+
+const INDEX: &[u8] = include_bytes!("assets/index.html");
+
+/// The routes of this module, to merge into the API router.
+pub fn router() -> Router<AppState> {
+    let mut r = Router::new()
+        .route(
+            "/",
+            get(|| async { page(INDEX, "text/html; charset=utf-8") }),
+        )
+        .route("/metrics", get(metrics_text))
+        .route("/api/admin/events", get(events))
+        .route("/api/admin/jobs/{id}", get(job_detail));
+    for a in ASSETS {
+        r = r.route(
+            a.path,
+            get(move || async move { page(a.body, a.content_type) }),
+        );
+    }
+    r
+}
+
+fn page(body: &'static [u8], content_type: &'static str) -> Response {
+    let mut resp = (StatusCode::OK, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // Assets change with the binary: revalidate on every load.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// `GET /metrics`.
+async fn metrics_text() -> Response {
+    let mut resp = (StatusCode::OK, metrics::render()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    resp
+}
+
+/// `GET /api/admin/events`: `history` (the ring, oldest first) at once,
+/// then a `snapshot` each second, and a keep-alive comment every 15 s,
+/// until the client goes away or shutdown begins.
+async fn events(State(st): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let mut rx = st.dash.subscribe();
+    // The current snapshot (if any) follows the history at once, so a page
+    // shows figures without waiting a second.
+    rx.mark_changed();
+    let first = Event::default()
+        .event("history")
+        .data(st.dash.history_json());
+    let broker = st.broker.clone();
+    let updates = stream::unfold(rx, move |mut rx| {
+        let broker = broker.clone();
+        async move {
+            loop {
+                rx.changed().await.ok()?;
+                // Ends with shutdown, so that open dashboards do not hold the drain.
+                if broker.is_stopping() {
+                    return None;
+                }
+                let snap = rx.borrow_and_update().clone();
+                if let Some(json) = snap {
+                    let ev = Event::default().event("snapshot").data(&*json);
+                    return Some((Ok(ev), rx));
+                }
+            }
+        }
+    });
+    Sse::new(stream::once(async move { Ok(first) }).chain(updates))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// `GET /api/admin/jobs/{id}`: the job view plus what the detail view
+/// shows: its input (while it is kept: an ended job drops it), headers,
+/// lease and how each payload is encoded.
+async fn job_detail(State(st): State<AppState>, PathId(id): PathId) -> ApiResult<Response> {
+    let rec = st.broker.get(id, Duration::ZERO).await?;
+    let job = &rec.job;
+    let mut o = encode::job_view(job, rec.position).time("lease_expires_at", job.lease_expires_at);
+    if let Some(r) = &job.result {
+        o = o.str("result_format", encoding_of(r));
+    }
+    let kept = !job.payload.is_empty() || !job.status.is_ended();
+    o = o.raw("input_kept", if kept { b"true" } else { b"false" });
+    if kept {
+        o = o
+            .payload("input", &job.payload)
+            .str("input_format", encoding_of(&job.payload))
+            .num("input_bytes", job.payload.len());
+    }
+    if !job.headers.is_empty() {
+        o = o.raw("headers", &job.headers);
+    }
+    Ok(job_json(StatusCode::OK, id, o.finish()))
+}
