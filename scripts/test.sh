@@ -18,8 +18,7 @@ export JOBQ_BIN="${JOBQ_BIN:-$root/target/debug/jobq}"
 echo "== Python SDK"
 bash scripts/test-python.sh
 
-if [[ -f scripts/test-browser.sh ]]; then
-  echo "== dashboard in a browser"
-  bash scripts/test-browser.sh
-fi
+echo "== dashboard in a browser, without and with an admin token"
+bash scripts/test-browser.sh
+JOBQ_ADMIN_TOKEN="browser-test-admin-$RANDOM$RANDOM" bash scripts/test-browser.sh
 echo "== all tests passed"
