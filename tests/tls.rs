@@ -10,52 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::binary::free_port;
+use common::pki::{install, make_pki, Pki};
 use common::{Kind, TestServer, BOUND};
 use jobq::client::{Client, SubmitOptions};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-
-/// A private CA and a server certificate it signed (for `localhost` and
-/// `127.0.0.1`), written as PEM files.
-struct Pki {
-    /// The CA's certificate (what clients trust).
-    ca: PathBuf,
-    /// The server's certificate.
-    cert: PathBuf,
-    /// The server's key.
-    key: PathBuf,
-}
-
-fn make_pki(dir: &Path, name: &str) -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, format!("jobq test CA {name}"));
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    let pki = Pki {
-        ca: dir.join(format!("{name}-ca.pem")),
-        cert: dir.join(format!("{name}-cert.pem")),
-        key: dir.join(format!("{name}-key.pem")),
-    };
-    std::fs::write(&pki.ca, ca.pem()).unwrap();
-    std::fs::write(&pki.cert, cert.pem()).unwrap();
-    std::fs::write(&pki.key, key.serialize_pem()).unwrap();
-    pki
-}
-
-/// Puts `from`'s certificate and key where `to`'s were.
-fn install(from: &Pki, to: &Pki) {
-    for (a, b) in [(&from.cert, &to.cert), (&from.key, &to.key)] {
-        let tmp = b.with_extension("tmp");
-        std::fs::copy(a, &tmp).unwrap();
-        std::fs::rename(&tmp, b).unwrap();
-    }
-}
 
 fn client(base: &str, ca: &Path) -> Client {
     Client::builder(base)

@@ -72,7 +72,8 @@ pub struct WorkerArgs {
     /// HTTP long-polls: jobs are pushed as they arrive, up to --concurrency.
     #[arg(long)]
     pub grpc: bool,
-    /// The server's gRPC address (its --grpc-listen), for --grpc.
+    /// The server's gRPC address (its --grpc-listen), for --grpc:
+    /// `https://` when the server has --tls-cert (--ca-cert applies).
     #[arg(
         long,
         env = "JOBQ_GRPC_URL",
@@ -136,14 +137,23 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
     };
     let handler = move |job, lost| run_command(spec.clone(), job, lost);
     let r = if args.grpc {
-        crate::grpc::worker::StreamWorker::new(
+        let mut w = crate::grpc::worker::StreamWorker::new(
             &args.grpc_url,
             args.queue.clone(),
             args.conn.token.clone(),
-        )
-        .run(opts, stop, handler)
-        .await
-        .map_err(|e| e.to_string())
+        );
+        if let Some(path) = &args.conn.ca_cert {
+            match std::fs::read(path) {
+                Ok(pem) => w = w.ca_cert_pem(&pem),
+                Err(e) => {
+                    return fail(format!(
+                        "cannot read CA certificate {}: {e}",
+                        path.display()
+                    ))
+                }
+            }
+        }
+        w.run(opts, stop, handler).await.map_err(|e| e.to_string())
     } else {
         worker
             .run(opts, stop, handler)

@@ -18,12 +18,17 @@ pub mod worker;
 
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use futures_util::Stream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use crate::auth::{Auth, Role};
 use crate::broker::Broker;
+use crate::tls::Tls;
 
 /// Code generated from `proto/worker.proto` (server and client).
 pub mod pb {
@@ -56,7 +61,9 @@ fn check_worker(auth: &Auth, req: &tonic::Request<()>) -> Result<(), tonic::Stat
 /// the worker service needs the worker token when one is set; reflection
 /// (the schema only) is open, like `/openapi.json`. Calls finish as follows:
 /// long-polls have already ended when shutdown began, and `Work` streams end
-/// with `UNAVAILABLE` at `drained`.
+/// with `UNAVAILABLE` at `drained`. With `tls` (`--tls-cert`) every
+/// connection is TLS with ALPN `h2`, on the same identity as HTTPS (so a
+/// SIGHUP reload applies to new gRPC handshakes too).
 ///
 /// # Errors
 /// The transport failed.
@@ -64,6 +71,7 @@ pub async fn serve(
     listener: TcpListener,
     broker: Broker,
     auth: Auth,
+    tls: Option<Tls>,
     drained: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let api = service::WorkerApi {
@@ -79,7 +87,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .expect("the built-in descriptor set is valid");
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(
             pb::worker_service_server::WorkerServiceServer::with_interceptor(
@@ -88,11 +96,73 @@ pub async fn serve(
             ),
         )
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(
+        .add_service(reflection_v1alpha);
+    match tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    // Small messages both ways: Nagle's delay would stall each one.
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    drained.cancelled_owned(),
+                )
+                .await
+        }
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(
+                    tls_incoming(listener, &tls, drained.clone()),
+                    drained.cancelled_owned(),
+                )
+                .await
+        }
+    }
+}
+
+/// Accepts on `listener` until `stop` and yields the connections whose TLS
+/// handshake succeeded. Each handshake runs in a task of its own within
+/// [`crate::server::TLS_HANDSHAKE_TIMEOUT`], so a slow or silent client
+/// holds up nobody; a failed one is logged at debug and dropped.
+fn tls_incoming(
+    listener: TcpListener,
+    tls: &Tls,
+    stop: CancellationToken,
+) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {
+    let acceptor = TlsAcceptor::from(tls.server_config_with_alpn(vec![b"h2".to_vec()]));
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Usually EMFILE: back off instead of spinning.
+                        tracing::warn!(error = %e, "gRPC accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop.cancelled() => return,
+                // The server has stopped taking connections.
+                _ = tx.closed() => return,
+            };
             // Small messages both ways: Nagle's delay would stall each one.
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            drained.cancelled_owned(),
-        )
-        .await
+            let _ = stream.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(
+                    crate::server::TLS_HANDSHAKE_TIMEOUT,
+                    acceptor.accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "gRPC TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "gRPC TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

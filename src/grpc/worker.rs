@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
 use crate::client::{Job, Outcome, RunOptions};
@@ -84,6 +84,8 @@ pub struct StreamWorker {
     queues: Vec<String>,
     /// Sent as `authorization: Bearer <token>` metadata.
     token: Option<String>,
+    /// PEM certificate(s) to trust for `https://` instead of the public roots.
+    ca_pem: Option<Vec<u8>>,
 }
 
 /// The current stream's sending half and the answers it waits for.
@@ -224,13 +226,23 @@ struct Done {
 }
 
 impl StreamWorker {
-    /// A worker for the gRPC server at `url` (e.g. `http://127.0.0.1:50051`).
+    /// A worker for the gRPC server at `url` (e.g. `http://127.0.0.1:50051`,
+    /// or `https://` when the server has `--tls-cert`).
     pub fn new(url: &str, queues: Vec<String>, token: Option<String>) -> Self {
         StreamWorker {
             url: url.trim().trim_end_matches('/').to_owned(),
             queues,
             token,
+            ca_pem: None,
         }
+    }
+
+    /// Trusts only the PEM certificate(s) in `pem` for an `https://` URL (a
+    /// private CA, or the server's self-signed certificate) instead of the
+    /// built-in public roots.
+    pub fn ca_cert_pem(mut self, pem: &[u8]) -> Self {
+        self.ca_pem = Some(pem.to_vec());
+        self
     }
 
     /// Runs `handler` on every job until `stop` is cancelled, then tells
@@ -254,7 +266,28 @@ impl StreamWorker {
             url: self.url.clone(),
             message,
         };
-        let endpoint = Endpoint::from_shared(self.url.clone()).map_err(|e| bad(e.to_string()))?;
+        let mut endpoint =
+            Endpoint::from_shared(self.url.clone()).map_err(|e| bad(e.to_string()))?;
+        match endpoint.uri().scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                let tls = match &self.ca_pem {
+                    Some(pem) => {
+                        use rustls::pki_types::{pem::PemObject, CertificateDer};
+                        // tonic would only find out at each connect, as a transient error.
+                        if !CertificateDer::pem_slice_iter(pem).any(|c| c.is_ok()) {
+                            return Err(bad("the CA file holds no PEM certificate".into()));
+                        }
+                        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+                    }
+                    None => ClientTlsConfig::new().with_webpki_roots(),
+                };
+                endpoint = endpoint
+                    .tls_config(tls)
+                    .map_err(|e| bad(format!("TLS: {e}")))?;
+            }
+            _ => return Err(bad("expected http:// or https://".into())),
+        }
         let token = match &self.token {
             Some(t) => Some(
                 format!("Bearer {t}")

@@ -44,8 +44,8 @@ pub const MAX_HEADER_BYTES_DEFAULT: usize = 64 * 1024;
 /// hyper's own header count limit, the default `--max-headers`.
 pub const HYPER_MAX_HEADERS: usize = 100;
 
-/// A TLS handshake must be done within this time.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A TLS handshake (HTTP or gRPC) must be done within this time.
+pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serving options that are not the broker's policy.
 #[derive(Debug, Clone)]
@@ -226,6 +226,7 @@ pub async fn run_with_grpc(
             l,
             broker.clone(),
             cfg.auth.clone(),
+            cfg.tls.clone(),
             drained.clone(),
         ))
     });

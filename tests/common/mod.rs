@@ -3,13 +3,15 @@
 //! through [`backend_tests!`]. Every helper that more than one test file
 //! needs lives here or in a submodule: [`binary`] (the built binary as a
 //! child process), [`http`] (calls by URL, for servers not started in
-//! process), [`postgres`] (a database of each test's own) and [`stores`]
+//! process), [`postgres`] (a database of each test's own), [`pki`] (test
+//! certificates) and [`stores`]
 //! (the backend each [`Kind`] runs on, and store-level factories).
 #![allow(dead_code)]
 
 pub mod binary;
 pub mod http;
 pub mod netns;
+pub mod pki;
 pub mod postgres;
 pub mod stores;
 
