@@ -255,6 +255,11 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBQ_TCP_KEEPALIVE", default_value = "60", value_parser = secs)]
     pub tcp_keepalive: Duration,
 
+    /// Seconds between keep-alive comments on a quiet event stream (a
+    /// streamed submit, `GET /api/jobs/{id}/events`), so proxies keep it open.
+    #[arg(long, env = "JOBQ_SSE_KEEPALIVE", default_value = "15", value_parser = positive_secs)]
+    pub sse_keepalive: Duration,
+
     /// Seconds running jobs get to finish on SIGTERM/SIGINT.
     #[arg(long, env = "JOBQ_SHUTDOWN_GRACE", default_value = "30", value_parser = secs)]
     pub shutdown_grace: Duration,
@@ -382,6 +387,7 @@ impl ServeArgs {
             header_read_timeout: self.header_read_timeout,
             idle_timeout: self.idle_timeout,
             tcp_keepalive: (!self.tcp_keepalive.is_zero()).then_some(self.tcp_keepalive),
+            sse_keepalive: self.sse_keepalive,
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => Some(Tls::load(TlsFiles {
                     cert: cert.clone(),

@@ -116,6 +116,21 @@ fn classify(bytes: &[u8]) -> Kind<'_> {
     }
 }
 
+/// `bytes` as one JSON value by the payload encoding rules, standing alone
+/// (a streamed progress event's `data`): JSON as it is, other UTF-8 as a
+/// string, other bytes as a base64 string.
+pub fn value(bytes: &[u8]) -> String {
+    match classify(bytes) {
+        // Valid JSON is valid UTF-8.
+        Kind::Json => String::from_utf8_lossy(bytes).into_owned(),
+        Kind::Text(s) => serde_json::Value::from(s).to_string(),
+        Kind::Binary => {
+            serde_json::Value::from(base64::engine::general_purpose::STANDARD.encode(bytes))
+                .to_string()
+        }
+    }
+}
+
 /// How [`Obj::payload`] embeds `bytes`: `json`, `text` or `base64`.
 pub fn encoding_of(bytes: &[u8]) -> &'static str {
     match classify(bytes) {
@@ -198,9 +213,14 @@ pub fn submit_done(job: &Job) -> Vec<u8> {
 
 /// `202` of a submit that is not (or no longer) waited for.
 pub fn accepted(job: &Job, location: &str) -> Vec<u8> {
+    accepted_as(&job.id, job.status, location)
+}
+
+/// `202` of a submit: job `id`, now in `status`, to be fetched from `location`.
+pub fn accepted_as(id: &crate::job::JobId, status: crate::job::Status, location: &str) -> Vec<u8> {
     Obj::with_capacity(160)
-        .id("job_id", &job.id)
-        .str("status", job.status.as_str())
+        .id("job_id", id)
+        .str("status", status.as_str())
         .str("location", location)
         .finish()
 }

@@ -24,6 +24,8 @@ pub enum ApiError {
     Conflict(Option<JobId>, TransitionError),
     /// Body over `--max-body`.
     TooLarge(usize),
+    /// A progress event over its limit.
+    EventTooLarge(usize),
     /// Idempotency key reused for a different request.
     IdempotencyMismatch(Option<JobId>),
     /// Back-pressure: too many pending jobs.
@@ -82,6 +84,7 @@ impl From<broker::Error> for ApiError {
             broker::Error::QueueFull(n) => ApiError::QueueFull(n),
             broker::Error::IdempotencyMismatch => ApiError::IdempotencyMismatch(None),
             broker::Error::Invalid(m) => ApiError::BadRequest(m),
+            broker::Error::EventTooLarge(max) => ApiError::EventTooLarge(max),
             broker::Error::Unavailable(msg) => ApiError::Unavailable(msg),
         }
     }
@@ -123,6 +126,12 @@ impl ApiError {
             ApiError::TooLarge(max) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body is larger than the limit of {max} bytes"),
+                None,
+                None,
+            ),
+            ApiError::EventTooLarge(max) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a progress event may be at most {max} bytes"),
                 None,
                 None,
             ),
@@ -182,6 +191,28 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The JSON body of this error's answer (also the `data` of a stream's
+    /// `failed` and `cancelled` events).
+    pub fn body(&self) -> Vec<u8> {
+        let Answer {
+            message, job_id, ..
+        } = self.answer();
+        self.body_of(&message, job_id)
+    }
+
+    fn body_of(&self, message: &str, job_id: Option<JobId>) -> Vec<u8> {
+        let mut body = Obj::with_capacity(128).str("error", message);
+        if let Some(id) = job_id {
+            body = body.id("job_id", &id);
+        }
+        if let ApiError::JobFailed { attempts, .. } = self {
+            body = body.num("attempts", *attempts);
+        }
+        body.finish()
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let Answer {
@@ -190,14 +221,7 @@ impl IntoResponse for ApiError {
             job_id,
             retry_after,
         } = self.answer();
-        let mut body = Obj::with_capacity(128).str("error", &message);
-        if let Some(id) = job_id {
-            body = body.id("job_id", &id);
-        }
-        if let ApiError::JobFailed { attempts, .. } = &self {
-            body = body.num("attempts", *attempts);
-        }
-        let mut resp = super::json(status, body.finish());
+        let mut resp = super::json(status, self.body_of(&message, job_id));
         let h = resp.headers_mut();
         if let Some(id) = job_id {
             if let Ok(v) = HeaderValue::from_str(&id.to_string()) {

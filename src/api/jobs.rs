@@ -1,16 +1,19 @@
 //! Client endpoints: submit (sync and async), read, cancel.
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 
 use super::{
     encode, header_str, job_json, parse_secs, ApiError, ApiResult, AppState, Body, Params, PathId,
 };
-use crate::broker::{SubmitRequest, SyncOutcome, WaitFor};
-use crate::job::{Job, Status};
+use crate::broker::{JobStream, StreamEnd, StreamItem, SubmitRequest, SyncOutcome, WaitFor};
+use crate::job::{Job, JobId, Status};
 
 /// A parsed submit request and how long its client waits.
 fn parse_submit(
@@ -83,7 +86,8 @@ fn finished(job: &Job) -> ApiResult<Response> {
 }
 
 /// `POST /api/submit`: submit and wait for the result. A client that goes
-/// away drops this future, which cancels a job no worker has yet.
+/// away drops this future, which cancels a job no worker has yet. With
+/// `Accept: text/event-stream` the answer is the job's event stream.
 pub async fn submit(
     State(st): State<AppState>,
     params: Params,
@@ -91,6 +95,10 @@ pub async fn submit(
     Body(body): Body,
 ) -> ApiResult<Response> {
     let (req, wait) = parse_submit(&params, &headers, body)?;
+    if wants_events(&headers) {
+        let (job, events) = st.broker.submit_streaming(req, wait).await?;
+        return Ok(event_stream(&st, job.id, events));
+    }
     match st.broker.submit_and_wait(req, wait).await? {
         SyncOutcome::Ended(job) => finished(&job),
         SyncOutcome::Accepted(job) => Ok(accepted(&job)),
@@ -119,6 +127,86 @@ pub async fn get_job(
     let rec = st.broker.get(id, wait).await?;
     let body = encode::job_view(&rec.job, rec.position).finish();
     Ok(job_json(StatusCode::OK, id, body))
+}
+
+/// `GET /api/jobs/{id}/events`: the job's progress events (after
+/// `Last-Event-ID`, when given), then its outcome.
+pub async fn events(
+    State(st): State<AppState>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let after = match header_str(&headers, "last-event-id")?.map(str::trim) {
+        None | Some("") => 0,
+        Some(v) => v.parse::<u64>().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "bad Last-Event-ID {v:?}: expected the id of a progress event (a number)"
+            ))
+        })?,
+    };
+    let (_, events) = st.broker.job_events(id, after).await?;
+    Ok(event_stream(&st, id, events))
+}
+
+/// Whether the client asked for Server-Sent Events (`Accept: text/event-stream`).
+fn wants_events(headers: &HeaderMap) -> bool {
+    headers.get_all(header::ACCEPT).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').any(|m| {
+                m.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+            })
+        })
+    })
+}
+
+/// A job's events as Server-Sent Events: `progress` (with `id: <seq>`),
+/// `gap`, then one final event carrying the body the plain answer would
+/// have had, with keep-alive comments while it is quiet.
+fn event_stream(st: &AppState, id: JobId, events: JobStream) -> Response {
+    let sse = events.map(|item| Ok::<_, Infallible>(sse_event(item)));
+    let mut resp = Sse::new(sse)
+        .keep_alive(KeepAlive::new().interval(st.sse_keepalive))
+        .into_response();
+    let h = resp.headers_mut();
+    let mut buf = [0u8; 36];
+    if let Ok(v) = HeaderValue::from_str(id.encode(&mut buf)) {
+        h.insert(super::X_JOB_ID, v);
+    }
+    // Proxies must pass events on as they come.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// One stream item as an SSE event.
+fn sse_event(item: StreamItem) -> Event {
+    match item {
+        StreamItem::Progress(p) => Event::default()
+            .event("progress")
+            .id(p.seq.to_string())
+            .data(encode::value(&p.data)),
+        StreamItem::Gap(lost) => Event::default()
+            .event("gap")
+            .data(format!("{{\"dropped\":{lost}}}")),
+        StreamItem::End(end) => {
+            let (kind, body) = match end {
+                StreamEnd::Ended(job) => match ApiError::for_ended(&job) {
+                    None => ("result", encode::submit_done(&job)),
+                    Some(e @ ApiError::JobFailed { .. }) => ("failed", e.body()),
+                    Some(e) => ("cancelled", e.body()),
+                },
+                StreamEnd::Accepted(id, status) => (
+                    "accepted",
+                    encode::accepted_as(&id, status, &format!("/api/jobs/{id}")),
+                ),
+                StreamEnd::Gone(id) => ("cancelled", ApiError::JobCancelled(id).body()),
+            };
+            Event::default()
+                .event(kind)
+                .data(String::from_utf8_lossy(&body))
+        }
+    }
 }
 
 /// `DELETE /api/jobs/{id}`: cancel.

@@ -72,6 +72,8 @@ pub struct AppState {
     pub caps: limits::Caps,
     /// This server's dashboard figures (the per-second ring).
     pub dash: crate::metrics::dash::Dash,
+    /// `--sse-keepalive`: the comment interval of event streams.
+    pub sse_keepalive: Duration,
 }
 
 /// All routes of docs/api.md.
@@ -83,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/submit", post(jobs::submit))
         .route("/api/jobs", post(jobs::submit_async))
         .route("/api/jobs/{id}", get(jobs::get_job).delete(jobs::cancel))
+        .route("/api/jobs/{id}/events", get(jobs::events))
         // A HEAD would hand out a job whose payload nobody receives (axum
         // answers HEAD with the GET handler unless told otherwise).
         .route(
@@ -92,6 +95,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/worker/complete/{id}", post(workers::complete))
         .route("/api/worker/fail/{id}", post(workers::fail))
         .route("/api/worker/heartbeat/{id}", post(workers::heartbeat))
+        .route("/api/worker/progress/{id}", post(workers::progress))
         .route("/api/admin/stats", get(admin::stats))
         .route("/api/admin/clear", delete(admin::clear))
         .route("/api/admin/next", get(admin::next))

@@ -10,7 +10,7 @@ use super::{
     encode, header_str, job_json, ApiError, ApiResult, AppState, Body, Params, PathId, PeerSocket,
 };
 use crate::broker::{
-    CompleteRequest, FailRequest, Finish, HeartbeatRequest, PollRequest, MAX_BATCH,
+    CompleteRequest, FailRequest, Finish, HeartbeatRequest, PollRequest, ProgressRequest, MAX_BATCH,
 };
 use crate::job::Job;
 use crate::job::LeaseId;
@@ -212,6 +212,31 @@ pub async fn heartbeat(
         .await?;
     let body = encode::Obj::with_capacity(96)
         .id("job_id", &id)
+        .time("lease_expires_at", job.lease_expires_at)
+        .finish();
+    Ok(job_json(StatusCode::OK, id, body))
+}
+
+/// `POST /api/worker/progress/{id}`: one progress event (any body) for the
+/// job's streaming clients; fenced and extending the lease like a heartbeat.
+pub async fn progress(
+    State(st): State<AppState>,
+    PathId(id): PathId,
+    params: Params,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let (job, seq) = st
+        .broker
+        .progress(ProgressRequest {
+            id,
+            lease: lease(&params, &headers)?,
+            data: body,
+        })
+        .await?;
+    let body = encode::Obj::with_capacity(112)
+        .id("job_id", &id)
+        .num("seq", seq)
         .time("lease_expires_at", job.lease_expires_at)
         .finish();
     Ok(job_json(StatusCode::OK, id, body))

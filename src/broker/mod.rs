@@ -7,6 +7,7 @@
 //! it returns; they never see the store.
 
 pub mod clock;
+pub mod events;
 pub mod maintenance;
 pub mod request;
 pub mod waiters;
@@ -29,12 +30,15 @@ use crate::job::{
 };
 use crate::metrics::{self, CancelReason};
 use crate::store::{
-    self, ClaimParams, Claimed, CompleteParams, FailParams, Inserted, ListFilter, Store, StoreEvent,
+    self, ClaimParams, Claimed, CompleteParams, FailParams, Inserted, ListFilter, ProgressParams,
+    Store, StoreEvent,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
+use events::{EventHub, Subscription};
+pub use events::{Progress, MAX_EVENT_BYTES};
 pub use request::{
     CompleteRequest, FailRequest, Finish, HeartbeatRequest, ListRequest, PollRequest,
-    SubmitRequest, WaitFor,
+    ProgressRequest, SubmitRequest, WaitFor,
 };
 use waiters::{AnyNotified, JobWaiters, QueueSignals, Waiter, Wake};
 
@@ -83,6 +87,9 @@ pub enum Error {
     /// A request value the broker refuses (the text says which and why).
     #[error("{0}")]
     Invalid(String),
+    /// A progress event larger than [`MAX_EVENT_BYTES`].
+    #[error("a progress event may be at most {0} bytes")]
+    EventTooLarge(usize),
     /// The store cannot serve right now; nothing was changed.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
@@ -166,6 +173,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     waiters: Arc<JobWaiters>,
     signals: QueueSignals,
+    /// Progress events of running (and recently ended) jobs.
+    events: EventHub,
     /// False once shutdown began: submits and polls are refused.
     accepting: AtomicBool,
     /// Cancelled when shutdown begins: long-polls return at once.
@@ -229,6 +238,63 @@ pub struct Activity {
     pub now: Timestamp,
     /// Seconds since start.
     pub uptime_s: u64,
+}
+
+/// Counts how a sync submit was answered, and how long it was held.
+fn record_sync(r: &Result<SyncOutcome>, began: Instant) {
+    metrics::sync_answered(
+        match r {
+            Ok(SyncOutcome::Ended(job)) => metrics::SyncOutcome::of(job.status),
+            Ok(SyncOutcome::Accepted(_)) => metrics::SyncOutcome::Accepted,
+            Ok(SyncOutcome::Gone(_)) => metrics::SyncOutcome::Cancelled,
+            Err(_) => metrics::SyncOutcome::Error,
+        },
+        began.elapsed(),
+    );
+}
+
+/// One item of a job's event stream ([`Broker::submit_streaming`],
+/// [`Broker::job_events`]).
+#[derive(Debug)]
+pub enum StreamItem {
+    /// A progress event.
+    Progress(Progress),
+    /// This many events were dropped before this reader got them.
+    Gap(u64),
+    /// The last item: how the stream ended.
+    End(StreamEnd),
+}
+
+impl From<events::Item> for StreamItem {
+    fn from(i: events::Item) -> Self {
+        match i {
+            events::Item::Progress(p) => StreamItem::Progress(p),
+            events::Item::Gap(n) => StreamItem::Gap(n),
+        }
+    }
+}
+
+/// How a job's event stream ended.
+#[derive(Debug)]
+pub enum StreamEnd {
+    /// The job ended (completed, failed or cancelled).
+    Ended(Box<Job>),
+    /// The wait stopped first (time ran out, shutdown): the job goes on,
+    /// in this status.
+    Accepted(JobId, Status),
+    /// The job was forgotten meanwhile (a clear): it counts as cancelled.
+    Gone(JobId),
+}
+
+/// A job's event stream.
+pub type JobStream = Pin<Box<dyn futures_util::Stream<Item = StreamItem> + Send>>;
+
+/// A staged sync submit: the job, its client's registration (`None` when
+/// it had already ended) and the guard that cancels it if the client leaves.
+struct Staged {
+    job: Job,
+    waiter: Option<Waiter>,
+    guard: AbandonOnDrop,
 }
 
 /// Counts a submit refused with 503 (back-pressure or shutdown).
@@ -347,6 +413,7 @@ impl Broker {
                 clock,
                 waiters: Arc::new(JobWaiters::default()),
                 signals: QueueSignals::default(),
+                events: EventHub::default(),
                 accepting: AtomicBool::new(true),
                 stopping: CancellationToken::new(),
                 grace_over: CancellationToken::new(),
@@ -372,8 +439,17 @@ impl Broker {
         match ev {
             StoreEvent::JobReady(q) => self.inner.signals.job_ready(&q),
             StoreEvent::JobEnded(id) => {
+                self.inner.events.ended(id);
                 self.inner.waiters.wake(id, None);
                 self.inner.released.notify_waiters();
+            }
+            StoreEvent::Progress(id, seq) => {
+                // Fetched only for jobs someone here streams.
+                let last = self.inner.events.last_seq(id);
+                if seq > last && self.inner.events.is_watched(id) {
+                    let broker = self.clone();
+                    tokio::spawn(async move { broker.fetch_progress(id, last).await });
+                }
             }
             StoreEvent::Cleared => {
                 self.inner.waiters.wake_all();
@@ -479,15 +555,7 @@ impl Broker {
         if let Err(e) = &r {
             refused(&queue, e);
         }
-        metrics::sync_answered(
-            match &r {
-                Ok(SyncOutcome::Ended(job)) => metrics::SyncOutcome::of(job.status),
-                Ok(SyncOutcome::Accepted(_)) => metrics::SyncOutcome::Accepted,
-                Ok(SyncOutcome::Gone(_)) => metrics::SyncOutcome::Cancelled,
-                Err(_) => metrics::SyncOutcome::Error,
-            },
-            began.elapsed(),
-        );
+        record_sync(&r, began);
         r
     }
 
@@ -496,6 +564,13 @@ impl Broker {
         req: SubmitRequest,
         wait: WaitFor,
     ) -> Result<SyncOutcome> {
+        let staged = self.stage(req).await?;
+        self.finish_submit(staged, wait).await
+    }
+
+    /// A sync submit's first half: the job is stored (or, by its
+    /// idempotency key, found) and its client registered to wait for it.
+    async fn stage(&self, req: SubmitRequest) -> Result<Staged> {
         self.check_accepting()?;
         let job = self.new_job(req)?;
         let id = job.id;
@@ -535,6 +610,16 @@ impl Broker {
                 (job, waiter)
             }
         };
+        Ok(Staged { job, waiter, guard })
+    }
+
+    /// A sync submit's second half: waits for the staged job to end, up to `wait`.
+    async fn finish_submit(&self, staged: Staged, wait: WaitFor) -> Result<SyncOutcome> {
+        let Staged {
+            job,
+            waiter,
+            mut guard,
+        } = staged;
         let id = job.id;
         let (Some(waiter), false) = (waiter, job.status.is_ended()) else {
             guard.armed = false;
@@ -552,6 +637,219 @@ impl Broker {
                 Some(rec) => Ok(SyncOutcome::Accepted(Box::new(rec.job))),
             },
         }
+    }
+
+    /// A sync submit whose client reads the job's progress events as they
+    /// come: stores the job as [`Broker::submit_and_wait`] does (its errors
+    /// come back here, before any event), then returns the job and its
+    /// event stream, which ends with exactly one [`StreamItem::End`].
+    /// Dropping the stream is the client going away (a pending job is
+    /// cancelled, as for a plain sync submit).
+    ///
+    /// # Errors
+    /// As [`Broker::enqueue`].
+    pub async fn submit_streaming(
+        &self,
+        req: SubmitRequest,
+        wait: WaitFor,
+    ) -> Result<(Job, JobStream)> {
+        let (began, queue) = (Instant::now(), req.queue.clone());
+        let staged = self.stage(req).await.inspect_err(|e| refused(&queue, e))?;
+        let job = staged.job.clone();
+        let sub = self.inner.events.subscribe(job.id, 0);
+        let broker = self.clone();
+        let id = job.id;
+        let end = async move {
+            let r = broker.finish_submit(staged, wait).await;
+            record_sync(&r, began);
+            match r {
+                Ok(SyncOutcome::Ended(job)) => StreamEnd::Ended(job),
+                Ok(SyncOutcome::Accepted(job)) => StreamEnd::Accepted(job.id, job.status),
+                Ok(SyncOutcome::Gone(id)) => StreamEnd::Gone(id),
+                Err(_) => broker.still_going(id).await,
+            }
+        };
+        Ok((job, self.stream(id, sub, end)))
+    }
+
+    /// Job `id`'s progress events after `after` (a `Last-Event-ID`; 0: all
+    /// still buffered), then live ones, ending with exactly one
+    /// [`StreamItem::End`]: the job's outcome once it ends (at once for a
+    /// job that has), or `Accepted` after [`MAX_WAIT`]. Reading it does
+    /// not keep the job: dropping the stream changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Unavailable`].
+    pub async fn job_events(&self, id: JobId, after: u64) -> Result<(Job, JobStream)> {
+        let waiter = self.inner.waiters.register(id);
+        let job = self
+            .store()
+            .get(id)
+            .await
+            .map_err(Error::about(id))?
+            .ok_or(Error::NotFound(id))?
+            .job;
+        let sub = self.inner.events.subscribe(id, after);
+        let broker = self.clone();
+        let now = job.clone();
+        let end = async move {
+            if now.status.is_ended() {
+                return StreamEnd::Ended(Box::new(now));
+            }
+            match broker.wait(waiter, Some(MAX_WAIT)).await {
+                Ok(WaitOutcome::Ended(job)) => StreamEnd::Ended(job),
+                Ok(WaitOutcome::Gone) => StreamEnd::Gone(id),
+                Ok(WaitOutcome::TimedOut | WaitOutcome::ShuttingDown) | Err(_) => {
+                    broker.still_going(id).await
+                }
+            }
+        };
+        Ok((job, self.stream(id, sub, end)))
+    }
+
+    /// The end of a stream whose wait stopped before its job ended (time
+    /// ran out, shutdown, the store failed): the job goes on.
+    async fn still_going(&self, id: JobId) -> StreamEnd {
+        match self.store().get(id).await {
+            Ok(Some(rec)) if rec.job.status.is_ended() => StreamEnd::Ended(Box::new(rec.job)),
+            Ok(Some(rec)) => StreamEnd::Accepted(id, rec.job.status),
+            Ok(None) => StreamEnd::Gone(id),
+            Err(_) => StreamEnd::Accepted(id, Status::Pending),
+        }
+    }
+
+    /// Progress events from the subscription until `end` resolves, then the
+    /// ones published before it (read from a shared store too, where events
+    /// from other nodes may still be on their way), then the end.
+    fn stream(
+        &self,
+        id: JobId,
+        sub: Subscription,
+        end: impl Future<Output = StreamEnd> + Send + 'static,
+    ) -> JobStream {
+        struct St {
+            broker: Broker,
+            id: JobId,
+            sub: Subscription,
+            end: Option<Pin<Box<dyn Future<Output = StreamEnd> + Send>>>,
+            fin: Option<StreamEnd>,
+            /// Whether the shared store was read at the start and at the end.
+            synced: (bool, bool),
+            done: bool,
+        }
+        let shared = self.store().shares_progress();
+        let st = St {
+            broker: self.clone(),
+            id,
+            sub,
+            end: Some(Box::pin(end)),
+            fin: None,
+            synced: (!shared, !shared),
+            done: false,
+        };
+        Box::pin(futures_util::stream::unfold(st, |mut st| async move {
+            if st.done {
+                return None;
+            }
+            if !st.synced.0 {
+                st.synced.0 = true;
+                st.broker.fetch_progress(st.id, st.sub.cursor()).await;
+            }
+            loop {
+                enum Step {
+                    Yield(StreamItem),
+                    Sync,
+                    Ended(StreamEnd),
+                    Again,
+                }
+                let step = {
+                    // Enabled before the look at the buffer: no event is missed.
+                    let changed = st.sub.changed();
+                    tokio::pin!(changed);
+                    changed.as_mut().enable();
+                    if let Some(item) = st.sub.try_next() {
+                        Step::Yield(item.into())
+                    } else if st.fin.is_some() {
+                        if st.synced.1 {
+                            Step::Yield(StreamItem::End(st.fin.take().expect("checked")))
+                        } else {
+                            Step::Sync
+                        }
+                    } else if let Some(end) = st.end.as_mut() {
+                        tokio::select! {
+                            fin = end => Step::Ended(fin),
+                            _ = &mut changed => Step::Again,
+                        }
+                    } else {
+                        return None;
+                    }
+                };
+                match step {
+                    Step::Yield(item) => {
+                        st.done = matches!(item, StreamItem::End(_));
+                        return Some((item, st));
+                    }
+                    Step::Sync => {
+                        st.synced.1 = true;
+                        st.broker.fetch_progress(st.id, st.sub.cursor()).await;
+                    }
+                    Step::Ended(fin) => {
+                        st.end = None;
+                        st.fin = Some(fin);
+                    }
+                    Step::Again => {}
+                }
+            }
+        }))
+    }
+
+    /// Reads job `id`'s events after `after` from a shared store into the hub.
+    async fn fetch_progress(&self, id: JobId, after: u64) {
+        match self.store().progress_since(id, after).await {
+            Ok((events, dropped_upto)) => {
+                let events = events
+                    .into_iter()
+                    .map(|(seq, data)| Progress { seq, data })
+                    .collect();
+                self.inner.events.insert(id, events, dropped_upto);
+            }
+            Err(e) => tracing::debug!(job.id = %id, error = %e, "could not read progress events"),
+        }
+    }
+
+    /// A worker's progress event: fenced and extending the lease like a
+    /// heartbeat, then handed to every client streaming the job. Returns
+    /// the job as it now stands and the event's number.
+    ///
+    /// # Errors
+    /// [`Error::EventTooLarge`]; as [`Broker::heartbeat`].
+    pub async fn progress(&self, req: ProgressRequest) -> Result<(Job, u64)> {
+        if req.data.len() > MAX_EVENT_BYTES {
+            return Err(Error::EventTooLarge(MAX_EVENT_BYTES));
+        }
+        let p = ProgressParams {
+            id: req.id,
+            lease_id: req.lease,
+            expires_at: self.now() + self.inner.cfg.lease,
+            data: req.data,
+        };
+        let (job, seq) = self
+            .store()
+            .progress(&p)
+            .await
+            .map_err(Error::about(req.id))
+            .inspect_err(|e| stale(e, "progress"))?;
+        let seq = match seq {
+            Some(seq) => {
+                self.inner
+                    .events
+                    .insert(req.id, vec![Progress { seq, data: p.data }], 0);
+                seq
+            }
+            None => self.inner.events.publish(req.id, p.data),
+        };
+        metrics::progress(&job.queue);
+        Ok((job, seq))
     }
 
     /// Inserts `job`; an insert that does not finish at once (a commit to
@@ -696,6 +994,7 @@ impl Broker {
         match self.store().cancel(id, true, self.now()).await {
             Ok(job) => {
                 metrics::ended(&job, Some(CancelReason::Disconnect));
+                self.inner.events.ended(id);
                 tracing::debug!(job.id = %id, "client went away; pending job cancelled");
                 self.inner.waiters.wake(id, Some(&job));
             }
@@ -963,6 +1262,7 @@ impl Broker {
         let cancelled = self.store().clear(queue, self.now()).await?;
         metrics::cleared(queue, cancelled.len());
         for id in &cancelled {
+            self.inner.events.ended(*id);
             self.inner.waiters.wake(*id, None);
         }
         self.inner.released.notify_waiters();
@@ -1023,6 +1323,7 @@ impl Broker {
     /// A job left `Running` (`was`) or ended: wake whoever waits on it.
     fn ended(&self, job: &Job, was: Status) {
         if job.status.is_ended() {
+            self.inner.events.ended(job.id);
             self.inner.waiters.wake(job.id, Some(job));
         }
         if was == Status::Running {
@@ -1044,6 +1345,7 @@ impl Broker {
     /// [`Error::Unavailable`].
     pub async fn maintain(&self, purge: bool) -> Result<(usize, u64)> {
         let now = self.now();
+        self.inner.events.reap();
         let rescued = self
             .store()
             .rescue_expired(now, self.inner.cfg.max_attempts)

@@ -98,6 +98,17 @@ pub struct HeartbeatRequest {
     pub lease: Option<LeaseId>,
 }
 
+/// A worker reporting progress: one event for the job's streaming clients.
+#[derive(Debug, Clone)]
+pub struct ProgressRequest {
+    /// The job.
+    pub id: JobId,
+    /// The worker's lease, if sent.
+    pub lease: Option<LeaseId>,
+    /// The event's bytes, exactly as sent.
+    pub data: bytes::Bytes,
+}
+
 /// Which jobs to list.
 #[derive(Debug, Clone, Default)]
 pub struct ListRequest {

@@ -29,6 +29,7 @@ impl From<broker::Error> for Status {
             broker::Error::QueueFull(_) => Code::ResourceExhausted,
             broker::Error::IdempotencyMismatch => Code::FailedPrecondition,
             broker::Error::Invalid(_) => Code::InvalidArgument,
+            broker::Error::EventTooLarge(_) => Code::OutOfRange,
             broker::Error::Unavailable(m) => {
                 tracing::error!(error = %m, "storage unavailable");
                 return Status::unavailable("storage is unavailable; retry later");

@@ -254,6 +254,7 @@ struct Metrics {
     rescued: Family<RescueLabels, Counter>,
     stale_refused: Family<OpLabels, Counter>,
     attached: Family<QueueLabels, Counter>,
+    progress: Family<QueueLabels, Counter>,
     refused: Family<ReasonLabels, Counter>,
     pending: Family<QueueLabels, Gauge>,
     running: Family<QueueLabels, Gauge>,
@@ -294,6 +295,7 @@ impl Metrics {
             rescued: Family::default(),
             stale_refused: Family::default(),
             attached: Family::default(),
+            progress: Family::default(),
             refused: Family::default(),
             pending: Family::default(),
             running: Family::default(),
@@ -354,6 +356,11 @@ impl Metrics {
             "idempotent_attaches",
             "Submits that attached to an existing job by Idempotency-Key",
             self.attached.clone(),
+        );
+        r.register(
+            "progress_events",
+            "Progress events accepted from workers",
+            self.progress.clone(),
         );
         r.register(
             "submits_refused",
@@ -434,6 +441,13 @@ pub fn submitted(queue: &Queue) {
 pub fn attached(queue: &Queue) {
     if let Some(m) = get() {
         m.attached.get_or_create(&q(queue)).inc();
+    }
+}
+
+/// A worker's progress event for a job of `queue` was accepted.
+pub fn progress(queue: &Queue) {
+    if let Some(m) = get() {
+        m.progress.get_or_create(&q(queue)).inc();
     }
 }
 
@@ -548,7 +562,7 @@ pub fn rescued(job: &Job) {
     }
 }
 
-/// A worker call (`complete`, `fail`, `heartbeat`) was refused with 409:
+/// A worker call (`complete`, `fail`, `heartbeat`, `progress`) was refused with 409:
 /// its lease is stale or the job no longer runs.
 pub fn stale_refused(op: &'static str) {
     if let Some(m) = get() {

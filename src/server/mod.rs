@@ -73,6 +73,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// `--tcp-keepalive` (`None`: off).
     pub tcp_keepalive: Option<Duration>,
+    /// `--sse-keepalive`.
+    pub sse_keepalive: Duration,
 }
 
 fn is_known_method(m: &Method) -> bool {
@@ -203,6 +205,7 @@ pub async fn run_with_grpc(
         auth: cfg.auth.clone(),
         caps: api::limits::Caps::new(cfg.max_waiting_clients, cfg.max_polling_workers),
         dash,
+        sse_keepalive: cfg.sse_keepalive,
     });
 
     let drained = CancellationToken::new();

@@ -107,6 +107,19 @@ pub struct FailParams {
     pub now: Timestamp,
 }
 
+/// Parameters of a worker's progress event.
+#[derive(Debug, Clone)]
+pub struct ProgressParams {
+    /// The job.
+    pub id: JobId,
+    /// The worker's lease, if sent.
+    pub lease_id: Option<LeaseId>,
+    /// The lease's new end.
+    pub expires_at: Timestamp,
+    /// The event's bytes.
+    pub data: Bytes,
+}
+
 /// Filter for [`Store::list`].
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
@@ -138,6 +151,9 @@ pub enum StoreEvent {
     JobReady(Queue),
     /// This job ended (completed, failed, cancelled).
     JobEnded(JobId),
+    /// A progress event numbered `seq` of this job was kept by another node
+    /// (read it with [`Store::progress_since`]).
+    Progress(JobId, u64),
     /// Many jobs changed at once (a clear), or changes may have been
     /// missed: every waiter re-reads its job.
     Cleared,
@@ -173,6 +189,31 @@ pub trait Store: Send + Sync + 'static {
         lease_id: Option<LeaseId>,
         expires_at: Timestamp,
     ) -> Result<Job>;
+
+    /// A progress event of a running job: applies [`Job::heartbeat`]
+    /// (fenced like it, extending the lease) and, on a store shared by
+    /// several nodes, keeps the event for the others and numbers it.
+    /// Returns the job as it now stands and the event's number (`None`:
+    /// this store does not number events; the broker does).
+    async fn progress(&self, p: &ProgressParams) -> Result<(Job, Option<u64>)> {
+        let job = self.heartbeat(p.id, p.lease_id, p.expires_at).await?;
+        Ok((job, None))
+    }
+
+    /// Job `id`'s progress events after `after`, oldest first, as kept by a
+    /// shared store ([`Store::progress`] numbered them), with the highest
+    /// `seq` it no longer keeps (older ones count as dropped). Stores that
+    /// keep no events return nothing.
+    async fn progress_since(&self, id: JobId, after: u64) -> Result<(Vec<(u64, Bytes)>, u64)> {
+        let _ = (id, after);
+        Ok((Vec::new(), 0))
+    }
+
+    /// Whether [`Store::progress`] keeps events for other nodes (read them
+    /// with [`Store::progress_since`]).
+    fn shares_progress(&self) -> bool {
+        false
+    }
 
     /// Applies [`Job::release`]: the hand-out under `lease_id` reached no
     /// worker. Returns the job as it now stands (pending).

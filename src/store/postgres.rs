@@ -48,7 +48,7 @@ use uuid::Uuid;
 
 use super::{
     ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, Inserted, JobRecord,
-    ListFilter, OpenError, QueueActivity, Result, Store, StoreEvent,
+    ListFilter, OpenError, ProgressParams, QueueActivity, Result, Store, StoreEvent,
 };
 use crate::job::{
     Completion, Idempotency, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp,
@@ -67,11 +67,22 @@ const MIGRATION_LOCK: i64 = 0x6a6f_6271;
 
 /// Schema migrations, in order: (version, name, SQL). Applied in one
 /// transaction under [`MIGRATION_LOCK`].
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "jobs",
-    include_str!("../../migrations/postgres/0001_jobs.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "jobs",
+        include_str!("../../migrations/postgres/0001_jobs.sql"),
+    ),
+    (
+        2,
+        "progress",
+        include_str!("../../migrations/postgres/0002_progress.sql"),
+    ),
+];
+
+/// Progress events kept per job: the newest this many (the broker's
+/// in-memory buffer keeps as many).
+const PROGRESS_KEPT: i64 = 1000;
 
 /// How long a checkout, a new connection or a recycle check may take before
 /// the request is answered 503.
@@ -484,6 +495,8 @@ enum Note {
     Ready(Queue),
     /// This job has ended.
     Ended(JobId),
+    /// This job has a progress event numbered so.
+    Progress(JobId, u64),
 }
 
 /// Sends the notifications queued by this node's requests until the sending
@@ -503,9 +516,15 @@ async fn notifier(pool: Pool, node: String, mut rx: mpsc::UnboundedReceiver<Note
     loop {
         let mut ready: BTreeMap<Queue, usize> = BTreeMap::new();
         let mut ended: Vec<JobId> = Vec::new();
+        // The last event per job is enough: a node reads all it lacks.
+        let mut progress: Vec<(JobId, u64)> = Vec::new();
         let mut add = |n: Note| match n {
             Note::Ready(q) => *ready.entry(q).or_default() += 1,
             Note::Ended(id) => ended.push(id),
+            Note::Progress(id, seq) => match progress.iter_mut().find(|(j, _)| *j == id) {
+                Some(p) => p.1 = p.1.max(seq),
+                None => progress.push((id, seq)),
+            },
         };
         if open {
             let first = if lost {
@@ -536,11 +555,18 @@ async fn notifier(pool: Pool, node: String, mut rx: mpsc::UnboundedReceiver<Note
         } else {
             return;
         }
-        let mut payloads: Vec<String> = Vec::with_capacity(ready.len() + ended.len() + 1);
+        let mut payloads: Vec<String> =
+            Vec::with_capacity(ready.len() + progress.len() + ended.len() + 1);
         if lost {
             payloads.push(format!("{node} c"));
         }
         payloads.extend(ready.iter().map(|(q, n)| format!("{node} r {q} {n}")));
+        // Before the ends: a job's events reach other nodes before its end does.
+        payloads.extend(
+            progress
+                .iter()
+                .map(|(id, seq)| format!("{node} p {id} {seq}")),
+        );
         payloads.extend(ended.iter().map(|id| format!("{node} e {id}")));
         if payloads.is_empty() {
             continue;
@@ -658,6 +684,10 @@ fn parse_notification(own: &str, payload: &str) -> Option<(StoreEvent, usize)> {
             Some((StoreEvent::JobReady(q), n.clamp(1, MAX_WAKES)))
         }
         ("e", Some(id)) => id.parse().ok().map(|id| (StoreEvent::JobEnded(id), 1)),
+        ("p", Some(arg)) => {
+            let (id, seq) = arg.split_once(' ')?;
+            Some((StoreEvent::Progress(id.parse().ok()?, seq.parse().ok()?), 1))
+        }
         ("c", _) => Some((StoreEvent::Cleared, 1)),
         _ => None,
     }
@@ -979,6 +1009,68 @@ impl Store for PostgresStore {
             .await?;
         }
         Err(Error::Unavailable("job kept changing; retry".into()))
+    }
+
+    async fn progress(&self, p: &ProgressParams) -> Result<(Job, Option<u64>)> {
+        const SQL: &str = concat!(
+            "with upd as (update jobq_jobs set lease_expires_at = $3, progress_seq = progress_seq + 1 ",
+            "where id = $1 and status = 'running' and ($2::uuid is null or lease_id = $2) ",
+            "returning ",
+            cols!(),
+            ", progress_seq), ",
+            "ins as (insert into jobq_progress (job_id, seq, data) select id, progress_seq, $4 from upd) ",
+            "select * from upd"
+        );
+        const TRIM: &str = "delete from jobq_progress where job_id = $1 and seq <= $2";
+        let lease = p.lease_id.map(|l| l.0);
+        let data: &[u8] = &p.data;
+        for _ in 0..RACE_RETRIES {
+            let rows = self
+                .query(SQL, &[&p.id.0, &lease, &p.expires_at.0, &data])
+                .await?;
+            if let Some(row) = rows.first() {
+                let job = job_from_row(row)?;
+                let seq: i64 = row.try_get(NCOLS).map_err(get_err)?;
+                if seq > PROGRESS_KEPT && seq % 100 == 0 {
+                    // Trimmed in steps, not with every event.
+                    self.query(TRIM, &[&p.id.0, &(seq - PROGRESS_KEPT)]).await?;
+                }
+                let seq = seq.max(0) as u64;
+                if let Some(tx) = &*self.notes.lock() {
+                    let _ = tx.send(Note::Progress(p.id, seq));
+                }
+                return Ok((job, Some(seq)));
+            }
+            self.refusal(p.id, |j| {
+                j.heartbeat(p.lease_id.as_ref(), p.expires_at)
+                    .map(|_| None::<()>)
+            })
+            .await?;
+        }
+        Err(Error::Unavailable("job kept changing; retry".into()))
+    }
+
+    fn shares_progress(&self) -> bool {
+        true
+    }
+
+    async fn progress_since(&self, id: JobId, after: u64) -> Result<(Vec<(u64, Bytes)>, u64)> {
+        const SQL: &str = "select seq, data from jobq_progress where job_id = $1 and seq > $2 \
+                           order by seq limit 1000";
+        let after_i = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows = self.query(SQL, &[&id.0, &after_i]).await?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq: i64 = row.try_get(0).map_err(get_err)?;
+            let data: Vec<u8> = row.try_get(1).map_err(get_err)?;
+            events.push((seq.max(0) as u64, Bytes::from(data)));
+        }
+        // Trimmed events before the first one kept count as dropped.
+        let dropped_upto = match events.first() {
+            Some((first, _)) if *first > after + 1 => first - 1,
+            _ => 0,
+        };
+        Ok((events, dropped_upto))
     }
 
     async fn release(&self, id: JobId, lease_id: LeaseId) -> Result<Job> {

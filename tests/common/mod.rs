@@ -3,7 +3,8 @@
 //! through [`backend_tests!`]. Every helper that more than one test file
 //! needs lives here or in a submodule: [`binary`] (the built binary as a
 //! child process), [`http`] (calls by URL, for servers not started in
-//! process), [`postgres`] (a database of each test's own), [`pki`] (test
+//! process), [`postgres`] (a database of each test's own), [`sse`] (an event
+//! stream reader), [`pki`] (test
 //! certificates) and [`stores`]
 //! (the backend each [`Kind`] runs on, and store-level factories).
 #![allow(dead_code)]
@@ -13,6 +14,7 @@ pub mod http;
 pub mod netns;
 pub mod pki;
 pub mod postgres;
+pub mod sse;
 pub mod stores;
 
 use std::net::SocketAddr;
