@@ -23,7 +23,7 @@ use common::stores::{
 use jobq::job::{
     Completion, Idempotency, Job, JobId, LeaseId, NewJob, Status, Timestamp, TransitionError,
 };
-use jobq::store::{CompleteParams, Error, FailParams, Inserted, ListFilter, Store};
+use jobq::store::{CompleteParams, Error, FailParams, Inserted, ListFilter, ProgressParams, Store};
 
 /// One `#[tokio::test]` per rule and backend: modules `memory`, `embedded`
 /// and `postgres`, each calling `async fn rule(&dyn Store)` on a fresh
@@ -73,6 +73,7 @@ conformance_tests!(
     fail_without_retry_is_final,
     fail_refuses_jobs_that_are_not_running,
     heartbeat_extends_a_running_lease_only,
+    progress_is_fenced_like_a_heartbeat_and_kept_by_shared_stores,
     release_undoes_a_hand_out_under_its_lease_only,
     cancel_ends_pending_and_running_jobs_once,
     stale_lease_is_refused,
@@ -252,6 +253,28 @@ impl<'s> Twin<'s> {
             .await
             .map(|j| (j, ()));
         self.settle("heartbeat", next, want, got).await
+    }
+
+    /// A progress event: the heartbeat rule; returns the store's number for it.
+    async fn progress(
+        &mut self,
+        lease: Option<LeaseId>,
+        expires: i64,
+        data: &'static str,
+    ) -> Result<Option<u64>, TransitionError> {
+        let mut next = self.model.clone();
+        let want = next.heartbeat(lease.as_ref(), Timestamp(expires));
+        let p = ProgressParams {
+            id: self.id(),
+            lease_id: lease,
+            expires_at: Timestamp(expires),
+            data: Bytes::from_static(data.as_bytes()),
+        };
+        let got = self.s.progress(&p).await;
+        let seq = got.as_ref().ok().and_then(|(_, seq)| *seq);
+        self.settle("progress", next, want, got.map(|(j, _)| (j, ())))
+            .await
+            .map(|()| seq)
     }
 
     async fn release(&mut self, lease: LeaseId) -> Result<(), TransitionError> {
@@ -611,6 +634,50 @@ async fn heartbeat_extends_a_running_lease_only(s: &dyn Store) {
     t.complete(None, "ok", 20).await.unwrap();
     assert_eq!(
         t.heartbeat(Some(t.lease()), 600).await,
+        Err(TransitionError::NotRunning(Status::Completed))
+    );
+}
+
+async fn progress_is_fenced_like_a_heartbeat_and_kept_by_shared_stores(s: &dyn Store) {
+    let unknown = ProgressParams {
+        id: JobId::new(),
+        lease_id: None,
+        expires_at: Timestamp(5),
+        data: Bytes::from_static(b"x"),
+    };
+    assert!(matches!(s.progress(&unknown).await, Err(Error::NotFound)));
+    let mut t = Twin::new(s, "default", 0, 1).await;
+    assert_eq!(
+        t.progress(None, 500, "early").await,
+        Err(TransitionError::NotRunning(Status::Pending))
+    );
+    t.claim(&["default"], 10, 100).await;
+    assert_eq!(
+        t.progress(Some(LeaseId::new()), 500, "stale").await,
+        Err(TransitionError::StaleLease)
+    );
+    let first = t.progress(Some(t.lease()), 500, "one").await.unwrap();
+    assert_eq!(t.job().lease_expires_at, Some(Timestamp(500)));
+    let second = t.progress(None, 600, "two").await.unwrap();
+    let (kept, dropped) = s.progress_since(t.id(), 0).await.unwrap();
+    assert_eq!(dropped, 0);
+    if s.shares_progress() {
+        // Numbered by the store, from 1, and kept for other nodes.
+        assert_eq!((first, second), (Some(1), Some(2)));
+        let want = vec![
+            (1, Bytes::from_static(b"one")),
+            (2, Bytes::from_static(b"two")),
+        ];
+        assert_eq!(kept, want);
+        assert_eq!(s.progress_since(t.id(), 1).await.unwrap().0, want[1..]);
+    } else {
+        // The broker numbers them; the store keeps none.
+        assert_eq!((first, second), (None, None));
+        assert!(kept.is_empty());
+    }
+    t.complete(None, "ok", 20).await.unwrap();
+    assert_eq!(
+        t.progress(Some(t.lease()), 700, "late").await,
         Err(TransitionError::NotRunning(Status::Completed))
     );
 }

@@ -1381,6 +1381,12 @@ mod tests {
             parse_notification("me", "other c"),
             Some((StoreEvent::Cleared, 1))
         );
+        assert_eq!(
+            parse_notification("me", &format!("other p {id} 7")),
+            Some((StoreEvent::Progress(id, 7), 1))
+        );
+        assert_eq!(parse_notification("me", &format!("other p {id}")), None);
+        assert_eq!(parse_notification("me", &format!("other p {id} x")), None);
     }
 
     #[test]
