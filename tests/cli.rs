@@ -636,3 +636,59 @@ async fn a_result_over_max_body_fails_the_job() {
     assert!(error.contains("result was refused"), "{error}");
     s.stop().await;
 }
+
+/// `worker --exec --stream` sends each stdout line as it appears (over HTTP
+/// and over the gRPC stream); `submit --stream` prints them once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_stream_sends_lines_as_they_appear() {
+    let s = TestServer::start_with(Kind::Memory, &["--grpc-listen", "127.0.0.1:0"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    for (transport, extra) in [
+        ("http", vec![]),
+        (
+            "grpc",
+            vec!["--grpc".to_owned(), "--grpc-url".to_owned(), s.grpc_url()],
+        ),
+    ] {
+        let gate = dir.path().join(format!("go-{transport}"));
+        let cmd = format!(
+            "echo first; while [ ! -e {g} ]; do sleep 0.02; done; printf second",
+            g = gate.display()
+        );
+        let extra: Vec<&str> = std::iter::once("--stream")
+            .chain(extra.iter().map(String::as_str))
+            .collect();
+        let _w = worker(&s.base, &cmd, &extra);
+        let mut client =
+            common::sse::SseReader::open(s.http.post(s.url("/api/submit?timeout=50")).body("x"))
+                .await;
+        // The first line arrives while the command still runs.
+        let first = client.next_within(BOUND).await.expect("first line");
+        assert_eq!(
+            (first.event.as_str(), first.json()),
+            ("progress", Value::from("first\n")),
+            "{transport}"
+        );
+        std::fs::write(&gate, b"").unwrap();
+        let rest = client.until_final().await;
+        let kinds: Vec<_> = rest.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(kinds, ["progress", "result"], "{transport}");
+        assert_eq!(rest[0].json(), Value::from("second"));
+        assert_eq!(rest[1].json()["payload"], "first\nsecond", "{transport}");
+    }
+
+    // `submit --stream` prints the lines as they come, and not twice.
+    let _w = worker(&s.base, "echo one; echo two", &["--stream"]);
+    let (code, out, err) = run_jobq(&[
+        "submit",
+        "--url",
+        &s.base,
+        "--stream",
+        "--timeout",
+        "50",
+        "x",
+    ])
+    .await;
+    assert_eq!((code, out.as_str()), (0, "one\ntwo\n"), "stderr: {err}");
+    s.stop().await;
+}

@@ -376,3 +376,87 @@ async fn run_heartbeats_long_jobs_and_stops_lost_ones() {
     joined(BOUND, "run returns", running).await.unwrap();
     s.stop().await;
 }
+
+/// `Client::stream` yields a handler's progress (sent with `job.progress`
+/// from `Worker::run`) in order, then the result; `Client::job_events`
+/// resumes after a seq; `Worker::progress` is fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_streams_through_the_client_library() {
+    use futures_util::StreamExt;
+    use jobq::client::JobEvent;
+    let s = TestServer::start(Kind::Memory).await;
+    let client = Client::new(&s.base).unwrap();
+    let stop = CancellationToken::new();
+    let run = spawn_run(
+        client.worker(vec![]).long_poll(Duration::from_secs(5)),
+        RunOptions::default(),
+        &stop,
+        |job, _lost| async move {
+            for w in ["a", "b", "c"] {
+                assert!(job.progress.send(w));
+            }
+            Outcome::Complete(Bytes::from_static(b"abc"))
+        },
+    );
+    let mut events = client.stream("go", &wait(50)).await.unwrap();
+    let id = events.job_id().unwrap().to_owned();
+    let mut got = Vec::new();
+    while let Some(e) = tokio::time::timeout(BOUND, events.next()).await.unwrap() {
+        got.push(e.unwrap());
+    }
+    let progress = |seq, d: &'static [u8]| JobEvent::Progress {
+        seq,
+        data: Bytes::from_static(d),
+    };
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(
+        got[..3],
+        [progress(1, b"a"), progress(2, b"b"), progress(3, b"c")]
+    );
+    let done = got.pop().unwrap().into_result().unwrap();
+    assert_eq!(
+        (done.job_id.as_str(), &done.result[..]),
+        (id.as_str(), &b"abc"[..])
+    );
+
+    // Re-attached after seq 2: the rest, then the outcome again.
+    let again: Vec<_> = client
+        .job_events(&id, Some(2))
+        .await
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert_eq!(again[0], progress(3, b"c"));
+    assert!(again[1].is_final());
+    stop.cancel();
+    joined(BOUND, "worker stops", run).await.unwrap();
+
+    // Fencing: a job not (or no longer) ours is refused.
+    let worker = client.worker(vec![]);
+    let id = client
+        .submit_async("x", &SubmitOptions::default())
+        .await
+        .unwrap();
+    let job = poll_one(&worker).await;
+    assert_eq!(job.id, id);
+    assert_eq!(worker.progress(&job, "p").await.unwrap(), 1);
+    worker.complete(&job, "r").await.unwrap();
+    assert!(matches!(
+        worker.progress(&job, "late").await,
+        Err(Error::LeaseLost { .. })
+    ));
+    // A wait that runs out is the Accepted event.
+    let mut ev = client
+        .stream(
+            "nobody",
+            &SubmitOptions {
+                timeout: Some(Duration::from_millis(200)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let fin = ev.next().await.unwrap().unwrap();
+    assert!(matches!(fin.into_result(), Err(Error::StillRunning { .. })));
+}

@@ -1,6 +1,7 @@
 //! One worker-protocol suite over every worker transport: HTTP, the gRPC
 //! unary RPCs and the gRPC `Work` stream must behave the same for hand-out,
-//! queues, leases, fencing, fail, heartbeat, cancel and long-poll wake-up.
+//! queues, leases, fencing, fail, heartbeat, progress, cancel and long-poll
+//! wake-up.
 //! Each case runs on its own server (memory store, gRPC on 127.0.0.1:0).
 
 mod common;
@@ -241,7 +242,49 @@ macro_rules! suite {
     };
 }
 
+/// Progress events reach a streaming client in order; they are fenced and
+/// extend the lease like a heartbeat.
+async fn progress_events<T: WorkerTransport>(s: TestServer, mut w: T) {
+    let mut client =
+        common::sse::SseReader::open(s.http.post(s.url("/api/submit")).body("stream me")).await;
+    let h = w.poll(&[], FIVE).await.expect("a job");
+    let (one, first_lease) = w.progress(&h.id, Some(&h.lease_id), b"one").await.unwrap();
+    let (two, _) = w.progress(&h.id, None, b"{\"n\":2}").await.unwrap();
+    assert_eq!((one, two), (1, 2), "{}", w.name());
+    assert!(
+        first_lease.as_str() >= h.lease_expires_at.as_str(),
+        "extends the lease"
+    );
+    let stale = "00000000-0000-4000-8000-000000000000";
+    assert_eq!(
+        w.progress(&h.id, Some(stale), b"x").await,
+        Err(Refusal::Conflict),
+        "{}",
+        w.name()
+    );
+    let nobody = "6f1c1d2e-0000-4000-8000-000000000000";
+    assert_eq!(w.progress(nobody, None, b"x").await, Err(Refusal::NotFound));
+    let e1 = client.next().await.unwrap();
+    let e2 = client.next().await.unwrap();
+    assert_eq!(
+        (e1.id.as_deref(), e1.json()),
+        (Some("1"), serde_json::json!("one"))
+    );
+    assert_eq!(
+        (e2.id.as_deref(), e2.json()),
+        (Some("2"), serde_json::json!({"n": 2}))
+    );
+    w.complete(&h.id, Some(&h.lease_id), b"done").await.unwrap();
+    let fin = client.next().await.unwrap();
+    assert_eq!(fin.event, "result", "{}", w.name());
+    assert_eq!(
+        w.progress(&h.id, Some(&h.lease_id), b"late").await,
+        Err(Refusal::Conflict)
+    );
+}
+
 suite!(
+    progress_events,
     handout_and_complete,
     binary_payload_and_result,
     queues_in_order_of_preference,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{exit, exit_code, fail, secs, ConnArgs};
-use crate::client::{Error, SubmitOptions};
+use crate::client::{Error, JobEvent, SubmitOptions};
 
 /// `jobq submit` flags.
 #[derive(Args, Debug, Clone)]
@@ -40,6 +40,10 @@ pub struct SubmitArgs {
     /// A repeated submit with the same key attaches to the first job.
     #[arg(long, value_name = "K")]
     pub idempotency_key: Option<String>,
+    /// Print the worker's progress events as they arrive (then the result,
+    /// unless it is exactly what was streamed).
+    #[arg(long, conflicts_with = "no_wait")]
+    pub stream: bool,
     /// The payload's Content-Type.
     #[arg(long, value_name = "TYPE")]
     pub content_type: Option<String>,
@@ -86,20 +90,77 @@ pub async fn run(args: SubmitArgs) -> ExitCode {
             Err(e) => report(&e),
         };
     }
+    if args.stream {
+        return stream(&client, payload, &opts).await;
+    }
     match client.submit(payload, &opts).await {
-        Ok(done) => {
-            let mut out = std::io::stdout().lock();
-            let mut r = out.write_all(&done.result);
-            if std::io::stdout().is_terminal() && !done.result.ends_with(b"\n") {
-                r = r.and_then(|()| out.write_all(b"\n"));
-            }
-            match r.and_then(|()| out.flush()) {
-                Ok(()) => ExitCode::from(exit::OK),
-                Err(e) => fail(format!("cannot write the result: {e}")),
-            }
-        }
+        Ok(done) => print_result(&done.result),
         Err(e) => report(&e),
     }
+}
+
+/// Writes a result to stdout (with a newline on a terminal).
+fn print_result(result: &[u8]) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let mut r = out.write_all(result);
+    if std::io::stdout().is_terminal() && !result.ends_with(b"\n") {
+        r = r.and_then(|()| out.write_all(b"\n"));
+    }
+    match r.and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => fail(format!("cannot write the result: {e}")),
+    }
+}
+
+/// `--stream`: progress events to stdout as they come (their bytes, as a
+/// payload is decoded), a gap noted on stderr, then the
+/// outcome as without `--stream`; the result is not printed again when it
+/// is exactly what was streamed (`jobq worker --exec --stream`).
+async fn stream(
+    client: &crate::client::Client,
+    payload: Vec<u8>,
+    opts: &SubmitOptions,
+) -> ExitCode {
+    use futures_util::StreamExt;
+    let mut events = match client.stream(payload, opts).await {
+        Ok(s) => s,
+        Err(e) => return report(&e),
+    };
+    let mut streamed: Vec<u8> = Vec::new();
+    while let Some(ev) = events.next().await {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => return report(&e),
+        };
+        match ev {
+            JobEvent::Progress { data, .. } => {
+                streamed.extend_from_slice(&data);
+                let mut out = std::io::stdout().lock();
+                let r = out.write_all(&data).and_then(|()| out.flush());
+                if let Err(e) = r {
+                    return fail(format!("cannot write the output: {e}"));
+                }
+            }
+            JobEvent::Gap { dropped } => {
+                eprintln!("jobq: {dropped} progress event(s) were dropped before they reached this client");
+            }
+            fin => {
+                return match fin.into_result() {
+                    Ok(done) if done.result == streamed => ExitCode::from(exit::OK),
+                    Ok(done) => {
+                        if !streamed.is_empty() && !streamed.ends_with(b"\n") {
+                            println!();
+                        }
+                        print_result(&done.result)
+                    }
+                    Err(e) => report(&e),
+                };
+            }
+        }
+    }
+    report(&Error::Protocol(
+        "the event stream ended without a final event".into(),
+    ))
 }
 
 /// Prints an error (and, for a timed-out wait, the job id on stdout).

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Args;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::{exit, fail, positive_secs, secs, ConnArgs};
-use crate::client::{Job, Outcome, RunOptions};
+use crate::client::{Job, Outcome, ProgressSink, RunOptions};
 
 /// How much of a failed command's stderr goes into the job's error.
 pub const STDERR_TAIL: usize = 2048;
@@ -37,7 +37,8 @@ job's payload on stdin and these environment variables:
   JOBQ_LEASE_ID  this hand-out's lease
   JOBQ_HEADERS   the submit request's headers, as a JSON object
 Exit status 0: its stdout is the job's result. Anything else: the job fails
-with the last 2 KiB of its stderr. The lease is heartbeated while it runs; if
+with the last 2 KiB of its stderr. With --stream, each stdout line is also
+sent as it appears to the clients streaming the job (`jobq submit --stream`). The lease is heartbeated while it runs; if
 the job is cancelled or lost, or --timeout passes, the process group is killed.
 
 SIGTERM/SIGINT: take no new jobs, finish the ones in hand, exit 0. A second
@@ -68,6 +69,11 @@ pub struct WorkerArgs {
     /// server hand the job out again while attempts remain.
     #[arg(long)]
     pub no_retry: bool,
+    /// Send each line the command writes to stdout to the job's streaming
+    /// clients as a progress event, as it appears (the result is still the
+    /// whole stdout).
+    #[arg(long)]
+    pub stream: bool,
     /// Take jobs over the gRPC `Work` stream (at `--grpc-url`) instead of
     /// HTTP long-polls: jobs are pushed as they arrive, up to --concurrency.
     #[arg(long)]
@@ -91,6 +97,8 @@ struct ExecSpec {
     timeout: Option<Duration>,
     /// `!--no-retry`.
     retry: bool,
+    /// `--stream`.
+    stream: bool,
     /// Cancelled on a second stop signal: kill every running command.
     kill_all: CancellationToken,
 }
@@ -108,6 +116,7 @@ pub async fn run(args: WorkerArgs) -> ExitCode {
         command: args.exec.clone(),
         timeout: args.timeout,
         retry: !args.no_retry,
+        stream: args.stream,
         kill_all: CancellationToken::new(),
     });
     let mut signals = match super::StopSignals::new() {
@@ -199,6 +208,23 @@ async fn read_all(mut r: impl AsyncRead + Unpin) -> Vec<u8> {
     out
 }
 
+/// Reads everything, sending each line (with its newline) as a progress
+/// event as soon as it is complete; a last line without one goes at the end.
+async fn read_streaming(r: impl AsyncRead + Unpin, progress: ProgressSink) -> Vec<u8> {
+    let mut r = tokio::io::BufReader::new(r);
+    let mut out = Vec::new();
+    loop {
+        let start = out.len();
+        match r.read_until(b'\n', &mut out).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                progress.send(Bytes::copy_from_slice(&out[start..]));
+            }
+        }
+    }
+    out
+}
+
 /// Reads everything, keeping the last `keep` bytes.
 async fn read_tail(mut r: impl AsyncRead + Unpin, keep: usize) -> Vec<u8> {
     let mut tail = Vec::with_capacity(keep * 2);
@@ -271,7 +297,12 @@ async fn run_command(spec: Arc<ExecSpec>, job: Job, lost: CancellationToken) -> 
             let _ = stdin.write_all(&payload).await;
         });
     }
-    let mut out = tokio::spawn(read_all(child.stdout.take().expect("piped")));
+    let stdout = child.stdout.take().expect("piped");
+    let mut out = if spec.stream {
+        tokio::spawn(read_streaming(stdout, job.progress.clone()))
+    } else {
+        tokio::spawn(read_all(stdout))
+    };
     let mut err = tokio::spawn(read_tail(child.stderr.take().expect("piped"), STDERR_TAIL));
 
     let deadline = async {

@@ -49,7 +49,8 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-pub use worker::{Job, Outcome, RunOptions, Worker, LONG_POLL_DEFAULT};
+pub(crate) use worker::{progress_channel, PROGRESS_DRAIN};
+pub use worker::{Job, Outcome, ProgressSink, RunOptions, Worker, LONG_POLL_DEFAULT};
 
 /// The server a client talks to when none is named (`--url`, `JOBQ_URL`).
 pub const URL_DEFAULT: &str = "http://127.0.0.1:3000";
@@ -334,26 +335,59 @@ pub struct EventStream {
     buf: String,
 }
 
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// `event:` (`message` when absent).
+    pub event: String,
+    /// `id:`, when given.
+    pub id: Option<String>,
+    /// The `data:` lines, joined with `\n`.
+    pub data: String,
+}
+
 impl EventStream {
-    /// The next event (`None` when the server ended the stream); comments
-    /// (keep-alives) are skipped.
+    /// The next event as `(event, data)` (`None` when the server ended the
+    /// stream); comments (keep-alives) are skipped.
     ///
     /// # Errors
     /// [`Error::Unreachable`] when the connection broke.
     pub async fn next(&mut self) -> Result<Option<(String, String)>> {
+        Ok(self.next_event().await?.map(|e| (e.event, e.data)))
+    }
+
+    /// The next event, with its id (`None` when the server ended the stream).
+    ///
+    /// # Errors
+    /// [`Error::Unreachable`] when the connection broke.
+    pub async fn next_event(&mut self) -> Result<Option<SseEvent>> {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let block: String = self.buf.drain(..end + 2).collect();
-                let (mut event, mut data) = ("message".to_owned(), String::new());
+                let mut ev = SseEvent {
+                    event: "message".to_owned(),
+                    id: None,
+                    data: String::new(),
+                };
+                let mut has_data = false;
                 for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        event = v.trim().to_owned();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    match field {
+                        "event" => ev.event = value.to_owned(),
+                        "id" => ev.id = Some(value.to_owned()),
+                        "data" => {
+                            if has_data {
+                                ev.data.push('\n');
+                            }
+                            ev.data.push_str(value);
+                            has_data = true;
+                        }
+                        _ => {}
                     }
                 }
-                if !data.is_empty() {
-                    return Ok(Some((event, data)));
+                if has_data {
+                    return Ok(Some(ev));
                 }
                 continue;
             }
@@ -586,6 +620,44 @@ impl Client {
         Ok(a.job_id)
     }
 
+    /// Submits a job and streams its events (`POST /api/submit` with
+    /// `Accept: text/event-stream`): progress events as the worker sends
+    /// them, then exactly one final event ([`JobEvent::is_final`]). A server
+    /// that answers without streaming gives just the final event.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] (e.g. `503` queue full), [`Error::Unreachable`];
+    /// the stream's items fail with [`Error::Unreachable`] if the
+    /// connection breaks.
+    pub async fn stream(
+        &self,
+        payload: impl Into<Bytes>,
+        opts: &SubmitOptions,
+    ) -> Result<JobEvents> {
+        let req = self
+            .submit_request("/api/submit", payload.into(), opts)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        JobEvents::open(self.send(req).await?).await
+    }
+
+    /// Streams job `id`'s events (`GET /api/jobs/{id}/events`): those
+    /// after `after` (the `seq` of the last progress event seen, to resume
+    /// after a dropped connection) still buffered, live ones, then its
+    /// final event.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] with `404` for an unknown id, [`Error::Unreachable`].
+    pub async fn job_events(&self, id: &str, after: Option<u64>) -> Result<JobEvents> {
+        let mut req = self
+            .http
+            .get(self.url(&format!("/api/jobs/{id}/events")))
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(after) = after {
+            req = req.header("last-event-id", after.to_string());
+        }
+        JobEvents::open(self.send(req).await?).await
+    }
+
     /// The job as it stands (`GET /api/jobs/{id}`).
     ///
     /// # Errors
@@ -720,6 +792,237 @@ impl Client {
     /// the `default` queue).
     pub fn worker(&self, queues: Vec<String>) -> Worker {
         Worker::new(self.clone(), queues)
+    }
+}
+
+/// One event of a job's stream ([`Client::stream`], [`Client::job_events`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEvent {
+    /// What the worker reported, as bytes (decoded like a payload).
+    Progress {
+        /// Its number within the job (resume after it with [`Client::job_events`]).
+        seq: u64,
+        /// The bytes the worker sent.
+        data: Bytes,
+    },
+    /// This many events were dropped from the server's buffer before this
+    /// client read them.
+    Gap {
+        /// How many.
+        dropped: u64,
+    },
+    /// Final: the job completed.
+    Result(Completed),
+    /// Final: the job failed.
+    Failed {
+        /// The job.
+        job_id: String,
+        /// Hand-outs it had.
+        attempts: u32,
+        /// The worker's error.
+        error: String,
+    },
+    /// Final: the job was cancelled.
+    Cancelled {
+        /// The job.
+        job_id: String,
+    },
+    /// Final: the wait ended first; the job goes on.
+    Accepted {
+        /// The job.
+        job_id: String,
+    },
+}
+
+impl JobEvent {
+    /// Whether this event ends the stream.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, JobEvent::Progress { .. } | JobEvent::Gap { .. })
+    }
+
+    /// A final event as the result [`Client::submit`] would have returned.
+    ///
+    /// # Errors
+    /// [`Error::JobFailed`], [`Error::JobCancelled`], [`Error::StillRunning`];
+    /// [`Error::Protocol`] for an event that is not final.
+    pub fn into_result(self) -> Result<Completed> {
+        match self {
+            JobEvent::Result(c) => Ok(c),
+            JobEvent::Failed {
+                job_id,
+                attempts,
+                error,
+            } => Err(Error::JobFailed {
+                job_id,
+                attempts,
+                error,
+            }),
+            JobEvent::Cancelled { job_id } => Err(Error::JobCancelled { job_id }),
+            JobEvent::Accepted { job_id } => Err(Error::StillRunning { job_id }),
+            other => Err(Error::Protocol(format!("not a final event: {other:?}"))),
+        }
+    }
+
+    /// Parses one Server-Sent Event of a job stream.
+    fn parse(ev: &SseEvent) -> Result<JobEvent> {
+        let bad = |e: &dyn std::fmt::Display| {
+            Error::Protocol(format!("malformed {} event ({e}): {}", ev.event, ev.data))
+        };
+        #[derive(Deserialize)]
+        struct Final {
+            job_id: String,
+            #[serde(default)]
+            payload: Option<Box<RawValue>>,
+            #[serde(default)]
+            payload_encoding: Option<String>,
+            #[serde(default)]
+            error: Option<String>,
+            #[serde(default)]
+            attempts: Option<u32>,
+        }
+        let fin = || serde_json::from_str::<Final>(&ev.data).map_err(|e| bad(&e));
+        Ok(match ev.event.as_str() {
+            "progress" => {
+                let seq = ev
+                    .id
+                    .as_deref()
+                    .and_then(|i| i.parse().ok())
+                    .ok_or_else(|| bad(&"no numeric id"))?;
+                let raw = RawValue::from_string(ev.data.clone()).map_err(|e| bad(&e))?;
+                JobEvent::Progress {
+                    seq,
+                    data: decode_payload(&raw, None)?,
+                }
+            }
+            "gap" => {
+                #[derive(Deserialize)]
+                struct Gap {
+                    dropped: u64,
+                }
+                let g: Gap = serde_json::from_str(&ev.data).map_err(|e| bad(&e))?;
+                JobEvent::Gap { dropped: g.dropped }
+            }
+            "result" => {
+                let f = fin()?;
+                let payload = f.payload.ok_or_else(|| bad(&"no payload"))?;
+                JobEvent::Result(Completed {
+                    result: decode_payload(&payload, f.payload_encoding.as_deref())?,
+                    job_id: f.job_id,
+                })
+            }
+            "failed" => {
+                let f = fin()?;
+                JobEvent::Failed {
+                    job_id: f.job_id,
+                    attempts: f.attempts.unwrap_or(0),
+                    error: f.error.unwrap_or_default(),
+                }
+            }
+            "cancelled" => JobEvent::Cancelled {
+                job_id: fin()?.job_id,
+            },
+            "accepted" => JobEvent::Accepted {
+                job_id: fin()?.job_id,
+            },
+            other => return Err(Error::Protocol(format!("unknown event {other:?}"))),
+        })
+    }
+}
+
+/// A job's event stream: a [`futures_util::Stream`] of [`JobEvent`]s that
+/// ends after the final one.
+pub struct JobEvents {
+    job_id: Option<String>,
+    inner: std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<JobEvent>> + Send>>,
+}
+
+impl JobEvents {
+    async fn open(resp: Response) -> Result<JobEvents> {
+        let job_id = resp
+            .headers()
+            .get("x-job-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let streams = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !streams {
+            // A server without streaming answers as a plain submit: one final event.
+            let status = resp.status();
+            let event = match status {
+                StatusCode::OK => {
+                    let text = resp.text().await.unwrap_or_default();
+                    JobEvent::parse(&SseEvent {
+                        event: "result".into(),
+                        id: None,
+                        data: text,
+                    })?
+                }
+                StatusCode::ACCEPTED => JobEvent::Accepted {
+                    job_id: json::<Accepted>(resp).await?.job_id,
+                },
+                _ => match refusal(resp).await {
+                    Error::JobFailed {
+                        job_id,
+                        attempts,
+                        error,
+                    } => JobEvent::Failed {
+                        job_id,
+                        attempts,
+                        error,
+                    },
+                    Error::JobCancelled { job_id } => JobEvent::Cancelled { job_id },
+                    e => return Err(e),
+                },
+            };
+            return Ok(JobEvents {
+                job_id,
+                inner: Box::pin(futures_util::stream::once(async move { Ok(event) })),
+            });
+        }
+        let sse = EventStream {
+            resp,
+            buf: String::new(),
+        };
+        let inner = futures_util::stream::unfold(Some(sse), |sse| async move {
+            let mut sse = sse?;
+            match sse.next_event().await {
+                Ok(Some(ev)) => {
+                    let parsed = JobEvent::parse(&ev);
+                    let done = parsed.as_ref().map_or(true, JobEvent::is_final);
+                    Some((parsed, (!done).then_some(sse)))
+                }
+                Ok(None) => Some((
+                    Err(Error::Protocol(
+                        "the event stream ended without a final event".into(),
+                    )),
+                    None,
+                )),
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        Ok(JobEvents {
+            job_id,
+            inner: Box::pin(inner),
+        })
+    }
+
+    /// The job's id (from the answer's `X-Job-Id`).
+    pub fn job_id(&self) -> Option<&str> {
+        self.job_id.as_deref()
+    }
+}
+
+impl futures_util::Stream for JobEvents {
+    type Item = Result<JobEvent>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
     }
 }
 

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -64,7 +64,84 @@ pub struct Job {
     /// What was left of the lease when the job was handed out, by the
     /// server's clock (so heartbeats do not depend on this machine's clock).
     pub lease_left: Option<Duration>,
+    /// Sends progress events to the job's streaming clients, in order,
+    /// while a handler run by [`Worker::run`] (or the gRPC worker) works on
+    /// it; a no-op elsewhere.
+    pub progress: ProgressSink,
 }
+
+/// A running job's progress events, sent in order beside its handler
+/// (docs/api.md, "Progress events"). Sending never blocks: events queue
+/// and go out one at a time; all are sent before the job's outcome.
+#[derive(Clone, Default)]
+pub struct ProgressSink(Option<mpsc::UnboundedSender<Bytes>>);
+
+impl ProgressSink {
+    /// Queues one event. Returns false when nothing sends events for this
+    /// job (no runner, or the job was lost).
+    pub fn send(&self, data: impl Into<Bytes>) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|tx| tx.send(data.into()).is_ok())
+    }
+}
+
+impl std::fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "ProgressSink"
+        } else {
+            "ProgressSink(none)"
+        })
+    }
+}
+
+/// Runs a job's progress events through `send`, one at a time and in
+/// order, until the sink is gone or `finish` is cancelled (then what is
+/// queued still goes), or `send` says to stop (false: the job is lost).
+pub(crate) async fn forward_progress<S, F>(
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    finish: CancellationToken,
+    mut send: S,
+) where
+    S: FnMut(Bytes) -> F,
+    F: Future<Output = bool>,
+{
+    loop {
+        let next = tokio::select! {
+            biased;
+            d = rx.recv() => d,
+            _ = finish.cancelled() => rx.try_recv().ok(),
+        };
+        match next {
+            Some(d) => {
+                if !send(d).await {
+                    return;
+                }
+            }
+            None => return,
+        }
+    }
+}
+
+/// A sink for `job` and the forwarder task that sends its events through
+/// `send`; cancel the token once the handler is done, then await the task.
+pub(crate) fn progress_channel<S, F>(
+    send: S,
+) -> (ProgressSink, CancellationToken, tokio::task::JoinHandle<()>)
+where
+    S: FnMut(Bytes) -> F + Send + 'static,
+    F: Future<Output = bool> + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    let finish = CancellationToken::new();
+    let task = tokio::spawn(forward_progress(rx, finish.clone(), send));
+    (ProgressSink(Some(tx)), finish, task)
+}
+
+/// How long a finished job's queued progress events may take to go out
+/// before its outcome is posted anyway.
+pub(crate) const PROGRESS_DRAIN: Duration = Duration::from_secs(10);
 
 /// How often to heartbeat: a third of what is left of the lease, at least
 /// [`HEARTBEAT_MIN`]; [`HEARTBEAT_FALLBACK`] when unknown.
@@ -163,6 +240,7 @@ async fn handouts(resp: reqwest::Response) -> Result<Vec<Job>> {
                 attempt: h.attempt,
                 lease_id: h.lease_id,
                 lease_expires_at: expires,
+                progress: ProgressSink::default(),
                 lease_left: lease_left(expires, date),
             })
         })
@@ -364,6 +442,29 @@ impl Worker {
         }
     }
 
+    /// Sends one progress event (`POST /api/worker/progress/{id}`) to the
+    /// job's streaming clients; it extends the lease like a heartbeat.
+    /// Returns the event's number.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`]: stop working on the job; [`Error::Rejected`]
+    /// with `413` for an event over the server's limit. Others as
+    /// [`Worker::complete`].
+    pub async fn progress(&self, job: &Job, data: impl Into<Bytes>) -> Result<u64> {
+        let resp = self
+            .client
+            .send(self.job_call("progress", job).body(data.into()))
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(Self::job_refusal(job, resp).await);
+        }
+        #[derive(Deserialize)]
+        struct Sent {
+            seq: u64,
+        }
+        Ok(json::<Sent>(resp).await?.seq)
+    }
+
     /// Extends the lease (`POST /api/worker/heartbeat/{id}`); returns what
     /// is now left of it (by the server's clock) when the server said.
     ///
@@ -526,7 +627,35 @@ impl Worker {
         let span = tracing::info_span!("job", job.id = %job.id, attempt = job.attempt);
         tracing::debug!(parent: &span, "running");
         let lost = CancellationToken::new();
-        let work = handler(job.clone(), lost.clone());
+        let (sink, finish, forwarder) = {
+            let (me, job, lost) = (self.clone(), job.clone(), lost.clone());
+            progress_channel(move |data| {
+                let (me, job, lost) = (me.clone(), job.clone(), lost.clone());
+                async move {
+                    match me.progress(&job, data).await {
+                        Ok(_) => true,
+                        Err(
+                            e @ (Error::LeaseLost { .. } | Error::Rejected { status: 404, .. }),
+                        ) => {
+                            tracing::warn!(job.id = %job.id, error = %e, "job is no longer ours; stopping it");
+                            lost.cancel();
+                            false
+                        }
+                        Err(e) => {
+                            tracing::debug!(job.id = %job.id, error = %e, "progress event not sent");
+                            true
+                        }
+                    }
+                }
+            })
+        };
+        let work = handler(
+            Job {
+                progress: sink,
+                ..job.clone()
+            },
+            lost.clone(),
+        );
         tokio::pin!(work);
         // The heartbeats run beside the handler, never blocking it.
         let outcome = tokio::select! {
@@ -536,6 +665,9 @@ impl Worker {
                 (&mut work).await
             }
         };
+        // Every event goes out before the outcome.
+        finish.cancel();
+        let _ = tokio::time::timeout(PROGRESS_DRAIN, forwarder).await;
         if lost.is_cancelled() {
             return None;
         }

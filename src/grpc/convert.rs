@@ -10,7 +10,9 @@ use bytes::Bytes;
 
 use super::error::invalid;
 use super::pb;
-use crate::broker::{self, CompleteRequest, FailRequest, HeartbeatRequest, PollRequest};
+use crate::broker::{
+    self, CompleteRequest, FailRequest, HeartbeatRequest, PollRequest, ProgressRequest,
+};
 use crate::job::{Job, JobId, LeaseId, Queue};
 
 /// Longest `wait_seconds` of `RequestJob` (and of one wait of the stream):
@@ -89,6 +91,15 @@ pub fn heartbeat(r: &pb::HeartbeatRequest) -> Result<HeartbeatRequest> {
     Ok(HeartbeatRequest {
         id: job_id(&r.job_id)?,
         lease: lease_id(&r.lease_id)?,
+    })
+}
+
+/// `Progress`'s request (also the stream's `progress`).
+pub fn progress(r: pb::ProgressRequest) -> Result<ProgressRequest> {
+    Ok(ProgressRequest {
+        id: job_id(&r.job_id)?,
+        lease: lease_id(&r.lease_id)?,
+        data: r.data,
     })
 }
 

@@ -70,6 +70,24 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         }))
     }
 
+    async fn progress(
+        &self,
+        req: Request<pb::ProgressRequest>,
+    ) -> Result<Response<pb::ProgressResponse>, Status> {
+        let (job, seq) = self
+            .broker
+            .progress(convert::progress(req.into_inner())?)
+            .await?;
+        Ok(Response::new(pb::ProgressResponse {
+            job_id: job.id.to_string(),
+            seq,
+            lease_expires_at: job
+                .lease_expires_at
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default(),
+        }))
+    }
+
     type WorkStream = stream::WorkStream;
 
     async fn work(

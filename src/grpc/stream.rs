@@ -205,6 +205,7 @@ async fn push(broker: Broker, queues: Vec<Queue>, credits: Arc<Credits>, tx: Out
 /// Runs one action and renders its answer.
 async fn act(broker: Broker, seq: u64, action: pb::work_request::Action) -> pb::WorkResponse {
     use pb::work_request::Action;
+    let mut progress_seq = 0;
     let (job_id, done): (String, broker::Result<Job>) = match action {
         Action::Complete(r) => {
             let id = r.job_id.clone();
@@ -229,6 +230,17 @@ async fn act(broker: Broker, seq: u64, action: pb::work_request::Action) -> pb::
             };
             (r.job_id, done)
         }
+        Action::Progress(r) => {
+            let id = r.job_id.clone();
+            let done = match convert::progress(r) {
+                Ok(req) => broker.progress(req).await.map(|(job, seq)| {
+                    progress_seq = seq;
+                    job
+                }),
+                Err(e) => Err(e),
+            };
+            (id, done)
+        }
     };
     let event = match done {
         Ok(job) => pb::work_response::Event::Ack(pb::WorkAck {
@@ -240,6 +252,7 @@ async fn act(broker: Broker, seq: u64, action: pb::work_request::Action) -> pb::
                 .lease_expires_at
                 .map(|t| t.to_rfc3339())
                 .unwrap_or_default(),
+            progress_seq,
         }),
         Err(e) => {
             let status = Status::from(e);

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
-use crate::client::{Job, Outcome, RunOptions};
+use crate::client::{progress_channel, Job, Outcome, ProgressSink, RunOptions, PROGRESS_DRAIN};
 use crate::grpc::pb;
 use crate::grpc::pb::work_response::Event;
 use crate::grpc::pb::worker_service_client::WorkerServiceClient;
@@ -198,6 +198,16 @@ impl Shared {
                 |h| pb::WorkAck {
                     status: "running".into(),
                     lease_expires_at: h.lease_expires_at,
+                    ..Default::default()
+                },
+                &r.job_id,
+            ),
+            Action::Progress(r) => Self::unary_answer(
+                c.progress(self.request(r.clone())).await,
+                |p| pb::WorkAck {
+                    status: "running".into(),
+                    lease_expires_at: p.lease_expires_at,
+                    progress_seq: p.seq,
                     ..Default::default()
                 },
                 &r.job_id,
@@ -450,6 +460,7 @@ fn to_job(j: pb::Job) -> Job {
         lease_id: j.lease_id,
         lease_expires_at: humantime::parse_rfc3339(&j.lease_expires_at).ok(),
         lease_left,
+        progress: ProgressSink::default(),
     }
 }
 
@@ -487,7 +498,46 @@ where
     F: Future<Output = Outcome>,
 {
     let lost = CancellationToken::new();
-    let work = handler(job.clone(), lost.clone());
+    let (sink, finish, forwarder) = {
+        let (shared, job, lost) = (shared.clone(), job.clone(), lost.clone());
+        // Each event waits for its ack before the next goes: they stay in order.
+        progress_channel(move |data| {
+            let (shared, job, lost) = (shared.clone(), job.clone(), lost.clone());
+            async move {
+                let action = pb::work_request::Action::Progress(pb::ProgressRequest {
+                    job_id: job.id.clone(),
+                    lease_id: job.lease_id.clone(),
+                    data,
+                });
+                match shared.call(action, false).await {
+                    Ok((Event::Error(e), _))
+                        if e.code == Code::FailedPrecondition as i32
+                            || e.code == Code::NotFound as i32 =>
+                    {
+                        tracing::warn!(job.id = %job.id, error = %e.message, "job is no longer ours; stopping it");
+                        lost.cancel();
+                        false
+                    }
+                    Ok((Event::Error(e), _)) => {
+                        tracing::debug!(job.id = %job.id, error = %e.message, "progress event not sent");
+                        true
+                    }
+                    Ok(_) => true,
+                    Err(s) => {
+                        tracing::debug!(job.id = %job.id, error = %s.message(), "progress event not sent");
+                        true
+                    }
+                }
+            }
+        })
+    };
+    let work = handler(
+        Job {
+            progress: sink,
+            ..job.clone()
+        },
+        lost.clone(),
+    );
     tokio::pin!(work);
     let outcome = tokio::select! {
         o = &mut work => o,
@@ -496,6 +546,9 @@ where
             (&mut work).await
         }
     };
+    // Every event goes out before the outcome.
+    finish.cancel();
+    let _ = tokio::time::timeout(PROGRESS_DRAIN, forwarder).await;
     if lost.is_cancelled() {
         return Done { credited: None };
     }

@@ -111,9 +111,7 @@ impl SseReader {
         let (mut event, mut id, mut data): (Option<String>, Option<String>, Option<String>) =
             (None, None, None);
         loop {
-            let Some(line) = self.line().await else {
-                return None;
-            };
+            let line = self.line().await?;
             if line.is_empty() {
                 if let Some(data) = data.take() {
                     return Some(SseEvent {

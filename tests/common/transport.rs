@@ -68,6 +68,13 @@ pub trait WorkerTransport {
     ) -> Result<String, Refusal>;
     /// Extends the lease; the new `lease_expires_at`.
     async fn heartbeat(&mut self, id: &str, lease: Option<&str>) -> Result<String, Refusal>;
+    /// Sends a progress event; its `seq` and the new `lease_expires_at`.
+    async fn progress(
+        &mut self,
+        id: &str,
+        lease: Option<&str>,
+        data: &[u8],
+    ) -> Result<(u64, String), Refusal>;
 }
 
 // ---------------------------------------------------------------- HTTP
@@ -197,6 +204,23 @@ impl WorkerTransport for Http {
         }
         Err(Self::refusal(status, &b))
     }
+
+    async fn progress(
+        &mut self,
+        id: &str,
+        lease: Option<&str>,
+        data: &[u8],
+    ) -> Result<(u64, String), Refusal> {
+        let url = Self::with_lease(format!("{}/api/worker/progress/{id}", self.base), lease);
+        let (status, b) = self.send(self.http.post(url).body(data.to_vec())).await;
+        if status == 200 {
+            return Ok((
+                b["seq"].as_u64().unwrap(),
+                b["lease_expires_at"].as_str().unwrap().to_owned(),
+            ));
+        }
+        Err(Self::refusal(status, &b))
+    }
 }
 
 // ---------------------------------------------------------------- gRPC
@@ -277,6 +301,14 @@ fn fail_request(
         lease_id: lease.unwrap_or_default().to_owned(),
         error: error.to_owned(),
         retry,
+    }
+}
+
+fn progress_request(id: &str, lease: Option<&str>, data: &[u8]) -> pb::ProgressRequest {
+    pb::ProgressRequest {
+        job_id: id.to_owned(),
+        lease_id: lease.unwrap_or_default().to_owned(),
+        data: data.to_vec().into(),
     }
 }
 
@@ -374,6 +406,27 @@ impl WorkerTransport for GrpcUnary {
         {
             Ok(r) => Ok(r.into_inner().lease_expires_at),
             Err(s) => Err(grpc_refusal(s.code(), "Heartbeat")),
+        }
+    }
+
+    async fn progress(
+        &mut self,
+        id: &str,
+        lease: Option<&str>,
+        data: &[u8],
+    ) -> Result<(u64, String), Refusal> {
+        match within(
+            BOUND,
+            "Progress",
+            self.client.progress(progress_request(id, lease, data)),
+        )
+        .await
+        {
+            Ok(r) => {
+                let r = r.into_inner();
+                Ok((r.seq, r.lease_expires_at))
+            }
+            Err(s) => Err(grpc_refusal(s.code(), "Progress")),
         }
     }
 }
@@ -630,5 +683,22 @@ impl WorkerTransport for GrpcStream {
             "heartbeat",
         )
         .map(|a| a.lease_expires_at)
+    }
+
+    async fn progress(
+        &mut self,
+        id: &str,
+        lease: Option<&str>,
+        data: &[u8],
+    ) -> Result<(u64, String), Refusal> {
+        let s = self.any_stream().await;
+        stream_answer(
+            s.call(pb::work_request::Action::Progress(progress_request(
+                id, lease, data,
+            )))
+            .await,
+            "progress",
+        )
+        .map(|a| (a.progress_seq, a.lease_expires_at))
     }
 }
