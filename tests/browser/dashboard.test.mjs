@@ -116,6 +116,35 @@ test('a job submitted through the API appears and completes', async () => {
   await page.click('#detail button[value=close]');
 });
 
+test("a running job's progress shows live in its detail", async () => {
+  const id = await enqueue('e2e-progress', 'stream me');
+  const r = await call('/api/worker/poll?queue=e2e-progress');
+  assert.equal(r.status, 200);
+  const job = await r.json();
+  assert.equal(job.job_id, id);
+  const progress = async (body) => {
+    const p = await call(`/api/worker/progress/${id}?lease=${job.lease_id}`, { method: 'POST', body });
+    assert.equal(p.status, 200);
+  };
+  await progress('first words, ');
+  const row = page.locator(`#jobs tr[data-id="${id}"][data-status=running]`);
+  await row.waitFor();
+  await row.click();
+  await page.locator('#detail').waitFor({ state: 'visible' });
+  // Replayed at once, then live as the worker sends more.
+  await page.locator('#d-events', { hasText: 'first words, ' }).waitFor();
+  await progress('then more');
+  await page.locator('#d-events', { hasText: 'first words, then more' }).waitFor();
+  await page.locator('#d-events-state', { hasText: 'live, 2 event(s)' }).waitFor();
+  const done = await call(`/api/worker/complete/${id}?lease=${job.lease_id}`, { method: 'POST', body: 'all of it' });
+  assert.equal(done.status, 200);
+  await page.locator('#d-events-state', { hasText: 'then result' }).waitFor();
+  await page.locator('#d-fields [data-field=status]', { hasText: 'completed' }).waitFor();
+  assert.equal(await page.textContent('#d-result'), 'all of it');
+  await page.click('#detail button[value=close]');
+  await page.locator('#detail').waitFor({ state: 'hidden' });
+});
+
 test('cancelling a pending job from the page answers its waiting client 410', async () => {
   const waiting = call('/api/submit?queue=e2e-cancel&timeout=60', {
     method: 'POST', body: 'cancel me', headers: { 'Content-Type': 'text/plain', 'X-Trace': 'e2e' },

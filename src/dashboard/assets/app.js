@@ -188,13 +188,7 @@ function setConn(state, text) {
   el.textContent = text || state;
 }
 
-function handleEvent(block) {
-  let name = 'message', data = '';
-  for (const line of block.split('\n')) {
-    if (line.startsWith('event:')) name = line.slice(6).trim();
-    else if (line.startsWith('data:')) data += line.slice(5).replace(/^ /, '');
-  }
-  if (!data) return;
+function handleEvent(name, data) {
   if (name === 'history') {
     for (const k of Object.keys(series)) series[k] = [];
     for (const slot of JSON.parse(data)) pushSlot(slot);
@@ -216,18 +210,7 @@ async function stream() {
     const resp = await api('/api/admin/events', { signal: ctrl.signal, headers: { Accept: 'text/event-stream' } });
     if (!resp.ok) throw new Error(await errorText(resp));
     setConn('live');
-    const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
-    let buf = '';
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += value.replace(/\r\n/g, '\n');
-      let i;
-      while ((i = buf.indexOf('\n\n')) >= 0) {
-        handleEvent(buf.slice(0, i));
-        buf = buf.slice(i + 2);
-      }
-    }
+    await readEvents(resp, handleEvent);
     throw new Error('stream ended');
   } catch (e) {
     if (ctrl.signal.aborted) return;
@@ -298,16 +281,90 @@ function preview(v, max = 4000) {
   return s.length > max ? s.slice(0, max) + `\n… (${s.length - max} more characters)` : s;
 }
 
+/** Reads Server-Sent Events from a fetch response, calling onEvent(name, data, id). */
+async function readEvents(resp, onEvent) {
+  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += value.replace(/\r\n/g, '\n');
+    let i;
+    while ((i = buf.indexOf('\n\n')) >= 0) {
+      const block = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      let name = 'message', data = null, id = null;
+      for (const line of block.split('\n')) {
+        if (line.startsWith('event:')) name = line.slice(6).trim();
+        else if (line.startsWith('id:')) id = line.slice(3).trim();
+        else if (line.startsWith('data:')) data = (data === null ? '' : data + '\n') + line.slice(5).replace(/^ /, '');
+      }
+      if (data !== null) onEvent(name, data, id);
+    }
+  }
+}
+
+// The open job's progress events: live while it runs, replayed once it ended.
+let eventsAbort = null;
+const EVENTS_SHOWN = 200_000; // characters kept in the box
+
+async function followEvents(id) {
+  if (eventsAbort) eventsAbort.abort();
+  const ctrl = new AbortController();
+  eventsAbort = ctrl;
+  const out = $('d-events');
+  const state = $('d-events-state');
+  out.textContent = '';
+  state.textContent = 'connecting';
+  let count = 0;
+  const append = (text) => {
+    out.textContent = (out.textContent + text).slice(-EVENTS_SHOWN);
+    out.scrollTop = out.scrollHeight;
+  };
+  try {
+    const resp = await api('/api/jobs/' + encodeURIComponent(id) + '/events',
+      { signal: ctrl.signal, headers: { Accept: 'text/event-stream' } });
+    if (!resp.ok) { state.textContent = await errorText(resp); return; }
+    state.textContent = 'live';
+    await readEvents(resp, (name, data) => {
+      if (name === 'progress') {
+        const v = JSON.parse(data);
+        append(typeof v === 'string' ? v : JSON.stringify(v) + '\n');
+        state.textContent = `live, ${++count} event(s)`;
+      } else if (name === 'gap') {
+        append(`[… ${JSON.parse(data).dropped} event(s) dropped]\n`);
+      } else {
+        state.textContent = `${count} event(s), then ${name}`;
+        if (!count) out.textContent = '(none)';
+        // The job ended while shown: show how it stands now.
+        if (!ctrl.signal.aborted) showJob(id);
+      }
+    });
+  } catch (e) {
+    if (!ctrl.signal.aborted) state.textContent = 'stream broke off';
+  }
+}
+
+$('detail').addEventListener('close', () => { if (eventsAbort) { eventsAbort.abort(); eventsAbort = null; } });
+
 async function openJob(id) {
   if (!id) return;
-  const dlg = $('detail');
+  if (await showJob(id)) {
+    followEvents(id);
+    const dlg = $('detail');
+    if (!dlg.open) dlg.showModal();
+  }
+}
+
+/** Fills the detail dialog with job `id`; false when there is no such job. */
+async function showJob(id) {
   $('d-msg').textContent = '';
   // The public view first: it answers 400/404 for a bad id, as the API does.
   const pub = await api('/api/jobs/' + encodeURIComponent(id));
   if (!pub.ok) {
     $('jobs-error').hidden = false;
     $('jobs-error').textContent = `Job ${id}: ${await errorText(pub)}`;
-    return;
+    return false;
   }
   const resp = await api('/api/admin/jobs/' + encodeURIComponent(id));
   const j = resp.ok ? await resp.json() : await pub.json();
@@ -341,13 +398,13 @@ async function openJob(id) {
   const cancel = $('d-cancel');
   cancel.disabled = j.status !== 'pending' && j.status !== 'running';
   cancel.onclick = () => cancelJob(j.job_id);
-  if (!dlg.open) dlg.showModal();
+  return true;
 }
 
 async function cancelJob(id) {
   const resp = await api('/api/jobs/' + encodeURIComponent(id), { method: 'DELETE' });
   if (resp.ok) {
-    await openJob(id);
+    await showJob(id);
     $('d-msg').textContent = 'Cancelled.';
     refreshJobs();
   } else {
