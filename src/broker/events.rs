@@ -37,8 +37,9 @@ pub const BUFFER_BYTES: usize = 1024 * 1024;
 /// How long an ended job's events stay buffered for late subscribers.
 pub const LINGER: Duration = Duration::from_secs(60);
 
-/// A buffer nobody reads and no event touched for this long is freed even
-/// if its job was never seen ending (it ended on another node unheard).
+/// On a shared store, a buffer nobody reads and no event touched for this
+/// long is freed even if its job was never seen ending (it may have ended
+/// on another node unheard; the database still numbers its events).
 const IDLE: Duration = Duration::from_secs(3600);
 
 /// One progress event.
@@ -173,9 +174,10 @@ impl EventHub {
         }
     }
 
-    /// Frees buffers nobody needs any more: of jobs ended [`LINGER`] ago
-    /// (or idle for an hour), with no subscriber left. Returns how many.
-    pub fn reap(&self) -> usize {
+    /// Frees buffers nobody needs any more: of jobs ended [`LINGER`] ago,
+    /// with no subscriber left; with `shared` (events numbered by a shared
+    /// store) also those idle for an hour. Returns how many.
+    pub fn reap(&self, shared: bool) -> usize {
         if self.len.load(Ordering::Relaxed) == 0 {
             return 0;
         }
@@ -186,7 +188,7 @@ impl EventHub {
             let b = e.buf.lock();
             b.subscribers > 0
                 || (b.ended_at.is_none_or(|t| now.duration_since(t) < LINGER)
-                    && now.duration_since(b.touched) < IDLE
+                    && (!shared || now.duration_since(b.touched) < IDLE)
                     && (b.last > 0 || b.ended_at.is_none()))
         });
         let freed = before - map.len();
@@ -367,14 +369,14 @@ mod tests {
         hub.publish(ended, data("a"));
         let sub = hub.subscribe(ended, 0);
         hub.ended(ended);
-        assert_eq!(hub.reap(), 0);
+        assert_eq!(hub.reap(false), 0);
         drop(sub);
-        assert_eq!(hub.reap(), 0, "ended less than LINGER ago");
+        assert_eq!(hub.reap(false), 0, "ended less than LINGER ago");
         // An entry made by a subscriber alone goes once it leaves and the job ended.
         let quiet = JobId::new();
         drop(hub.subscribe(quiet, 0));
         hub.ended(quiet);
-        assert_eq!(hub.reap(), 1);
+        assert_eq!(hub.reap(false), 1);
         assert!(!hub.is_watched(running));
         assert_eq!(hub.len(), 2);
     }

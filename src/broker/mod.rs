@@ -1345,7 +1345,7 @@ impl Broker {
     /// [`Error::Unavailable`].
     pub async fn maintain(&self, purge: bool) -> Result<(usize, u64)> {
         let now = self.now();
-        self.inner.events.reap();
+        self.inner.events.reap(self.store().shares_progress());
         let rescued = self
             .store()
             .rescue_expired(now, self.inner.cfg.max_attempts)
