@@ -27,7 +27,10 @@ type Sent = Arc<Mutex<HashMap<(String, u64), Instant>>>;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let url = args.first().cloned().unwrap_or_else(|| "http://127.0.0.1:3000".into());
+    let url = args
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "http://127.0.0.1:3000".into());
     let streams: usize = args.get(1).map_or(Ok(100), |s| s.parse())?;
     let interval = Duration::from_millis(args.get(2).map_or(Ok(50), |s| s.parse())?);
     let secs = Duration::from_secs(args.get(3).map_or(Ok(10), |s| s.parse())?);
