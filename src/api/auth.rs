@@ -1,4 +1,4 @@
-//! The HTTP face of [`crate::auth`]: one middleware in front of every route
+//! The HTTP face of [`crate::auth`]: a check in front of every route
 //! picks the endpoint's role from the route the request matched (its
 //! template, e.g. `/api/jobs/{id}`, so no spelling of a path can reach a
 //! route under another role's prefix) and lets the request through only if
@@ -8,10 +8,8 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::http::header::AUTHORIZATION;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
 use crate::auth::{Auth, Role};
@@ -23,10 +21,11 @@ pub fn peer_is_loopback(req: &Request) -> bool {
         .is_some_and(|ConnectInfo(peer)| peer.ip().to_canonical().is_loopback())
 }
 
-/// Answers `401`/`403` (see [`ApiError::Auth`]) unless the caller may act in
-/// the role of the matched route; open routes and unrouted paths (answered
-/// `404` by the fallback) pass untouched.
-pub async fn require_role(State(auth): State<Auth>, req: Request, next: Next) -> Response {
+/// Refuses with [`ApiError::Auth`] (`401`/`403`) unless the caller may
+/// act in the role of the matched route; open routes and unrouted paths
+/// (answered `404` by the fallback) pass untouched. Called by the API's
+/// one middleware ([`super::front`]).
+pub fn require_role(auth: &Auth, req: &Request) -> Result<(), ApiError> {
     let role = req
         .extensions()
         .get::<MatchedPath>()
@@ -34,9 +33,9 @@ pub async fn require_role(State(auth): State<Auth>, req: Request, next: Next) ->
     if let Some(role) = role {
         // A second Authorization header is ignored: the first must do.
         let credential = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-        if let Err(e) = auth.check_credential(role, credential, peer_is_loopback(&req)) {
-            return ApiError::Auth(e).into_response();
+        if let Err(e) = auth.check_credential(role, credential, peer_is_loopback(req)) {
+            return Err(ApiError::Auth(e));
         }
     }
-    next.run(req).await
+    Ok(())
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -87,8 +87,9 @@ fn kind(method: &Method, path: &str, query: Option<&str>) -> Option<Kind> {
     None
 }
 
-/// Answers `503` + `Retry-After` when the request would wait beyond its cap.
-pub async fn cap_waiting(State(caps): State<Caps>, req: Request, next: Next) -> Response {
+/// Answers `503` + `Retry-After` when the request would wait beyond its cap,
+/// else runs it (`next`). Called by the API's one middleware ([`super::front`]).
+pub async fn cap_waiting(caps: &Caps, req: Request, next: Next) -> Response {
     let (sem, what, limit) = match kind(req.method(), req.uri().path(), req.uri().query()) {
         None => return next.run(req).await,
         Some(Kind::WaitingClient) => (&caps.clients, "waiting clients", caps.max_clients),

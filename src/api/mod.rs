@@ -105,19 +105,37 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
-        // The last layer runs first: a caller is authenticated before it is
-        // counted against a cap.
         .layer(axum::middleware::from_fn_with_state(
-            caps,
-            limits::cap_waiting,
+            Front { auth, caps },
+            front,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            auth,
-            auth::require_role,
-        ))
-        // Outermost, so that refusals (401/403) are counted and logged too.
-        .layer(axum::middleware::from_fn(crate::metrics::http::track))
         .with_state(state)
+}
+
+/// What [`front`] needs.
+#[derive(Clone)]
+struct Front {
+    auth: crate::auth::Auth,
+    caps: limits::Caps,
+}
+
+/// Everything in front of the routes, as one middleware (each `from_fn`
+/// layer costs a clone of the inner service and a boxed future per
+/// request): the request's span and duration (outermost, so that refusals
+/// are counted and logged too), the role check, then the caps (a caller is
+/// authenticated before it is counted against one).
+async fn front(
+    axum::extract::State(f): axum::extract::State<Front>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    crate::metrics::http::track(req, |req| async move {
+        if let Err(refused) = auth::require_role(&f.auth, &req) {
+            return refused.into_response();
+        }
+        limits::cap_waiting(&f.caps, req, next).await
+    })
+    .await
 }
 
 /// A JSON answer.

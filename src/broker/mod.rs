@@ -359,19 +359,24 @@ impl Drop for ReleaseOnDrop {
     }
 }
 
+/// A store insert that owns what it needs, so it can outlive its caller.
+type InsertFuture = Pin<Box<dyn Future<Output = store::Result<Inserted>> + Send>>;
+
 /// Cancels a sync submit's job if the submit is dropped (its client went
 /// away) before the job ended, even while its insert is still committing:
-/// the insert is then finished by a task of its own and the job cancelled
-/// after it. The client's own waiter is dropped first, so the broker sees
-/// only the clients that still wait.
+/// the insert's future, polled in place by the submit, is then handed to a
+/// task of its own that finishes it and cancels the job after it. The
+/// client's own waiter is dropped first, so the broker sees only the
+/// clients that still wait.
 struct AbandonOnDrop {
     broker: Broker,
     id: JobId,
     /// Whether dropping now cancels the job.
     armed: bool,
     waiter: Option<Waiter>,
-    /// An insert that did not finish at once, running as its own task.
-    inserting: Option<tokio::task::JoinHandle<store::Result<Inserted>>>,
+    /// The insert while it has not finished (boxed, so it can be moved to a
+    /// task when the submit is dropped mid-commit).
+    inserting: Option<InsertFuture>,
 }
 
 impl Drop for AbandonOnDrop {
@@ -385,7 +390,7 @@ impl Drop for AbandonOnDrop {
         tokio::spawn(async move {
             if let Some(insert) = inserting {
                 match insert.await {
-                    Ok(Ok(Inserted::Created(_))) => {}
+                    Ok(Inserted::Created(_)) => {}
                     _ => return, // not stored, or attached to another client's job
                 }
             }
@@ -852,25 +857,20 @@ impl Broker {
         Ok((job, seq))
     }
 
-    /// Inserts `job`; an insert that does not finish at once (a commit to
-    /// wait for) runs as a task of its own, held by `guard`, so that a
-    /// caller dropped meanwhile still sees its job cancelled once stored.
+    /// Inserts `job`, polling the insert in place (a task per submit would
+    /// cost a spawn and, worse, run the commit before the other ready
+    /// requests have queued their changes, shrinking the group commit).
+    /// The future is held by `guard` until it finishes: a caller dropped
+    /// meanwhile hands it to a task, and its job is cancelled once stored.
     async fn insert_drop_safe(&self, job: NewJob, guard: &mut AbandonOnDrop) -> Result<Inserted> {
         let store = self.inner.store.clone();
         let max = self.inner.cfg.max_queued;
-        let mut insert: Pin<Box<dyn Future<Output = store::Result<Inserted>> + Send>> =
-            Box::pin(async move { store.insert(job, max).await });
-        let first = std::future::poll_fn(|cx| Poll::Ready(insert.as_mut().poll(cx))).await;
-        if let Poll::Ready(r) = first {
-            return Ok(r?);
-        }
-        let handle = guard.inserting.insert(tokio::spawn(insert));
-        let r = handle.await;
+        let insert = guard
+            .inserting
+            .insert(Box::pin(async move { store.insert(job, max).await }));
+        let r = insert.await;
         guard.inserting = None;
-        match r {
-            Ok(r) => Ok(r?),
-            Err(e) => Err(Error::Unavailable(format!("insert task failed: {e}"))),
-        }
+        Ok(r?)
     }
 
     /// A new job is stored: wake one worker polling its queue, unless the

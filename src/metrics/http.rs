@@ -5,12 +5,12 @@
 //! (they hold payloads and tokens).
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::LazyLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::Response;
 use parking_lot::Mutex;
 use tracing::field::Empty;
@@ -55,31 +55,45 @@ fn path_id<'a>(template: &str, path: &'a str) -> Option<&'a str> {
     path.split('/').nth(pos)
 }
 
-/// Middleware: wraps the request in its span and records its duration.
-pub async fn track(req: Request, next: Next) -> Response {
+/// Runs `inner` (the rest of the request) in the request's span and records
+/// its duration. Called by the API's one middleware (`api::front`).
+pub async fn track<F>(req: Request, inner: impl FnOnce(Request) -> F) -> Response
+where
+    F: Future<Output = Response>,
+{
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or(UNMATCHED, |m| intern(m.as_str()));
     let method = method_label(req.method());
-    let span = tracing::info_span!("request", method, route, job.id = Empty, status = Empty);
-    if route.contains("{id}") {
-        if let Some(id) = path_id(route, req.uri().path()) {
-            // Only a well-formed id, so that nothing a client typed is logged.
-            if let Ok(id) = id.parse::<uuid::Uuid>() {
-                span.record("job.id", tracing::field::display(id));
-            }
-        }
-    }
+    // Only a well-formed id, so that nothing a client typed is logged. Given
+    // when the span is made: each later `record` formats the span's fields
+    // again in the text and JSON log layers.
+    let path_job = route
+        .contains("{id}")
+        .then(|| path_id(route, req.uri().path()))
+        .flatten()
+        .and_then(|id| id.parse::<uuid::Uuid>().ok());
+    let span = tracing::info_span!(
+        "request",
+        method,
+        route,
+        job.id = path_job.map(tracing::field::display),
+        status = Empty
+    );
     let began = Instant::now();
-    let resp = next.run(req).instrument(span.clone()).await;
+    let resp = inner(req).instrument(span.clone()).await;
     let took = began.elapsed();
     let status = resp.status().as_u16();
-    if let Some(id) = resp.headers().get(X_JOB_ID).and_then(|v| v.to_str().ok()) {
-        span.record("job.id", id);
+    // Nothing is logged in the span after this but the `answered` line, so
+    // the answer's fields are recorded only when that line is logged.
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        if let Some(id) = resp.headers().get(X_JOB_ID).and_then(|v| v.to_str().ok()) {
+            span.record("job.id", id);
+        }
+        span.record("status", status);
+        tracing::debug!(parent: &span, took_ms = took.as_secs_f64() * 1e3, "answered");
     }
-    span.record("status", status);
-    tracing::debug!(parent: &span, took_ms = took.as_secs_f64() * 1e3, "answered");
     super::http_request(method, route, status, took);
     resp
 }

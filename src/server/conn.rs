@@ -8,6 +8,12 @@
 //! hyper's own header timer is not used: it also runs while a kept-alive
 //! connection is idle, which would make the idle timeout no longer than the
 //! header timeout.
+//!
+//! The timer is lazy: a request's reads and its end only note the time, and
+//! the driver looks at the state when its timer fires, at least every
+//! `min(idle, header)`, so every deadline is still met on time. Waking the
+//! driver at each phase change (twice per request) would poll the whole
+//! connection again and re-arm a timer each time.
 
 use std::io;
 use std::pin::Pin;
@@ -17,7 +23,6 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The two timeouts of a connection.
@@ -46,8 +51,6 @@ struct State {
 pub struct Activity {
     /// The phase and when it began.
     state: Mutex<State>,
-    /// Wakes the driver when a deadline may have moved earlier.
-    changed: Notify,
 }
 
 impl Activity {
@@ -59,7 +62,6 @@ impl Activity {
                 reading_head: false,
                 since: Instant::now(),
             }),
-            changed: Notify::new(),
         })
     }
 
@@ -68,8 +70,6 @@ impl Activity {
         if s.in_flight == 0 && !s.reading_head {
             s.reading_head = true;
             s.since = Instant::now();
-            drop(s);
-            self.changed.notify_one();
         }
     }
 
@@ -95,19 +95,23 @@ impl Activity {
 
     /// Waits until the connection has been idle, or reading one request
     /// head, for too long. Never returns while a request is in flight.
+    ///
+    /// Wakes at each deadline and at least every `min(idle, header)`: a
+    /// phase that begins after one wake-up has a deadline no earlier than
+    /// the next, so nothing needs to wake this early.
     pub async fn expired(&self, d: Deadlines) {
+        let every = d.idle.min(d.header).max(Duration::from_millis(1));
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
         loop {
-            let changed = self.changed.notified();
-            match self.deadline(d) {
-                Some(at) if at <= Instant::now() => return,
-                Some(at) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(at) => {}
-                        _ = changed => {}
-                    }
-                }
-                None => changed.await,
-            }
+            let now = Instant::now();
+            let next = match self.deadline(d) {
+                Some(at) if at <= now => return,
+                Some(at) => at.min(now + every),
+                None => now + every,
+            };
+            timer.as_mut().reset(next);
+            timer.as_mut().await;
         }
     }
 }
@@ -122,9 +126,6 @@ impl Drop for InFlight {
         s.in_flight -= 1;
         if s.in_flight == 0 {
             s.since = Instant::now();
-            drop(s);
-            // From "no deadline" to the idle one.
-            self.0.changed.notify_one();
         }
     }
 }
