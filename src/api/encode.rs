@@ -110,10 +110,20 @@ enum Kind<'a> {
 
 fn classify(bytes: &[u8]) -> Kind<'_> {
     match std::str::from_utf8(bytes) {
-        Ok(s) if serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok() => Kind::Json,
+        Ok(s) if is_json(s) => Kind::Json,
         Ok(s) => Kind::Text(s),
         Err(_) => Kind::Binary,
     }
+}
+
+/// Whether `s` is a JSON text that strict parsers accept. Skipping over
+/// strings (`IgnoredAny`) lets a lone UTF-16 surrogate escape (`"\ud800"`)
+/// through, and embedded raw it would make the whole answer unreadable to
+/// such parsers (serde_json among them): texts with `\u` escapes are
+/// parsed in full, which refuses those (they are then embedded as text).
+fn is_json(s: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
+        && (!s.contains("\\u") || serde_json::from_str::<serde_json::Value>(s).is_ok())
 }
 
 /// How [`Obj::payload`] embeds `bytes`: `json`, `text` or `base64`.
@@ -278,6 +288,28 @@ mod tests {
         );
         let o = parse(Obj::with_capacity(0).payload("payload", b"").finish());
         assert_eq!(o, serde_json::json!({"payload": ""}));
+    }
+
+    #[test]
+    fn lone_surrogate_escapes_are_embedded_as_text() {
+        // Found by the property tests: embedded raw, this made the answer
+        // unreadable to serde_json (and so to jobq's own client).
+        for body in [
+            &br#""\udeb3""#[..],
+            br#"{"a":"x\ud800y"}"#,
+            br#"["\udc00"]"#,
+        ] {
+            let o = parse(Obj::with_capacity(0).payload("payload", body).finish());
+            assert_eq!(o["payload"], std::str::from_utf8(body).unwrap(), "{o}");
+            assert_eq!(encoding_of(body), "text");
+        }
+        // A valid surrogate pair is still JSON.
+        let o = parse(
+            Obj::with_capacity(0)
+                .payload("payload", br#""\ud83d\ude00""#)
+                .finish(),
+        );
+        assert_eq!(o["payload"], "\u{1f600}");
     }
 
     #[test]

@@ -7,13 +7,14 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 
 use super::{
-    encode, header_str, job_json, parse_secs, ApiError, ApiResult, AppState, Body, Params, PathId,
+    encode, header_str, job_json, openapi, parse_secs, ApiError, ApiResult, AppState, Body, Params,
+    PathId,
 };
 use crate::broker::{SubmitRequest, SyncOutcome, WaitFor};
 use crate::job::{Job, Status};
 
 /// A parsed submit request and how long its client waits.
-fn parse_submit(
+pub(super) fn parse_submit(
     params: &Params,
     headers: &HeaderMap,
     body: bytes::Bytes,
@@ -44,7 +45,7 @@ fn parse_submit(
 }
 
 /// `Prefer: wait=N` (RFC 7240), possibly among other preferences.
-fn prefer_wait(headers: &HeaderMap) -> ApiResult<Option<Duration>> {
+pub(super) fn prefer_wait(headers: &HeaderMap) -> ApiResult<Option<Duration>> {
     for value in headers.get_all("prefer") {
         let v = value
             .to_str()
@@ -84,6 +85,23 @@ fn finished(job: &Job) -> ApiResult<Response> {
 
 /// `POST /api/submit`: submit and wait for the result. A client that goes
 /// away drops this future, which cancels a job no worker has yet.
+#[utoipa::path(
+    post,
+    path = "/api/submit",
+    tag = "client",
+    summary = "Submit a job and wait for its result",
+    params(openapi::SubmitQuery, openapi::SubmitHeaders),
+    responses(
+        (status = 200, description = "A worker completed the job: its result", body = openapi::SubmitDone, headers(("X-Job-Id" = String))),
+        (status = 202, description = "The wait ran out; the job goes on", body = openapi::Accepted, headers(("X-Job-Id" = String), ("Location" = String))),
+        (status = 400, description = "Malformed query value or header", body = openapi::Error),
+        (status = 410, description = "The job was cancelled (or forgotten) while waited for", body = openapi::Error, headers(("X-Job-Id" = String))),
+        (status = 413, description = "Body over --max-body", body = openapi::Error),
+        (status = 422, description = "The Idempotency-Key belongs to another body or queue", body = openapi::Error),
+        (status = 502, description = "The job failed", body = openapi::JobFailedError, headers(("X-Job-Id" = String))),
+        (status = 503, description = "Queue full, store unusable, shutting down, too many waiting clients", body = openapi::Error, headers(("Retry-After" = String))),
+    ),
+)]
 pub async fn submit(
     State(st): State<AppState>,
     params: Params,
@@ -99,6 +117,20 @@ pub async fn submit(
 }
 
 /// `POST /api/jobs`: submit without waiting.
+#[utoipa::path(
+    post,
+    path = "/api/jobs",
+    tag = "client",
+    summary = "Submit a job without waiting",
+    params(openapi::SubmitQuery, openapi::SubmitHeaders),
+    responses(
+        (status = 202, description = "Stored (or, by idempotency key, the existing job)", body = openapi::Accepted, headers(("X-Job-Id" = String), ("Location" = String))),
+        (status = 400, description = "Malformed query value or header", body = openapi::Error),
+        (status = 413, description = "Body over --max-body", body = openapi::Error),
+        (status = 422, description = "The Idempotency-Key belongs to another body or queue", body = openapi::Error),
+        (status = 503, description = "Queue full, store unusable, or shutting down", body = openapi::Error, headers(("Retry-After" = String))),
+    ),
+)]
 pub async fn submit_async(
     State(st): State<AppState>,
     params: Params,
@@ -110,6 +142,22 @@ pub async fn submit_async(
 }
 
 /// `GET /api/jobs/{id}[?wait=N]`.
+#[utoipa::path(
+    get,
+    path = "/api/jobs/{id}",
+    tag = "client",
+    summary = "Read a job",
+    params(
+        openapi::IdPath,
+        ("wait" = Option<f64>, Query, minimum = 0, description = "Hold up to N seconds until the job has ended (default 0; above 3600 counts as 3600)"),
+    ),
+    responses(
+        (status = 200, description = "The job as it stands", body = openapi::JobView, headers(("X-Job-Id" = String))),
+        (status = 400, description = "Malformed id or wait", body = openapi::Error),
+        (status = 404, description = "Unknown or forgotten job", body = openapi::Error, headers(("X-Job-Id" = String))),
+        (status = 503, description = "Too many waiting clients, or the store is unusable", body = openapi::Error, headers(("Retry-After" = String))),
+    ),
+)]
 pub async fn get_job(
     State(st): State<AppState>,
     PathId(id): PathId,
@@ -122,6 +170,19 @@ pub async fn get_job(
 }
 
 /// `DELETE /api/jobs/{id}`: cancel.
+#[utoipa::path(
+    delete,
+    path = "/api/jobs/{id}",
+    tag = "client",
+    summary = "Cancel a pending or running job",
+    params(openapi::IdPath),
+    responses(
+        (status = 200, description = "Cancelled: the job view", body = openapi::JobView, headers(("X-Job-Id" = String))),
+        (status = 400, description = "Malformed id", body = openapi::Error),
+        (status = 404, description = "Unknown or forgotten job", body = openapi::Error, headers(("X-Job-Id" = String))),
+        (status = 409, description = "The job has already ended", body = openapi::Error, headers(("X-Job-Id" = String))),
+    ),
+)]
 pub async fn cancel(State(st): State<AppState>, PathId(id): PathId) -> ApiResult<Response> {
     let job = st.broker.cancel(id).await?;
     debug_assert_eq!(job.status, Status::Cancelled);
