@@ -471,3 +471,66 @@ async fn refusals_by_role_match_the_document() {
     conforms(&doc, "GET", "/api/worker/poll", &r);
     s.stop().await;
 }
+
+// ---- What schemathesis found (scripts/test-fuzz.sh) ----------------------
+
+#[tokio::test]
+async fn query_method_is_405_on_a_route_not_501() {
+    let s = TestServer::start(Kind::Memory).await;
+    let q = reqwest::Method::from_bytes(b"QUERY").unwrap();
+    let r = s.send(s.http.request(q.clone(), s.url("/health"))).await;
+    r.assert_error(405);
+    assert!(r.header("allow").contains("GET"), "{r:?}");
+    let r = s.send(s.http.request(q, s.url("/nowhere"))).await;
+    r.assert_error(404);
+    // An unknown method is still 501 (docs/api.md).
+    let brew = reqwest::Method::from_bytes(b"BREW").unwrap();
+    s.send(s.http.request(brew, s.url("/health")))
+        .await
+        .assert_error(501);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn huge_counts_are_clamped_not_refused() {
+    let s = TestServer::start(Kind::Memory).await;
+    let doc = s.get("/openapi.json").await.body;
+    for (path, url) in [
+        (
+            "/api/worker/poll",
+            "/api/worker/poll?max=9223372036854775808",
+        ),
+        (
+            "/api/admin/jobs",
+            "/api/admin/jobs?limit=99999999999999999999999",
+        ),
+    ] {
+        let r = s.get(url).await;
+        assert!(r.status == 200 || r.status == 204, "{url}: {r:?}");
+        conforms(&doc, "GET", path, &r);
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_served_document_makes_tokens_optional_for_open_roles() {
+    let s = TestServer::start_with(
+        Kind::Memory,
+        &["--worker-token", "openapi-worker-token-0123456789"],
+    )
+    .await;
+    let doc = s.get("/openapi.json").await.body;
+    assert_eq!(
+        doc["paths"]["/api/submit"]["post"]["security"],
+        json!([{"client_token": []}, {"admin_token": []}, {}])
+    );
+    assert_eq!(
+        doc["paths"]["/api/worker/poll"]["get"]["security"],
+        json!([{"worker_token": []}, {"admin_token": []}])
+    );
+    assert_eq!(
+        doc["paths"]["/api/admin/stats"]["get"]["security"],
+        json!([{"admin_token": []}, {}])
+    );
+    s.stop().await;
+}

@@ -49,7 +49,7 @@ pub async fn clear(State(st): State<AppState>, params: Params) -> ApiResult<Resp
     path = "/api/admin/next",
     tag = "admin",
     summary = "The job a poll would get next, without taking it",
-    params(("queue" = Option<String>, Query, pattern = "^[A-Za-z0-9._:-]{1,128}(,[A-Za-z0-9._:-]{1,128})*$", description = "`a,b,…` as for a poll (default `default`)")),
+    params(("queue" = Option<String>, Query, pattern = "^[ \\t\\r\\n]*[A-Za-z0-9._:-]{1,128}[ \\t\\r\\n]*(,[ \\t\\r\\n]*[A-Za-z0-9._:-]{1,128}[ \\t\\r\\n]*)*$", description = "`a,b,…` as for a poll (default `default`)")),
     responses(
         (status = 200, description = "The next job", body = openapi::JobWithInput, headers(("X-Job-Id" = String))),
         (status = 204, description = "None is pending"),
@@ -74,11 +74,7 @@ pub async fn next(State(st): State<AppState>, params: Params) -> ApiResult<Respo
     path = "/api/admin/jobs",
     tag = "admin",
     summary = "List jobs, newest first",
-    params(
-        ("status" = Option<String>, Query, pattern = "^(|pending|running|completed|failed|cancelled)$", description = "One status (empty: any)"),
-        ("queue" = Option<String>, Query, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "One queue"),
-        ("limit" = Option<u64>, Query, minimum = 1, description = "At most this many (default 100; above 1000 counts as 1000)"),
-    ),
+    params(openapi::ListQuery),
     responses(
         (status = 200, description = "The jobs", body = openapi::JobList),
         (status = 400, description = "Malformed status, queue or limit", body = openapi::Error),
@@ -90,17 +86,7 @@ pub async fn jobs(State(st): State<AppState>, params: Params) -> ApiResult<Respo
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<Status>().map_err(ApiError::BadRequest))
         .transpose()?;
-    let limit = match params.get("limit") {
-        None => None,
-        Some(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Some(n),
-            _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "bad limit {v:?}: expected a positive integer"
-                )))
-            }
-        },
-    };
+    let limit = params.count("limit")?;
     let jobs = st
         .broker
         .list(ListRequest {

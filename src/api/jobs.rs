@@ -22,7 +22,7 @@ pub(super) fn parse_submit(
     let priority = params
         .get("priority")
         .map(|v| {
-            v.trim().parse::<i32>().map_err(|_| {
+            super::trim_ws(v).parse::<i32>().map_err(|_| {
                 ApiError::BadRequest(format!(
                     "bad priority {v:?}: expected an integer between -2147483648 and 2147483647"
                 ))

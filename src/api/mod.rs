@@ -294,6 +294,30 @@ impl Params {
         self.get(name).map(|v| parse_secs(name, v)).transpose()
     }
 
+    /// `name` as a positive integer (`None` when absent). Any number of
+    /// digits is accepted: one too large for `usize` counts as `usize::MAX`,
+    /// since every count is clamped to a limit anyway.
+    pub fn count(&self, name: &str) -> ApiResult<Option<usize>> {
+        let Some(v) = self.get(name) else {
+            return Ok(None);
+        };
+        let digits = trim_ws(v);
+        let digits = digits.strip_prefix('+').unwrap_or(digits);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ApiError::BadRequest(format!(
+                "bad {name} {v:?}: expected a positive integer"
+            )));
+        }
+        match digits.parse::<usize>() {
+            Ok(0) => Err(ApiError::BadRequest(format!(
+                "bad {name} {v:?}: expected a positive integer"
+            ))),
+            Ok(n) => Ok(Some(n)),
+            // Only digits, so the only failure left is overflow.
+            Err(_) => Ok(Some(usize::MAX)),
+        }
+    }
+
     /// `name` as a list of queues (`a,b`); empty when absent (the broker's default).
     pub fn queues(&self, name: &str) -> ApiResult<Vec<Queue>> {
         let Some(v) = self.get(name) else {
@@ -301,7 +325,7 @@ impl Params {
         };
         let mut out: Vec<Queue> = Vec::new();
         for part in v.split(',') {
-            let q = Queue::parse(part.trim())
+            let q = Queue::parse(trim_ws(part))
                 .map_err(|e| ApiError::BadRequest(format!("bad {name}: {e}")))?;
             if !out.contains(&q) {
                 out.push(q);
@@ -318,9 +342,16 @@ impl Params {
     }
 }
 
+/// `s` without surrounding whitespace as JSON counts it (space, tab, CR,
+/// LF): query values may be padded, but `1\u{a0}` is not a number and
+/// `a\u{a0}` not a queue name (Unicode's `trim` took both).
+pub fn trim_ws(s: &str) -> &str {
+    s.trim_matches([' ', '\t', '\r', '\n'])
+}
+
 /// A non-negative number of seconds (fractions allowed), clamped to [`MAX_WAIT`].
 pub fn parse_secs(name: &str, v: &str) -> ApiResult<Duration> {
-    match v.trim().parse::<f64>() {
+    match trim_ws(v).parse::<f64>() {
         Ok(s) if s.is_finite() && s >= 0.0 => {
             let d = Duration::from_secs_f64(s.min(MAX_WAIT.as_secs_f64()));
             // Below a nanosecond a positive value would round to zero,
@@ -406,6 +437,24 @@ mod tests {
     }
 
     #[test]
+    fn counts_of_any_size_are_clamped_not_refused() {
+        // Found by schemathesis: `max`/`limit` of 2^63 and beyond got 400
+        // while "above the limit counts as the limit" is the contract.
+        let p = |v: &str| Params(vec![("max".into(), v.into())]).count("max");
+        assert_eq!(p("9223372036854775808").unwrap(), Some(1 << 63));
+        assert_eq!(
+            p("99999999999999999999999999999").unwrap(),
+            Some(usize::MAX)
+        );
+        assert_eq!(p(" +7 ").unwrap(), Some(7));
+        // Found by schemathesis: a no-break space was trimmed as whitespace.
+        assert!(p("7\u{a0}").is_err());
+        for bad in ["0", "000", "-1", "1.5", "", "+", "1e3", "abc"] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn seconds_are_validated() {
         assert_eq!(
             parse_secs("wait", "1.5").unwrap(),
@@ -422,6 +471,8 @@ mod tests {
             Duration::from_nanos(1)
         );
         assert_eq!(parse_secs("timeout", "-0").unwrap(), Duration::ZERO);
+        assert!(parse_secs("wait", "1\u{a0}").is_err());
+        assert_eq!(parse_secs("wait", " 2\t").unwrap(), Duration::from_secs(2));
         for bad in ["-1", "abc", "NaN", "inf", ""] {
             assert!(parse_secs("wait", bad).is_err(), "{bad}");
         }

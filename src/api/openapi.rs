@@ -14,8 +14,9 @@
 // are self-explanatory wire names.
 #![allow(dead_code, missing_docs)]
 
-use std::sync::LazyLock;
+use std::sync::OnceLock;
 
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use utoipa::openapi::path::Operation;
@@ -28,20 +29,41 @@ use uuid::Uuid;
 
 use crate::auth::Role;
 
-/// The document, built once.
-static DOCUMENT: LazyLock<Vec<u8>> = LazyLock::new(|| {
-    document()
-        .to_json()
-        .expect("the OpenAPI document serializes")
-        .into_bytes()
-});
+/// The document as served, by which roles need no token on this server
+/// (bit 0 client, 1 worker, 2 admin): built once per combination. Tokens
+/// can change on SIGHUP, so the combination is looked up per request.
+static SERVED: [OnceLock<Vec<u8>>; 8] = [const { OnceLock::new() }; 8];
 
-/// The document as a value (for tests and tools).
+const ROLES: [Role; 3] = [Role::Client, Role::Worker, Role::Admin];
+
+/// The document (for tests and tools): every role needs its token.
 pub fn document() -> Document {
     ApiDoc::openapi()
 }
 
-/// `GET /openapi.json`.
+/// The document for a server where the roles in `open` need no token: on
+/// their routes a token becomes optional (an empty security requirement,
+/// `{}`, among the alternatives). Open admin routes answer loopback
+/// clients only, which the 403 of those routes says.
+pub fn document_for(open: &[Role]) -> Document {
+    let mut doc = document();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let Some(role) = Role::for_http_path(path) else {
+            continue;
+        };
+        if !open.contains(&role) {
+            continue;
+        }
+        for (_, op) in operations(item) {
+            op.security
+                .get_or_insert_with(Vec::new)
+                .push(SecurityRequirement::default());
+        }
+    }
+    doc
+}
+
+/// `GET /openapi.json`: the document as it holds for this server's tokens.
 #[utoipa::path(
     get,
     path = "/openapi.json",
@@ -49,8 +71,23 @@ pub fn document() -> Document {
     summary = "This document",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = serde_json::Value)),
 )]
-pub async fn openapi_json() -> Response {
-    super::json(StatusCode::OK, DOCUMENT.clone())
+pub async fn openapi_json(State(st): State<super::AppState>) -> Response {
+    let open: Vec<Role> = ROLES
+        .into_iter()
+        .filter(|r| !st.auth.requires_token(*r))
+        .collect();
+    let key = ROLES
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| open.contains(r))
+        .fold(0, |k, (i, _)| k | 1 << i);
+    let body = SERVED[key].get_or_init(|| {
+        document_for(&open)
+            .to_json()
+            .expect("the OpenAPI document serializes")
+            .into_bytes()
+    });
+    super::json(StatusCode::OK, body.clone())
 }
 
 /// Every route's documentation. A route's handler carries its
@@ -472,11 +509,12 @@ pub struct SubmitQuery {
 #[into_params(parameter_in = Header)]
 pub struct SubmitHeaders {
     /// A second submit with the same key attaches to the first job
-    /// (422 if its body or queue differ).
+    /// (422 if its body or queue differ): 1 to 255 visible ASCII
+    /// characters, spaces and tabs allowed between them.
     #[param(
         rename = "Idempotency-Key",
         required = false,
-        pattern = "^[\\x21-\\x7e]{1,255}$"
+        pattern = "^[\\x21-\\x7e]([\\x20-\\x7e\\t]{0,253}[\\x21-\\x7e])?$"
     )]
     idempotency_key: String,
     /// `wait=N` (RFC 7240): seconds to wait, as `timeout`; other
@@ -489,10 +527,11 @@ pub struct SubmitHeaders {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PollQuery {
-    /// `a,b,…`: the first listed queue with a pending job wins (default `default`).
+    /// `a,b,…`: the first listed queue with a pending job wins (default
+    /// `default`); whitespace around a name is ignored.
     #[param(
         required = false,
-        pattern = "^[A-Za-z0-9._:-]{1,128}(,[A-Za-z0-9._:-]{1,128})*$"
+        pattern = "^[ \\t\\r\\n]*[A-Za-z0-9._:-]{1,128}[ \\t\\r\\n]*(,[ \\t\\r\\n]*[A-Za-z0-9._:-]{1,128}[ \\t\\r\\n]*)*$"
     )]
     queue: String,
     /// Long-poll: hold up to N seconds for a job (default 0); above 3600
@@ -500,7 +539,7 @@ pub struct PollQuery {
     #[param(required = false, minimum = 0)]
     wait: f64,
     /// Batch poll: up to N jobs (above 100 counts as 100), answered as `{"jobs": [...]}`.
-    #[param(required = false, minimum = 1)]
+    #[param(required = false, schema_with = positive_integer)]
     max: u64,
 }
 
@@ -545,6 +584,33 @@ pub enum NextFlag {
     Zero,
     #[schema(rename = "false")]
     False,
+}
+
+/// The query of `GET /api/admin/jobs`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// One status (empty: any).
+    #[param(
+        required = false,
+        pattern = "^(|pending|running|completed|failed|cancelled)$"
+    )]
+    status: String,
+    /// One queue.
+    #[param(required = false, pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+    queue: String,
+    /// At most this many (default 100; above 1000 counts as 1000).
+    #[param(required = false, schema_with = positive_integer)]
+    limit: u64,
+}
+
+/// A positive integer of any size (larger ones are clamped by the server,
+/// so no `int64` bound is claimed).
+fn positive_integer() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Integer)
+        .minimum(Some(1))
+        .build()
 }
 
 /// A job id in the path.

@@ -133,7 +133,7 @@ proptest! {
     ]) {
         let Ok(d) = parse_secs("wait", &raw) else { return Ok(()) };
         prop_assert!(d <= MAX_WAIT);
-        let f: f64 = raw.trim().parse().unwrap();
+        let f: f64 = super::trim_ws(&raw).parse().unwrap();
         prop_assert!(f.is_finite() && f >= 0.0);
         let want = f.min(MAX_WAIT.as_secs_f64());
         prop_assert!((d.as_secs_f64() - want).abs() <= 1e-9 + want * 1e-12, "{} -> {:?}", raw, d);
@@ -153,7 +153,7 @@ proptest! {
     ]) {
         let params = Params(vec![("queue".into(), raw.clone())]);
         if let Ok(queues) = params.queues("queue") {
-            let names: Vec<&str> = raw.split(',').map(str::trim).collect();
+            let names: Vec<&str> = raw.split(',').map(super::trim_ws).collect();
             let mut want: Vec<Queue> = Vec::new();
             for n in names {
                 let q = Queue::parse(n).expect("accepted lists hold valid names");
@@ -189,12 +189,12 @@ proptest! {
             h.insert("idempotency-key", HeaderValue::from_str(k).unwrap());
         }
         let parsed = super::jobs::parse_submit(&Params(q), &h, bytes::Bytes::new());
-        let priority_ok = priority.trim().parse::<i32>().is_ok();
+        let priority_ok = super::trim_ws(&priority).parse::<i32>().is_ok();
         if !priority_ok {
             prop_assert!(parsed.is_err());
         }
         if let Ok((req, wait)) = parsed {
-            prop_assert_eq!(req.priority, Some(priority.trim().parse::<i32>().unwrap()));
+            prop_assert_eq!(req.priority, Some(super::trim_ws(&priority).parse::<i32>().unwrap()));
             prop_assert_eq!(req.idempotency_key, key);
             if let Some(t) = timeout {
                 prop_assert_eq!(wait, WaitFor::from_secs(Some(parse_secs("timeout", &t).unwrap())));
@@ -211,23 +211,29 @@ proptest! {
         lease in prop_oneof![any::<String>(), any::<u128>().prop_map(|n| uuid::Uuid::from_u128(n).to_string())],
     ) {
         let params = Params(vec![("max".into(), max.clone()), ("next".into(), next.clone()), ("lease".into(), lease.clone())]);
+        // A positive integer of any size, clamped to the batch limit.
+        let digits = super::trim_ws(&max);
+        let digits = digits.strip_prefix('+').unwrap_or(digits);
+        let positive = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && digits.bytes().any(|b| b != b'0');
         match super::workers::poll_request(&params) {
             Ok((_, Some(n))) => {
-                let sent: usize = max.trim().parse().unwrap();
-                prop_assert!(sent > 0);
+                prop_assert!(positive, "accepted {:?}", max);
+                let sent = digits.parse::<usize>().unwrap_or(usize::MAX);
                 prop_assert_eq!(n, sent.min(crate::broker::MAX_BATCH));
             }
             Ok((_, None)) => prop_assert!(false, "max was given"),
-            Err(_) => prop_assert!(!matches!(max.trim().parse::<usize>(), Ok(n) if n > 0)),
+            Err(_) => prop_assert!(!positive, "refused {:?}", max),
         }
-        let want_next = match next.trim() {
+        let want_next = match super::trim_ws(&next) {
             "0" | "false" => Some(false),
             "1" | "true" | "" => Some(true),
             _ => None,
         };
         prop_assert_eq!(super::workers::wants_next(&params).ok(), want_next);
         let got = super::workers::lease(&params, &HeaderMap::new());
-        prop_assert_eq!(got.ok().flatten(), lease.trim().parse::<JobId>().ok());
+        prop_assert_eq!(got.ok().flatten(), super::trim_ws(&lease).parse::<JobId>().ok());
     }
 
     /// Job ids: any text parses or is refused without a panic; every UUID

@@ -19,15 +19,7 @@ use crate::job::LeaseId;
 /// The poll part of a request: `queue=a,b`, `wait=N`, and `max=N` (a
 /// batch poll, answered `{"jobs": [...]}`; without it one poll body).
 pub(super) fn poll_request(params: &Params) -> ApiResult<(PollRequest, Option<usize>)> {
-    let max = params
-        .get("max")
-        .map(|v| match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n.min(MAX_BATCH)),
-            _ => Err(ApiError::BadRequest(format!(
-                "bad max {v:?}: expected a positive integer (at most {MAX_BATCH})"
-            ))),
-        })
-        .transpose()?;
+    let max = params.count("max")?.map(|n| n.min(MAX_BATCH));
     let req = PollRequest {
         queues: params.queues("queue")?,
         wait: params.secs("wait")?.unwrap_or_default(),
@@ -37,7 +29,7 @@ pub(super) fn poll_request(params: &Params) -> ApiResult<(PollRequest, Option<us
 
 /// Whether a complete or fail also asks for the next job (`next=1`).
 pub(super) fn wants_next(params: &Params) -> ApiResult<bool> {
-    match params.get("next").map(str::trim) {
+    match params.get("next").map(super::trim_ws) {
         None | Some("0" | "false") => Ok(false),
         Some("1" | "true" | "") => Ok(true),
         Some(v) => Err(ApiError::BadRequest(format!(
@@ -115,7 +107,7 @@ pub(super) fn lease(params: &Params, headers: &HeaderMap) -> ApiResult<Option<Le
         None => header_str(headers, "x-lease-id")?,
     };
     raw.map(|v| {
-        v.trim()
+        super::trim_ws(v)
             .parse()
             .map_err(|_| ApiError::BadRequest(format!("malformed lease id {v:?}: expected a UUID")))
     })
