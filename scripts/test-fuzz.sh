@@ -70,8 +70,10 @@ stop_server() {
 trap 'stop_server; rm -rf "$work"' EXIT
 
 # Starts jobq on an ephemeral port; sets $base. Extra flags as arguments.
+starts=0
 start_server() {
-    local log="$work/server.log"
+    starts=$((starts + 1))
+    log="$work/server-$starts.log"
     # A short default wait: a sync submit without `timeout` answers 202 soon
     # (the hooks shorten the waits a request asks for).
     "$JOBQ_BIN" serve --storage memory --listen 127.0.0.1:0 --grpc-listen off \
@@ -98,7 +100,7 @@ start_server() {
 check_alive() {
     if ! kill -0 "$server_pid" 2>/dev/null; then
         echo "test-fuzz: jobq exited during the run:" >&2
-        tail -50 "$work/server.log" >&2
+        tail -50 "$log" >&2
         exit 1
     fi
     if ! "$venv/bin/python" - "$base" <<'EOF'; then
@@ -109,9 +111,9 @@ EOF
         echo "test-fuzz: jobq no longer answers /health with 200" >&2
         exit 1
     fi
-    if grep -q '"level":"ERROR"\|panicked' "$work/server.log"; then
+    if grep -q '"level":"ERROR"\|panicked' "$log"; then
         echo "test-fuzz: jobq logged an error or a panic:" >&2
-        grep '"level":"ERROR"\|panicked' "$work/server.log" | head -20 >&2
+        grep '"level":"ERROR"\|panicked' "$log" | head -20 >&2
         exit 1
     fi
 }
@@ -123,11 +125,12 @@ fuzz() {
         timeout --kill-after=10 "$((run_limit + 30))" \
         "$venv/bin/schemathesis" --config-file "$root/scripts/fuzz/schemathesis.toml" \
         run "$base/openapi.json" \
-        --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,negative_data_rejection \
-        --phases examples,coverage,fuzzing \
+        --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,negative_data_rejection,positive_data_acceptance \
+        --phases examples,coverage,fuzzing,stateful \
         --max-examples "$examples" --seed "$seed" \
         --max-time "$run_limit" \
         --request-timeout 10 \
+        --wait-for-schema 10 \
         --exclude-path /api/admin/events \
         --workers 2 \
         --suppress-health-check all \

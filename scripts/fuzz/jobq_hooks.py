@@ -37,6 +37,11 @@ WAIT = "0.05"
 WAIT_PARAMS = ("wait", "timeout")
 
 
+# What Rust's f64 parser takes (Python's float() also takes `1_0`, other
+# scripts' digits, ...: such values must reach the server unchanged).
+_F64 = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def _is_valid_seconds(value: Any) -> bool:
     """Whether jobq would accept `value` as a number of seconds."""
     if isinstance(value, bool):
@@ -45,10 +50,11 @@ def _is_valid_seconds(value: Any) -> bool:
         return math.isfinite(value) and value >= 0
     if not isinstance(value, str):
         return False
-    try:
-        f = float(value.strip())
-    except ValueError:
+    # jobq trims JSON's whitespace only.
+    text = value.strip(" \t\r\n")
+    if not _F64.fullmatch(text):
         return False
+    f = float(text)
     return math.isfinite(f) and f >= 0
 
 
@@ -62,8 +68,8 @@ def _prefer_wait(value: str) -> str | None:
     """The `wait=` value jobq reads from a Prefer header (the first one)."""
     for pref in re.split("[,;]", value):
         key, eq, rest = pref.partition("=")
-        if key.strip().lower() == "wait":
-            return rest.strip().strip('"') if eq else ""
+        if key.strip(" \t").lower() == "wait":
+            return rest.strip(" \t").strip('"') if eq else ""
     return None
 
 

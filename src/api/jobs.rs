@@ -93,7 +93,12 @@ fn finished(job: &Job) -> ApiResult<Response> {
     params(openapi::SubmitQuery, openapi::SubmitHeaders),
     responses(
         (status = 200, description = "A worker completed the job: its result", body = openapi::SubmitDone, headers(("X-Job-Id" = String))),
-        (status = 202, description = "The wait ran out; the job goes on", body = openapi::Accepted, headers(("X-Job-Id" = String), ("Location" = String))),
+        (status = 202, description = "The wait ran out; the job goes on", body = openapi::Accepted, headers(("X-Job-Id" = String), ("Location" = String)),
+        links(
+            ("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/job_id")))),
+            ("CancelJob" = (operation_id = "cancel", parameters(("id" = "$response.body#/job_id")))),
+            ("JobDetail" = (operation_id = "job_detail", parameters(("id" = "$response.body#/job_id")))),
+        )),
         (status = 400, description = "Malformed query value or header", body = openapi::Error),
         (status = 410, description = "The job was cancelled (or forgotten) while waited for", body = openapi::Error, headers(("X-Job-Id" = String))),
         (status = 413, description = "Body over --max-body", body = openapi::Error),
@@ -124,7 +129,12 @@ pub async fn submit(
     summary = "Submit a job without waiting",
     params(openapi::SubmitQuery, openapi::SubmitHeaders),
     responses(
-        (status = 202, description = "Stored (or, by idempotency key, the existing job)", body = openapi::Accepted, headers(("X-Job-Id" = String), ("Location" = String))),
+        (status = 202, description = "Stored (or, by idempotency key, the existing job)", body = openapi::Accepted, headers(("X-Job-Id" = String), ("Location" = String)),
+        links(
+            ("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/job_id")))),
+            ("CancelJob" = (operation_id = "cancel", parameters(("id" = "$response.body#/job_id")))),
+            ("JobDetail" = (operation_id = "job_detail", parameters(("id" = "$response.body#/job_id")))),
+        )),
         (status = 400, description = "Malformed query value or header", body = openapi::Error),
         (status = 413, description = "Body over --max-body", body = openapi::Error),
         (status = 422, description = "The Idempotency-Key belongs to another body or queue", body = openapi::Error),

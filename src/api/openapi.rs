@@ -63,6 +63,39 @@ pub fn document_for(open: &[Role]) -> Document {
     doc
 }
 
+/// [`document_for`] as JSON, as served. utoipa 5 writes a link's fields
+/// in snake case (`operation_id`); OpenAPI spells them in camel case.
+pub fn document_json(open: &[Role]) -> serde_json::Value {
+    let mut doc =
+        serde_json::to_value(document_for(open)).expect("the OpenAPI document serializes");
+    fn fix_links(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(serde_json::Value::Object(links)) = m.get_mut("links") {
+                    for link in links.values_mut() {
+                        if let serde_json::Value::Object(l) = link {
+                            for (from, to) in [
+                                ("operation_id", "operationId"),
+                                ("operation_ref", "operationRef"),
+                                ("request_body", "requestBody"),
+                            ] {
+                                if let Some(x) = l.remove(from) {
+                                    l.insert(to.into(), x);
+                                }
+                            }
+                        }
+                    }
+                }
+                m.values_mut().for_each(fix_links);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(fix_links),
+            _ => {}
+        }
+    }
+    fix_links(&mut doc);
+    doc
+}
+
 /// `GET /openapi.json`: the document as it holds for this server's tokens.
 #[utoipa::path(
     get,
@@ -82,10 +115,7 @@ pub async fn openapi_json(State(st): State<super::AppState>) -> Response {
         .filter(|(_, r)| open.contains(r))
         .fold(0, |k, (i, _)| k | 1 << i);
     let body = SERVED[key].get_or_init(|| {
-        document_for(&open)
-            .to_json()
-            .expect("the OpenAPI document serializes")
-            .into_bytes()
+        serde_json::to_vec(&document_json(&open)).expect("the OpenAPI document serializes")
     });
     super::json(StatusCode::OK, body.clone())
 }
@@ -127,7 +157,7 @@ pub async fn openapi_json(State(st): State<super::AppState>) -> Response {
         Error, JobFailedError, Status, PayloadEncoding, SubmitDone, Accepted, JobView, JobWithInput,
         Handout, Batch, Completed, FailReport, FailDone, HeartbeatDone, Stats, StatusCounts,
         Cleared, JobList, Health, JobDetail, PayloadFormat, HandoutOrBatch, CompletedOrNext,
-        FailedOrNext, NextFlag
+        FailedOrNext
     )),
     modifiers(&Roles, &Assets, &AnyBody),
     tags(
@@ -567,23 +597,17 @@ pub struct LeaseHeader {
 #[into_params(parameter_in = Query)]
 pub struct NextQuery {
     /// `1`, `true` or empty: also take the next job; `0`/`false`: the plain call.
-    #[param(required = false)]
-    next: NextFlag,
+    #[param(required = false, schema_with = next_values)]
+    next: String,
 }
 
-/// The values `next` takes.
-#[derive(ToSchema)]
-pub enum NextFlag {
-    #[schema(rename = "1")]
-    One,
-    #[schema(rename = "true")]
-    True,
-    #[schema(rename = "")]
-    Empty,
-    #[schema(rename = "0")]
-    Zero,
-    #[schema(rename = "false")]
-    False,
+/// The values `next` takes. (A derived enum cannot have the empty string
+/// as a value: its variant's name was written instead.)
+fn next_values() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["1", "true", "", "0", "false"]))
+        .build()
 }
 
 /// The query of `GET /api/admin/jobs`.

@@ -81,7 +81,12 @@ async fn handout(
     summary = "Take a job (or several with `max`)",
     params(openapi::PollQuery),
     responses(
-        (status = 200, description = "A job, now leased to this worker; with `max`, `{\"jobs\": [...]}`", body = openapi::HandoutOrBatch, headers(("X-Job-Id" = String))),
+        (status = 200, description = "A job, now leased to this worker; with `max`, `{\"jobs\": [...]}`", body = openapi::HandoutOrBatch, headers(("X-Job-Id" = String)),
+        links(
+            ("Complete" = (operation_id = "complete", parameters(("id" = "$response.body#/job_id"), ("lease" = "$response.body#/lease_id")))),
+            ("Fail" = (operation_id = "fail", parameters(("id" = "$response.body#/job_id"), ("lease" = "$response.body#/lease_id")))),
+            ("Heartbeat" = (operation_id = "heartbeat", parameters(("id" = "$response.body#/job_id"), ("lease" = "$response.body#/lease_id")))),
+        )),
         (status = 204, description = "No job came within `wait`"),
         (status = 400, description = "Malformed queue, wait or max", body = openapi::Error),
         (status = 503, description = "Shutting down, too many long-polling workers, or the store is unusable", body = openapi::Error, headers(("Retry-After" = String))),
