@@ -121,7 +121,9 @@ EOF
 # One schemathesis run against $base; extra arguments go to schemathesis.
 fuzz() {
     # --exclude-path: the dashboard's event stream never ends by design.
-    PYTHONPATH="$root/scripts/fuzz" SCHEMATHESIS_HOOKS=jobq_hooks \
+    # Run from $work: schemathesis and Hypothesis keep caches in the current
+    # directory, and none belong in the source tree.
+    (cd "$work" && PYTHONPATH="$root/scripts/fuzz" SCHEMATHESIS_HOOKS=jobq_hooks \
         timeout --kill-after=10 "$((run_limit + 30))" \
         "$venv/bin/schemathesis" --config-file "$root/scripts/fuzz/schemathesis.toml" \
         run "$base/openapi.json" \
@@ -132,10 +134,10 @@ fuzz() {
         --request-timeout 10 \
         --wait-for-schema 10 \
         --exclude-path /api/admin/events \
-        --workers 2 \
+        --workers 1 \
         --suppress-health-check all \
         --no-color \
-        "$@"
+        "$@")
 }
 
 echo "== schemathesis, no tokens (examples per operation: $examples, seed: $seed)"
