@@ -165,6 +165,16 @@ async fn events_resume_after_last_event_id(kind: Kind) {
     assert_eq!((b.event.as_str(), b.id.as_deref()), ("progress", Some("2")));
     assert_eq!(b.json(), json!("b"));
     assert_eq!(resumed.next().await.unwrap().id.as_deref(), Some("3"));
+    // With a wait that runs out: what is buffered, then `accepted`.
+    let mut bounded = SseReader::open(
+        srv.http
+            .get(format!("{url}?wait=0.2"))
+            .header("last-event-id", "2"),
+    )
+    .await;
+    let got = bounded.until_final().await;
+    assert_eq!(kinds(&got), ["progress", "accepted"]);
+    assert_eq!(got[1].json()["status"], "running");
     // Live events follow the replayed ones.
     assert_eq!(progress(&srv, &job, "d").await.body["seq"], 4);
     let d = resumed.next().await.unwrap();
@@ -252,6 +262,9 @@ async fn progress_is_fenced_like_a_heartbeat(kind: Kind) {
         .await
         .assert_error(404);
     srv.get("/api/jobs/nope/events").await.assert_error(400);
+    srv.get(&format!("/api/jobs/{id}/events?wait=-1"))
+        .await
+        .assert_error(400);
     let r = srv
         .send(
             srv.http

@@ -4,17 +4,35 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::{encode, job_json, json, ApiError, ApiResult, AppState, Params};
+use super::{encode, job_json, json, openapi, ApiError, ApiResult, AppState, Params};
 use crate::broker::ListRequest;
 use crate::job::Status;
 
 /// `GET /api/admin/stats`.
+#[utoipa::path(
+    get,
+    path = "/api/admin/stats",
+    tag = "admin",
+    summary = "Job counts by status and queue",
+    responses((status = 200, description = "The counters", body = openapi::Stats)),
+)]
 pub async fn stats(State(st): State<AppState>) -> ApiResult<Response> {
     let s = st.broker.stats().await?;
     Ok(json(StatusCode::OK, encode::stats(&s)))
 }
 
 /// `DELETE /api/admin/clear[?queue=q]`.
+#[utoipa::path(
+    delete,
+    path = "/api/admin/clear",
+    tag = "admin",
+    summary = "Cancel every pending and running job and forget the ended ones",
+    params(("queue" = Option<String>, Query, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "Only this queue")),
+    responses(
+        (status = 200, description = "Cleared", body = openapi::Cleared),
+        (status = 400, description = "Malformed queue", body = openapi::Error),
+    ),
+)]
 pub async fn clear(State(st): State<AppState>, params: Params) -> ApiResult<Response> {
     let queue = params.queue("queue")?;
     let n = st.broker.clear(queue.as_ref()).await?;
@@ -26,6 +44,18 @@ pub async fn clear(State(st): State<AppState>, params: Params) -> ApiResult<Resp
 }
 
 /// `GET /api/admin/next[?queue=a,b]`: peek.
+#[utoipa::path(
+    get,
+    path = "/api/admin/next",
+    tag = "admin",
+    summary = "The job a poll would get next, without taking it",
+    params(("queue" = Option<String>, Query, pattern = "^[ \\t\\r\\n]*[A-Za-z0-9._:-]{1,128}[ \\t\\r\\n]*(,[ \\t\\r\\n]*[A-Za-z0-9._:-]{1,128}[ \\t\\r\\n]*)*$", description = "`a,b,…` as for a poll (default `default`)")),
+    responses(
+        (status = 200, description = "The next job", body = openapi::JobWithInput, headers(("X-Job-Id" = String))),
+        (status = 204, description = "None is pending"),
+        (status = 400, description = "Malformed queue", body = openapi::Error),
+    ),
+)]
 pub async fn next(State(st): State<AppState>, params: Params) -> ApiResult<Response> {
     let queues = params.queues("queue")?;
     match st.broker.peek(&queues).await? {
@@ -39,23 +69,24 @@ pub async fn next(State(st): State<AppState>, params: Params) -> ApiResult<Respo
 }
 
 /// `GET /api/admin/jobs?status=&queue=&limit=`.
+#[utoipa::path(
+    get,
+    path = "/api/admin/jobs",
+    tag = "admin",
+    summary = "List jobs, newest first",
+    params(openapi::ListQuery),
+    responses(
+        (status = 200, description = "The jobs", body = openapi::JobList),
+        (status = 400, description = "Malformed status, queue or limit", body = openapi::Error),
+    ),
+)]
 pub async fn jobs(State(st): State<AppState>, params: Params) -> ApiResult<Response> {
     let status = params
         .get("status")
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<Status>().map_err(ApiError::BadRequest))
         .transpose()?;
-    let limit = match params.get("limit") {
-        None => None,
-        Some(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Some(n),
-            _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "bad limit {v:?}: expected a positive integer"
-                )))
-            }
-        },
-    };
+    let limit = params.count("limit")?;
     let jobs = st
         .broker
         .list(ListRequest {
@@ -77,6 +108,16 @@ pub async fn jobs(State(st): State<AppState>, params: Params) -> ApiResult<Respo
 }
 
 /// `GET /health`.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "meta",
+    summary = "Liveness",
+    responses(
+        (status = 200, description = "`{\"status\": \"ok\"}`", body = openapi::Health),
+        (status = 503, description = "The store cannot be written, or the server is shutting down", body = openapi::Health),
+    ),
+)]
 pub async fn health(State(st): State<AppState>) -> Response {
     if st.broker.healthy().await {
         json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())

@@ -110,7 +110,7 @@ enum Kind<'a> {
 
 fn classify(bytes: &[u8]) -> Kind<'_> {
     match std::str::from_utf8(bytes) {
-        Ok(s) if serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok() => Kind::Json,
+        Ok(s) if is_json(s) => Kind::Json,
         Ok(s) => Kind::Text(s),
         Err(_) => Kind::Binary,
     }
@@ -129,6 +129,52 @@ pub fn value(bytes: &[u8]) -> String {
                 .to_string()
         }
     }
+}
+
+/// Whether `s` is a JSON text that strict parsers accept. Skipping over
+/// strings (`IgnoredAny`) lets a lone UTF-16 surrogate escape (`"\ud800"`)
+/// through, and embedded raw it would make the whole answer unreadable to
+/// such parsers (serde_json among them): texts with `\u` escapes are
+/// parsed in full, which refuses those (they are then embedded as text).
+fn is_json(s: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
+        && nested_within(s, MAX_EMBEDDED_DEPTH)
+        && (!s.contains("\\u") || serde_json::from_str::<serde_json::Value>(s).is_ok())
+}
+
+/// The deepest JSON embedded as a value. Answers wrap a payload in up to
+/// three more levels (`{"jobs":[{"payload":…}]}`) and strict parsers
+/// (serde_json, so jobq's own client and worker) stop at 128: deeper JSON
+/// would make the whole answer unreadable to them, so it is embedded as text.
+pub const MAX_EMBEDDED_DEPTH: usize = 100;
+
+/// Whether the JSON text `s` nests arrays and objects at most `max` deep.
+fn nested_within(s: &str, max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in s.bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
 }
 
 /// How [`Obj::payload`] embeds `bytes`: `json`, `text` or `base64`.
@@ -298,6 +344,55 @@ mod tests {
         );
         let o = parse(Obj::with_capacity(0).payload("payload", b"").finish());
         assert_eq!(o, serde_json::json!({"payload": ""}));
+    }
+
+    #[test]
+    fn lone_surrogate_escapes_are_embedded_as_text() {
+        // Found by the property tests: embedded raw, this made the answer
+        // unreadable to serde_json (and so to jobq's own client).
+        for body in [
+            &br#""\udeb3""#[..],
+            br#"{"a":"x\ud800y"}"#,
+            br#"["\udc00"]"#,
+        ] {
+            let o = parse(Obj::with_capacity(0).payload("payload", body).finish());
+            assert_eq!(o["payload"], std::str::from_utf8(body).unwrap(), "{o}");
+            assert_eq!(encoding_of(body), "text");
+        }
+        // A valid surrogate pair is still JSON.
+        let o = parse(
+            Obj::with_capacity(0)
+                .payload("payload", br#""\ud83d\ude00""#)
+                .finish(),
+        );
+        assert_eq!(o["payload"], "\u{1f600}");
+    }
+
+    #[test]
+    fn json_nested_too_deep_is_embedded_as_text() {
+        // Found while writing the property tests: a payload nested 125 or
+        // more levels made poll answers unreadable to serde_json.
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let ok = nested(MAX_EMBEDDED_DEPTH);
+        assert_eq!(encoding_of(ok.as_bytes()), "json");
+        let deep = nested(MAX_EMBEDDED_DEPTH + 1);
+        assert_eq!(encoding_of(deep.as_bytes()), "text");
+        for body in [
+            ok,
+            deep,
+            nested(127),
+            r#"["[[[[", {"a": "]]]"}]"#.to_owned(),
+        ] {
+            let one = Obj::with_capacity(0)
+                .payload("payload", body.as_bytes())
+                .finish();
+            let batch = [&b"{\"jobs\":["[..], &one, b"]}"].concat();
+            let v = parse(batch);
+            assert!(v["jobs"][0]["payload"].is_array() || v["jobs"][0]["payload"] == body.as_str());
+        }
+        // Brackets inside strings do not count.
+        let quoted = format!("[\"{}\"]", "[".repeat(500));
+        assert_eq!(encoding_of(quoted.as_bytes()), "json");
     }
 
     #[test]

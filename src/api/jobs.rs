@@ -10,13 +10,14 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
 use super::{
-    encode, header_str, job_json, parse_secs, ApiError, ApiResult, AppState, Body, Params, PathId,
+    encode, header_str, job_json, openapi, parse_secs, ApiError, ApiResult, AppState, Body, Params,
+    PathId,
 };
 use crate::broker::{JobStream, StreamEnd, StreamItem, SubmitRequest, SyncOutcome, WaitFor};
 use crate::job::{Job, JobId, Status};
 
 /// A parsed submit request and how long its client waits.
-fn parse_submit(
+pub(super) fn parse_submit(
     params: &Params,
     headers: &HeaderMap,
     body: bytes::Bytes,
@@ -24,7 +25,7 @@ fn parse_submit(
     let priority = params
         .get("priority")
         .map(|v| {
-            v.trim().parse::<i32>().map_err(|_| {
+            super::trim_ws(v).parse::<i32>().map_err(|_| {
                 ApiError::BadRequest(format!(
                     "bad priority {v:?}: expected an integer between -2147483648 and 2147483647"
                 ))
@@ -47,7 +48,7 @@ fn parse_submit(
 }
 
 /// `Prefer: wait=N` (RFC 7240), possibly among other preferences.
-fn prefer_wait(headers: &HeaderMap) -> ApiResult<Option<Duration>> {
+pub(super) fn prefer_wait(headers: &HeaderMap) -> ApiResult<Option<Duration>> {
     for value in headers.get_all("prefer") {
         let v = value
             .to_str()
@@ -88,6 +89,32 @@ fn finished(job: &Job) -> ApiResult<Response> {
 /// `POST /api/submit`: submit and wait for the result. A client that goes
 /// away drops this future, which cancels a job no worker has yet. With
 /// `Accept: text/event-stream` the answer is the job's event stream.
+#[utoipa::path(
+    post,
+    path = "/api/submit",
+    tag = "client",
+    summary = "Submit a job and wait for its result",
+    params(openapi::SubmitQuery, openapi::SubmitHeaders),
+    responses(
+        (status = 200, description = "A worker completed the job: its result; with `Accept: text/event-stream`, the job's events (`progress`, `gap`, then one of `result`, `failed`, `cancelled`, `accepted`)", headers(("X-Job-Id" = String)),
+            content(
+                (openapi::SubmitDone = "application/json"),
+                (String = "text/event-stream"),
+            )),
+        (status = 202, description = "The wait ran out; the job goes on", body = openapi::Accepted, headers(("X-Job-Id" = String), ("Location" = String)),
+        links(
+            ("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/job_id")))),
+            ("CancelJob" = (operation_id = "cancel", parameters(("id" = "$response.body#/job_id")))),
+            ("JobDetail" = (operation_id = "job_detail", parameters(("id" = "$response.body#/job_id")))),
+        )),
+        (status = 400, description = "Malformed query value or header", body = openapi::Error),
+        (status = 410, description = "The job was cancelled (or forgotten) while waited for", body = openapi::Error, headers(("X-Job-Id" = String))),
+        (status = 413, description = "Body over --max-body", body = openapi::Error),
+        (status = 422, description = "The Idempotency-Key belongs to another body or queue", body = openapi::Error),
+        (status = 502, description = "The job failed", body = openapi::JobFailedError, headers(("X-Job-Id" = String))),
+        (status = 503, description = "Queue full, store unusable, shutting down, too many waiting clients", body = openapi::Error, headers(("Retry-After" = String))),
+    ),
+)]
 pub async fn submit(
     State(st): State<AppState>,
     params: Params,
@@ -107,6 +134,25 @@ pub async fn submit(
 }
 
 /// `POST /api/jobs`: submit without waiting.
+#[utoipa::path(
+    post,
+    path = "/api/jobs",
+    tag = "client",
+    summary = "Submit a job without waiting",
+    params(openapi::SubmitQuery, openapi::SubmitHeaders),
+    responses(
+        (status = 202, description = "Stored (or, by idempotency key, the existing job)", body = openapi::Accepted, headers(("X-Job-Id" = String), ("Location" = String)),
+        links(
+            ("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/job_id")))),
+            ("CancelJob" = (operation_id = "cancel", parameters(("id" = "$response.body#/job_id")))),
+            ("JobDetail" = (operation_id = "job_detail", parameters(("id" = "$response.body#/job_id")))),
+        )),
+        (status = 400, description = "Malformed query value or header", body = openapi::Error),
+        (status = 413, description = "Body over --max-body", body = openapi::Error),
+        (status = 422, description = "The Idempotency-Key belongs to another body or queue", body = openapi::Error),
+        (status = 503, description = "Queue full, store unusable, or shutting down", body = openapi::Error, headers(("Retry-After" = String))),
+    ),
+)]
 pub async fn submit_async(
     State(st): State<AppState>,
     params: Params,
@@ -118,6 +164,22 @@ pub async fn submit_async(
 }
 
 /// `GET /api/jobs/{id}[?wait=N]`.
+#[utoipa::path(
+    get,
+    path = "/api/jobs/{id}",
+    tag = "client",
+    summary = "Read a job",
+    params(
+        openapi::IdPath,
+        ("wait" = Option<f64>, Query, minimum = 0, description = "Hold up to N seconds until the job has ended (default 0; above 3600 counts as 3600)"),
+    ),
+    responses(
+        (status = 200, description = "The job as it stands", body = openapi::JobView, headers(("X-Job-Id" = String))),
+        (status = 400, description = "Malformed id or wait", body = openapi::Error),
+        (status = 404, description = "Unknown or forgotten job", body = openapi::Error, headers(("X-Job-Id" = String))),
+        (status = 503, description = "Too many waiting clients, or the store is unusable", body = openapi::Error, headers(("Retry-After" = String))),
+    ),
+)]
 pub async fn get_job(
     State(st): State<AppState>,
     PathId(id): PathId,
@@ -131,11 +193,30 @@ pub async fn get_job(
 
 /// `GET /api/jobs/{id}/events`: the job's progress events (after
 /// `Last-Event-ID`, when given), then its outcome.
+#[utoipa::path(
+    get,
+    path = "/api/jobs/{id}/events",
+    tag = "client",
+    summary = "Follow a job's progress events (Server-Sent Events)",
+    params(
+        openapi::IdPath,
+        ("wait" = Option<f64>, Query, minimum = 0, description = "End with `accepted` after N seconds if the job has not ended by then (default and most: 3600; 0: replay what is buffered, then the outcome or `accepted` at once)"),
+        openapi::EventsHeaders,
+    ),
+    responses(
+        (status = 200, description = "The job's buffered and live progress events, then one final event (`result`, `failed`, `cancelled`, or `accepted` once `wait` ran out)", content_type = "text/event-stream", body = String, headers(("X-Job-Id" = String))),
+        (status = 400, description = "Malformed id, wait or Last-Event-ID", body = openapi::Error),
+        (status = 404, description = "Unknown or forgotten job", body = openapi::Error, headers(("X-Job-Id" = String))),
+        (status = 503, description = "Too many waiting clients, or the store is unusable", body = openapi::Error, headers(("Retry-After" = String))),
+    ),
+)]
 pub async fn events(
     State(st): State<AppState>,
     PathId(id): PathId,
+    params: Params,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    let wait = params.secs("wait")?;
     let after = match header_str(&headers, "last-event-id")?.map(str::trim) {
         None | Some("") => 0,
         Some(v) => v.parse::<u64>().map_err(|_| {
@@ -144,7 +225,7 @@ pub async fn events(
             ))
         })?,
     };
-    let (_, events) = st.broker.job_events(id, after).await?;
+    let (_, events) = st.broker.job_events(id, after, wait).await?;
     Ok(event_stream(&st, id, events))
 }
 
@@ -210,6 +291,19 @@ fn sse_event(item: StreamItem) -> Event {
 }
 
 /// `DELETE /api/jobs/{id}`: cancel.
+#[utoipa::path(
+    delete,
+    path = "/api/jobs/{id}",
+    tag = "client",
+    summary = "Cancel a pending or running job",
+    params(openapi::IdPath),
+    responses(
+        (status = 200, description = "Cancelled: the job view", body = openapi::JobView, headers(("X-Job-Id" = String))),
+        (status = 400, description = "Malformed id", body = openapi::Error),
+        (status = 404, description = "Unknown or forgotten job", body = openapi::Error, headers(("X-Job-Id" = String))),
+        (status = 409, description = "The job has already ended", body = openapi::Error, headers(("X-Job-Id" = String))),
+    ),
+)]
 pub async fn cancel(State(st): State<AppState>, PathId(id): PathId) -> ApiResult<Response> {
     let job = st.broker.cancel(id).await?;
     debug_assert_eq!(job.status, Status::Cancelled);

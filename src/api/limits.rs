@@ -66,7 +66,7 @@ enum Kind {
 fn asks_to_wait(query: Option<&str>, name: &str) -> bool {
     query.is_some_and(|q| {
         form_urlencoded::parse(q.as_bytes())
-            .any(|(k, v)| k == name && v.trim().parse::<f64>().is_ok_and(|s| s > 0.0))
+            .any(|(k, v)| k == name && super::trim_ws(&v).parse::<f64>().is_ok_and(|s| s > 0.0))
     })
 }
 

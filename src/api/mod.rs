@@ -8,16 +8,20 @@ pub mod encode;
 pub mod error;
 pub mod jobs;
 pub mod limits;
+pub mod openapi;
+#[cfg(test)]
+mod proptests;
 pub mod workers;
 
 use std::borrow::Cow;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::handler::Handler;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::MethodRouter;
 use axum::Router;
 use bytes::Bytes;
 
@@ -76,32 +80,111 @@ pub struct AppState {
     pub sse_keepalive: Duration,
 }
 
-/// All routes of docs/api.md.
+/// The routes of the API, and a record of every (method, path) they serve,
+/// so that `tests/openapi.rs` can hold the router and `/openapi.json` to
+/// each other. `HEAD` is served for every `GET` route (by axum) and not
+/// recorded.
+pub struct RouteTable {
+    router: Router<AppState>,
+    served: Vec<(Method, &'static str)>,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        RouteTable {
+            router: Router::new(),
+            served: Vec::new(),
+        }
+    }
+}
+
+impl RouteTable {
+    fn add(mut self, method: Method, path: &'static str, mr: MethodRouter<AppState>) -> Self {
+        self.served.push((method, path));
+        // axum merges a second method router on the same path into the first.
+        self.router = self.router.route(path, mr);
+        self
+    }
+
+    /// `GET path` (and `HEAD`).
+    pub fn get<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, h: H) -> Self {
+        self.add(Method::GET, path, axum::routing::get(h))
+    }
+
+    /// `POST path`.
+    pub fn post<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, h: H) -> Self {
+        self.add(Method::POST, path, axum::routing::post(h))
+    }
+
+    /// `DELETE path`.
+    pub fn delete<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, h: H) -> Self {
+        self.add(Method::DELETE, path, axum::routing::delete(h))
+    }
+
+    /// `GET path` whose `HEAD` is refused (405) rather than served by the
+    /// `GET` handler.
+    pub fn get_without_head<H: Handler<T, AppState>, T: 'static>(
+        self,
+        path: &'static str,
+        h: H,
+    ) -> Self {
+        self.add(
+            Method::GET,
+            path,
+            axum::routing::get(h).head(|| async { ApiError::MethodNotAllowed }),
+        )
+    }
+
+    /// Both tables' routes.
+    pub fn merge(mut self, other: RouteTable) -> Self {
+        self.served.extend(other.served);
+        self.router = self.router.merge(other.router);
+        self
+    }
+
+    /// Every (method, path) served, e.g. `("GET", "/api/jobs/{id}")`.
+    pub fn served(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .served
+            .iter()
+            .map(|(m, p)| (m.as_str().to_owned(), (*p).to_owned()))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// Every route of docs/api.md.
+pub fn routes() -> RouteTable {
+    RouteTable::default()
+        .post("/api/submit", jobs::submit)
+        .post("/api/jobs", jobs::submit_async)
+        .get("/api/jobs/{id}", jobs::get_job)
+        .delete("/api/jobs/{id}", jobs::cancel)
+        .get("/api/jobs/{id}/events", jobs::events)
+        // A HEAD would hand out a job whose payload nobody receives (axum
+        // answers HEAD with the GET handler unless told otherwise).
+        .get_without_head("/api/worker/poll", workers::poll)
+        .post("/api/worker/complete/{id}", workers::complete)
+        .post("/api/worker/fail/{id}", workers::fail)
+        .post("/api/worker/heartbeat/{id}", workers::heartbeat)
+        .post("/api/worker/progress/{id}", workers::progress)
+        .get("/api/admin/stats", admin::stats)
+        .delete("/api/admin/clear", admin::clear)
+        .get("/api/admin/next", admin::next)
+        .get("/api/admin/jobs", admin::jobs)
+        .get("/health", admin::health)
+        .get("/openapi.json", openapi::openapi_json)
+        .merge(crate::dashboard::routes())
+}
+
+/// All routes of docs/api.md, behind their guards.
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body;
     let auth = state.auth.clone();
     let caps = state.caps.clone();
-    Router::new()
-        .route("/api/submit", post(jobs::submit))
-        .route("/api/jobs", post(jobs::submit_async))
-        .route("/api/jobs/{id}", get(jobs::get_job).delete(jobs::cancel))
-        .route("/api/jobs/{id}/events", get(jobs::events))
-        // A HEAD would hand out a job whose payload nobody receives (axum
-        // answers HEAD with the GET handler unless told otherwise).
-        .route(
-            "/api/worker/poll",
-            get(workers::poll).head(|| async { ApiError::MethodNotAllowed }),
-        )
-        .route("/api/worker/complete/{id}", post(workers::complete))
-        .route("/api/worker/fail/{id}", post(workers::fail))
-        .route("/api/worker/heartbeat/{id}", post(workers::heartbeat))
-        .route("/api/worker/progress/{id}", post(workers::progress))
-        .route("/api/admin/stats", get(admin::stats))
-        .route("/api/admin/clear", delete(admin::clear))
-        .route("/api/admin/next", get(admin::next))
-        .route("/api/admin/jobs", get(admin::jobs))
-        .route("/health", get(admin::health))
-        .merge(crate::dashboard::router())
+    routes()
+        .router
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
@@ -233,6 +316,30 @@ impl Params {
         self.get(name).map(|v| parse_secs(name, v)).transpose()
     }
 
+    /// `name` as a positive integer (`None` when absent). Any number of
+    /// digits is accepted: one too large for `usize` counts as `usize::MAX`,
+    /// since every count is clamped to a limit anyway.
+    pub fn count(&self, name: &str) -> ApiResult<Option<usize>> {
+        let Some(v) = self.get(name) else {
+            return Ok(None);
+        };
+        let digits = trim_ws(v);
+        let digits = digits.strip_prefix('+').unwrap_or(digits);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ApiError::BadRequest(format!(
+                "bad {name} {v:?}: expected a positive integer"
+            )));
+        }
+        match digits.parse::<usize>() {
+            Ok(0) => Err(ApiError::BadRequest(format!(
+                "bad {name} {v:?}: expected a positive integer"
+            ))),
+            Ok(n) => Ok(Some(n)),
+            // Only digits, so the only failure left is overflow.
+            Err(_) => Ok(Some(usize::MAX)),
+        }
+    }
+
     /// `name` as a list of queues (`a,b`); empty when absent (the broker's default).
     pub fn queues(&self, name: &str) -> ApiResult<Vec<Queue>> {
         let Some(v) = self.get(name) else {
@@ -240,7 +347,7 @@ impl Params {
         };
         let mut out: Vec<Queue> = Vec::new();
         for part in v.split(',') {
-            let q = Queue::parse(part.trim())
+            let q = Queue::parse(trim_ws(part))
                 .map_err(|e| ApiError::BadRequest(format!("bad {name}: {e}")))?;
             if !out.contains(&q) {
                 out.push(q);
@@ -257,11 +364,25 @@ impl Params {
     }
 }
 
+/// `s` without surrounding whitespace as JSON counts it (space, tab, CR,
+/// LF): query values may be padded, but `1\u{a0}` is not a number and
+/// `a\u{a0}` not a queue name (Unicode's `trim` took both).
+pub fn trim_ws(s: &str) -> &str {
+    s.trim_matches([' ', '\t', '\r', '\n'])
+}
+
 /// A non-negative number of seconds (fractions allowed), clamped to [`MAX_WAIT`].
 pub fn parse_secs(name: &str, v: &str) -> ApiResult<Duration> {
-    match v.trim().parse::<f64>() {
+    match trim_ws(v).parse::<f64>() {
         Ok(s) if s.is_finite() && s >= 0.0 => {
-            Ok(Duration::from_secs_f64(s.min(MAX_WAIT.as_secs_f64())))
+            let d = Duration::from_secs_f64(s.min(MAX_WAIT.as_secs_f64()));
+            // Below a nanosecond a positive value would round to zero,
+            // which means "wait forever" to a submit.
+            Ok(if s > 0.0 && d.is_zero() {
+                Duration::from_nanos(1)
+            } else {
+                d
+            })
         }
         _ => Err(ApiError::BadRequest(format!(
             "bad {name} {v:?}: expected a non-negative number of seconds"
@@ -338,6 +459,25 @@ mod tests {
     }
 
     #[test]
+    fn counts_of_any_size_are_clamped_not_refused() {
+        // Schemathesis sent 2^63 (beyond the int64 the document claimed);
+        // counts beyond usize were refused, unlike any other count above
+        // the limit ("counts as the limit"): clamped now too.
+        let p = |v: &str| Params(vec![("max".into(), v.into())]).count("max");
+        assert_eq!(p("9223372036854775808").unwrap(), Some(1 << 63));
+        assert_eq!(
+            p("99999999999999999999999999999").unwrap(),
+            Some(usize::MAX)
+        );
+        assert_eq!(p(" +7 ").unwrap(), Some(7));
+        // Found by schemathesis: a no-break space was trimmed as whitespace.
+        assert!(p("7\u{a0}").is_err());
+        for bad in ["0", "000", "-1", "1.5", "", "+", "1e3", "abc"] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn seconds_are_validated() {
         assert_eq!(
             parse_secs("wait", "1.5").unwrap(),
@@ -348,6 +488,14 @@ mod tests {
             parse_secs("wait", "7200").unwrap(),
             Duration::from_secs(3600)
         );
+        // Found by the property tests: this rounded to zero, "forever".
+        assert_eq!(
+            parse_secs("timeout", "1e-10").unwrap(),
+            Duration::from_nanos(1)
+        );
+        assert_eq!(parse_secs("timeout", "-0").unwrap(), Duration::ZERO);
+        assert!(parse_secs("wait", "1\u{a0}").is_err());
+        assert_eq!(parse_secs("wait", " 2\t").unwrap(), Duration::from_secs(2));
         for bad in ["-1", "abc", "NaN", "inf", ""] {
             assert!(parse_secs("wait", bad).is_err(), "{bad}");
         }

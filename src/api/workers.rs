@@ -7,7 +7,8 @@ use axum::Extension;
 use serde::Deserialize;
 
 use super::{
-    encode, header_str, job_json, ApiError, ApiResult, AppState, Body, Params, PathId, PeerSocket,
+    encode, header_str, job_json, openapi, ApiError, ApiResult, AppState, Body, Params, PathId,
+    PeerSocket,
 };
 use crate::broker::{
     CompleteRequest, FailRequest, Finish, HeartbeatRequest, PollRequest, ProgressRequest, MAX_BATCH,
@@ -17,16 +18,8 @@ use crate::job::LeaseId;
 
 /// The poll part of a request: `queue=a,b`, `wait=N`, and `max=N` (a
 /// batch poll, answered `{"jobs": [...]}`; without it one poll body).
-fn poll_request(params: &Params) -> ApiResult<(PollRequest, Option<usize>)> {
-    let max = params
-        .get("max")
-        .map(|v| match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n.min(MAX_BATCH)),
-            _ => Err(ApiError::BadRequest(format!(
-                "bad max {v:?}: expected a positive integer (at most {MAX_BATCH})"
-            ))),
-        })
-        .transpose()?;
+pub(super) fn poll_request(params: &Params) -> ApiResult<(PollRequest, Option<usize>)> {
+    let max = params.count("max")?.map(|n| n.min(MAX_BATCH));
     let req = PollRequest {
         queues: params.queues("queue")?,
         wait: params.secs("wait")?.unwrap_or_default(),
@@ -35,8 +28,8 @@ fn poll_request(params: &Params) -> ApiResult<(PollRequest, Option<usize>)> {
 }
 
 /// Whether a complete or fail also asks for the next job (`next=1`).
-fn wants_next(params: &Params) -> ApiResult<bool> {
-    match params.get("next").map(str::trim) {
+pub(super) fn wants_next(params: &Params) -> ApiResult<bool> {
+    match params.get("next").map(super::trim_ws) {
         None | Some("0" | "false") => Ok(false),
         Some("1" | "true" | "") => Ok(true),
         Some(v) => Err(ApiError::BadRequest(format!(
@@ -81,6 +74,24 @@ async fn handout(
 }
 
 /// `GET /api/worker/poll[?queue=a,b][&wait=N][&max=N]`.
+#[utoipa::path(
+    get,
+    path = "/api/worker/poll",
+    tag = "worker",
+    summary = "Take a job (or several with `max`)",
+    params(openapi::PollQuery),
+    responses(
+        (status = 200, description = "A job, now leased to this worker; with `max`, `{\"jobs\": [...]}`", body = openapi::HandoutOrBatch, headers(("X-Job-Id" = String)),
+        links(
+            ("Complete" = (operation_id = "complete", parameters(("id" = "$response.body#/job_id"), ("lease" = "$response.body#/lease_id")))),
+            ("Fail" = (operation_id = "fail", parameters(("id" = "$response.body#/job_id"), ("lease" = "$response.body#/lease_id")))),
+            ("Heartbeat" = (operation_id = "heartbeat", parameters(("id" = "$response.body#/job_id"), ("lease" = "$response.body#/lease_id")))),
+        )),
+        (status = 204, description = "No job came within `wait`"),
+        (status = 400, description = "Malformed queue, wait or max", body = openapi::Error),
+        (status = 503, description = "Shutting down, too many long-polling workers, or the store is unusable", body = openapi::Error, headers(("Retry-After" = String))),
+    ),
+)]
 pub async fn poll(
     State(st): State<AppState>,
     peer: Option<Extension<PeerSocket>>,
@@ -95,13 +106,13 @@ pub async fn poll(
 }
 
 /// The fencing token: `?lease=` or `X-Lease-Id`.
-fn lease(params: &Params, headers: &HeaderMap) -> ApiResult<Option<LeaseId>> {
+pub(super) fn lease(params: &Params, headers: &HeaderMap) -> ApiResult<Option<LeaseId>> {
     let raw = match params.get("lease") {
         Some(v) => Some(v),
         None => header_str(headers, "x-lease-id")?,
     };
     raw.map(|v| {
-        v.trim()
+        super::trim_ws(v)
             .parse()
             .map_err(|_| ApiError::BadRequest(format!("malformed lease id {v:?}: expected a UUID")))
     })
@@ -109,6 +120,22 @@ fn lease(params: &Params, headers: &HeaderMap) -> ApiResult<Option<LeaseId>> {
 }
 
 /// `POST /api/worker/complete/{id}`: the body is the result.
+#[utoipa::path(
+    post,
+    path = "/api/worker/complete/{id}",
+    tag = "worker",
+    summary = "Post a job's result (any bytes; empty is stored as `{}`)",
+    params(openapi::IdPath, openapi::LeaseQuery, openapi::LeaseHeader, openapi::NextQuery, openapi::PollQuery),
+    responses(
+        (status = 200, description = "Completed (or, with `next`, the next job as a poll answers)", body = openapi::CompletedOrNext, headers(("X-Job-Id" = String))),
+        (status = 204, description = "With `next`: recorded, and no job came within `wait`"),
+        (status = 400, description = "Malformed id, lease, next, queue, wait or max", body = openapi::Error),
+        (status = 404, description = "Unknown job", body = openapi::Error, headers(("X-Job-Id" = String))),
+        (status = 409, description = "The job is not running, or the lease is stale", body = openapi::Error, headers(("X-Job-Id" = String))),
+        (status = 413, description = "Body over --max-body", body = openapi::Error),
+        (status = 503, description = "With `next` while shutting down (recorded); store unusable", body = openapi::Error, headers(("Retry-After" = String))),
+    ),
+)]
 pub async fn complete(
     State(st): State<AppState>,
     peer: Option<Extension<PeerSocket>>,
@@ -147,6 +174,23 @@ struct FailBody {
 }
 
 /// `POST /api/worker/fail/{id}` with `{"error": "...", "retry": true}`.
+#[utoipa::path(
+    post,
+    path = "/api/worker/fail/{id}",
+    tag = "worker",
+    summary = "Report a failure (retried while attempts remain, unless `retry` is false)",
+    params(openapi::IdPath, openapi::LeaseQuery, openapi::LeaseHeader, openapi::NextQuery, openapi::PollQuery),
+    request_body(content = openapi::FailReport, description = "`{\"error\": ..., \"retry\": ...}`; an empty body counts as `{}`"),
+    responses(
+        (status = 200, description = "Recorded (or, with `next`, the next job as a poll answers)", body = openapi::FailedOrNext, headers(("X-Job-Id" = String))),
+        (status = 204, description = "With `next`: recorded, and no job came within `wait`"),
+        (status = 400, description = "Malformed id, lease, next, queue, wait or max", body = openapi::Error),
+        (status = 404, description = "Unknown job", body = openapi::Error, headers(("X-Job-Id" = String))),
+        (status = 409, description = "The job is not running, or the lease is stale", body = openapi::Error, headers(("X-Job-Id" = String))),
+        (status = 413, description = "Body over --max-body", body = openapi::Error),
+        (status = 503, description = "With `next` while shutting down (recorded); store unusable", body = openapi::Error, headers(("Retry-After" = String))),
+    ),
+)]
 pub async fn fail(
     State(st): State<AppState>,
     peer: Option<Extension<PeerSocket>>,
@@ -197,6 +241,19 @@ pub async fn fail(
 }
 
 /// `POST /api/worker/heartbeat/{id}`: extend the lease.
+#[utoipa::path(
+    post,
+    path = "/api/worker/heartbeat/{id}",
+    tag = "worker",
+    summary = "Extend the lease",
+    params(openapi::IdPath, openapi::LeaseQuery, openapi::LeaseHeader),
+    responses(
+        (status = 200, description = "Extended", body = openapi::HeartbeatDone, headers(("X-Job-Id" = String))),
+        (status = 400, description = "Malformed id or lease", body = openapi::Error),
+        (status = 404, description = "Unknown job", body = openapi::Error, headers(("X-Job-Id" = String))),
+        (status = 409, description = "No longer this worker's job: stop working on it", body = openapi::Error, headers(("X-Job-Id" = String))),
+    ),
+)]
 pub async fn heartbeat(
     State(st): State<AppState>,
     PathId(id): PathId,
@@ -219,6 +276,20 @@ pub async fn heartbeat(
 
 /// `POST /api/worker/progress/{id}`: one progress event (any body) for the
 /// job's streaming clients; fenced and extending the lease like a heartbeat.
+#[utoipa::path(
+    post,
+    path = "/api/worker/progress/{id}",
+    tag = "worker",
+    summary = "Send a progress event to the job's streaming clients (extends the lease)",
+    params(openapi::IdPath, openapi::LeaseQuery, openapi::LeaseHeader),
+    responses(
+        (status = 200, description = "Sent; the lease is extended", body = openapi::ProgressDone, headers(("X-Job-Id" = String))),
+        (status = 400, description = "Malformed id or lease", body = openapi::Error),
+        (status = 404, description = "Unknown job", body = openapi::Error, headers(("X-Job-Id" = String))),
+        (status = 409, description = "Not running, or no longer this worker's job: stop working on it", body = openapi::Error, headers(("X-Job-Id" = String))),
+        (status = 413, description = "An event over 64 KiB", body = openapi::Error),
+    ),
+)]
 pub async fn progress(
     State(st): State<AppState>,
     PathId(id): PathId,

@@ -680,12 +680,19 @@ impl Broker {
     /// Job `id`'s progress events after `after` (a `Last-Event-ID`; 0: all
     /// still buffered), then live ones, ending with exactly one
     /// [`StreamItem::End`]: the job's outcome once it ends (at once for a
-    /// job that has), or `Accepted` after [`MAX_WAIT`]. Reading it does
-    /// not keep the job: dropping the stream changes nothing.
+    /// job that has), or `Accepted` once `wait` (`None`: [`MAX_WAIT`], and
+    /// at most that) has passed. Reading it does not keep the job:
+    /// dropping the stream changes nothing.
     ///
     /// # Errors
     /// [`Error::NotFound`], [`Error::Unavailable`].
-    pub async fn job_events(&self, id: JobId, after: u64) -> Result<(Job, JobStream)> {
+    pub async fn job_events(
+        &self,
+        id: JobId,
+        after: u64,
+        wait: Option<Duration>,
+    ) -> Result<(Job, JobStream)> {
+        let wait = wait.map_or(MAX_WAIT, |w| w.min(MAX_WAIT));
         let waiter = self.inner.waiters.register(id);
         let job = self
             .store()
@@ -701,7 +708,7 @@ impl Broker {
             if now.status.is_ended() {
                 return StreamEnd::Ended(Box::new(now));
             }
-            match broker.wait(waiter, Some(MAX_WAIT)).await {
+            match broker.wait(waiter, Some(wait)).await {
                 Ok(WaitOutcome::Ended(job)) => StreamEnd::Ended(job),
                 Ok(WaitOutcome::Gone) => StreamEnd::Gone(id),
                 Ok(WaitOutcome::TimedOut | WaitOutcome::ShuttingDown) | Err(_) => {

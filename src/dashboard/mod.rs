@@ -13,12 +13,10 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use futures_util::stream::{self, Stream, StreamExt};
 
 use crate::api::encode::{self, encoding_of};
-use crate::api::{job_json, ApiResult, AppState, PathId};
+use crate::api::{job_json, ApiResult, AppState, PathId, RouteTable};
 use crate::metrics;
 
 /// A file served from the binary.
@@ -60,22 +58,33 @@ const ASSETS: &[Asset] = &[
 const INDEX: &[u8] = include_bytes!("assets/index.html");
 
 /// The routes of this module, to merge into the API router.
-pub fn router() -> Router<AppState> {
-    let mut r = Router::new()
-        .route(
-            "/",
-            get(|| async { page(INDEX, "text/html; charset=utf-8") }),
-        )
-        .route("/metrics", get(metrics_text))
-        .route("/api/admin/events", get(events))
-        .route("/api/admin/jobs/{id}", get(job_detail));
+pub fn routes() -> RouteTable {
+    let mut r = RouteTable::default()
+        .get("/", page_index)
+        .get("/metrics", metrics_text)
+        .get("/api/admin/events", events)
+        .get("/api/admin/jobs/{id}", job_detail);
     for a in ASSETS {
-        r = r.route(
-            a.path,
-            get(move || async move { page(a.body, a.content_type) }),
-        );
+        r = r.get(a.path, move || async move { page(a.body, a.content_type) });
     }
     r
+}
+
+/// Each asset's path and content type (for `/openapi.json`).
+pub fn asset_paths() -> impl Iterator<Item = (&'static str, &'static str)> {
+    ASSETS.iter().map(|a| (a.path, a.content_type))
+}
+
+/// `GET /`: the dashboard page.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "meta",
+    summary = "The dashboard page (its data calls are admin calls)",
+    responses((status = 200, description = "The page", content_type = "text/html; charset=utf-8", body = String)),
+)]
+pub async fn page_index() -> Response {
+    page(INDEX, "text/html; charset=utf-8")
 }
 
 fn page(body: &'static [u8], content_type: &'static str) -> Response {
@@ -88,7 +97,14 @@ fn page(body: &'static [u8], content_type: &'static str) -> Response {
 }
 
 /// `GET /metrics`.
-async fn metrics_text() -> Response {
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    summary = "Prometheus metrics (text format 0.0.4)",
+    responses((status = 200, description = "The metrics", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)),
+)]
+pub async fn metrics_text() -> Response {
     let mut resp = (StatusCode::OK, metrics::render()).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -100,7 +116,16 @@ async fn metrics_text() -> Response {
 /// `GET /api/admin/events`: `history` (the ring, oldest first) at once,
 /// then a `snapshot` each second, and a keep-alive comment every 15 s,
 /// until the client goes away or shutdown begins.
-async fn events(State(st): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+#[utoipa::path(
+    get,
+    path = "/api/admin/events",
+    tag = "admin",
+    summary = "The dashboard's figures as Server-Sent Events (`history`, then a `snapshot` each second)",
+    responses((status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String)),
+)]
+pub async fn events(
+    State(st): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let mut rx = st.dash.subscribe();
     // The current snapshot (if any) follows the history at once, so a page
     // shows figures without waiting a second.
@@ -133,7 +158,19 @@ async fn events(State(st): State<AppState>) -> Sse<impl Stream<Item = Result<Eve
 /// `GET /api/admin/jobs/{id}`: the job view plus what the detail view
 /// shows: its input (while it is kept: an ended job drops it), headers,
 /// lease and how each payload is encoded.
-async fn job_detail(State(st): State<AppState>, PathId(id): PathId) -> ApiResult<Response> {
+#[utoipa::path(
+    get,
+    path = "/api/admin/jobs/{id}",
+    tag = "admin",
+    summary = "A job with its input, headers and lease (the dashboard's detail view)",
+    params(crate::api::openapi::IdPath),
+    responses(
+        (status = 200, description = "The job", body = crate::api::openapi::JobDetail, headers(("X-Job-Id" = String, description = "The job's id"))),
+        (status = 400, description = "Malformed id", body = crate::api::openapi::Error),
+        (status = 404, description = "Unknown or forgotten job", body = crate::api::openapi::Error, headers(("X-Job-Id" = String, description = "The job's id"))),
+    ),
+)]
+pub async fn job_detail(State(st): State<AppState>, PathId(id): PathId) -> ApiResult<Response> {
     let rec = st.broker.get(id, Duration::ZERO).await?;
     let job = &rec.job;
     let mut o = encode::job_view(job, rec.position).time("lease_expires_at", job.lease_expires_at);

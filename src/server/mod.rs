@@ -89,7 +89,9 @@ fn is_known_method(m: &Method) -> bool {
             | Method::OPTIONS
             | Method::TRACE
             | Method::CONNECT
-    )
+    ) || m.as_str() == "QUERY"
+    // QUERY (the IETF's safe method with a body) is known, so a route
+    // answers it 405 like another method it does not serve, not 501.
 }
 
 /// The `Content-Length` a request declares, if any (hyper has already
