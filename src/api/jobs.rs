@@ -99,13 +99,14 @@ fn finished(job: &Job) -> ApiResult<Response> {
         (status = 200, description = "A worker completed the job: its result; with `Accept: text/event-stream`, the job's events (`progress`, `gap`, then one of `result`, `failed`, `cancelled`, `accepted`)", headers(("X-Job-Id" = String)),
             content(
                 (openapi::SubmitDone = "application/json"),
-                (String = "text/event-stream"),
+                (openapi::JobEvent = "text/event-stream"),
             )),
         (status = 202, description = "The wait ran out; the job goes on", body = openapi::Accepted, headers(("X-Job-Id" = String), ("Location" = String)),
         links(
             ("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/job_id")))),
             ("CancelJob" = (operation_id = "cancel", parameters(("id" = "$response.body#/job_id")))),
             ("JobDetail" = (operation_id = "job_detail", parameters(("id" = "$response.body#/job_id")))),
+            ("JobEvents" = (operation_id = "events", parameters(("id" = "$response.body#/job_id")))),
         )),
         (status = 400, description = "Malformed query value or header", body = openapi::Error),
         (status = 410, description = "The job was cancelled (or forgotten) while waited for", body = openapi::Error, headers(("X-Job-Id" = String))),
@@ -146,6 +147,7 @@ pub async fn submit(
             ("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/job_id")))),
             ("CancelJob" = (operation_id = "cancel", parameters(("id" = "$response.body#/job_id")))),
             ("JobDetail" = (operation_id = "job_detail", parameters(("id" = "$response.body#/job_id")))),
+            ("JobEvents" = (operation_id = "events", parameters(("id" = "$response.body#/job_id")))),
         )),
         (status = 400, description = "Malformed query value or header", body = openapi::Error),
         (status = 413, description = "Body over --max-body", body = openapi::Error),
@@ -204,7 +206,7 @@ pub async fn get_job(
         openapi::EventsHeaders,
     ),
     responses(
-        (status = 200, description = "The job's buffered and live progress events, then one final event (`result`, `failed`, `cancelled`, or `accepted` once `wait` ran out)", content_type = "text/event-stream", body = String, headers(("X-Job-Id" = String))),
+        (status = 200, description = "The job's buffered and live progress events, then one final event (`result`, `failed`, `cancelled`, or `accepted` once `wait` ran out)", content_type = "text/event-stream", body = openapi::JobEvent, headers(("X-Job-Id" = String))),
         (status = 400, description = "Malformed id, wait or Last-Event-ID", body = openapi::Error),
         (status = 404, description = "Unknown or forgotten job", body = openapi::Error, headers(("X-Job-Id" = String))),
         (status = 503, description = "Too many waiting clients, or the store is unusable", body = openapi::Error, headers(("Retry-After" = String))),

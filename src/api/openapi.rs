@@ -157,7 +157,7 @@ pub async fn openapi_json(State(st): State<super::AppState>) -> Response {
     ),
     components(schemas(
         Error, JobFailedError, Status, PayloadEncoding, SubmitDone, Accepted, JobView, JobWithInput,
-        Handout, Batch, Completed, FailReport, FailDone, HeartbeatDone, ProgressDone, Stats, StatusCounts,
+        Handout, Batch, Completed, FailReport, FailDone, HeartbeatDone, ProgressDone, JobEvent, JobEventKind, Stats, StatusCounts,
         Cleared, JobList, Health, JobDetail, PayloadFormat, HandoutOrBatch, CompletedOrNext,
         FailedOrNext
     )),
@@ -203,6 +203,33 @@ pub enum Status {
     Completed,
     Failed,
     Cancelled,
+}
+
+/// The kind of one event of a job's stream.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum JobEventKind {
+    Progress,
+    Gap,
+    Result,
+    Failed,
+    Cancelled,
+    Accepted,
+}
+
+/// One Server-Sent Event of a job's stream: `progress` (with `id`, its
+/// `seq`; `data` the worker's bytes as one JSON value by the payload
+/// encoding), `gap` (`{"dropped": N}`), then exactly one final event whose
+/// `data` is the body the plain answer would have had: `result` (the `200`
+/// body), `failed` (`502`), `cancelled` (`410`) or `accepted` (`202`).
+#[derive(ToSchema)]
+pub struct JobEvent {
+    event: JobEventKind,
+    /// A progress event's number within the job (resume after it with `Last-Event-ID`).
+    #[schema(pattern = "^[0-9]+$")]
+    id: Option<String>,
+    /// JSON text.
+    data: String,
 }
 
 /// Present (as `base64`) when the sibling payload was not UTF-8 and is

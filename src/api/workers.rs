@@ -86,6 +86,7 @@ async fn handout(
             ("Complete" = (operation_id = "complete", parameters(("id" = "$response.body#/job_id"), ("lease" = "$response.body#/lease_id")))),
             ("Fail" = (operation_id = "fail", parameters(("id" = "$response.body#/job_id"), ("lease" = "$response.body#/lease_id")))),
             ("Heartbeat" = (operation_id = "heartbeat", parameters(("id" = "$response.body#/job_id"), ("lease" = "$response.body#/lease_id")))),
+            ("Progress" = (operation_id = "progress", parameters(("id" = "$response.body#/job_id"), ("lease" = "$response.body#/lease_id")))),
         )),
         (status = 204, description = "No job came within `wait`"),
         (status = 400, description = "Malformed queue, wait or max", body = openapi::Error),
