@@ -23,8 +23,8 @@ pub fn peer_is_loopback(req: &Request) -> bool {
 
 /// Refuses with [`ApiError::Auth`] (`401`/`403`) unless the caller may
 /// act in the role of the matched route; open routes and unrouted paths
-/// (answered `404` by the fallback) pass untouched. Called by the API's
-/// one middleware ([`super::front`]).
+/// (answered `404` by the fallback) pass untouched. Called by the layer in
+/// front of every route (`Front` in `api/mod.rs`).
 pub fn require_role(auth: &Auth, req: &Request) -> Result<(), ApiError> {
     let role = req
         .extensions()

@@ -219,7 +219,7 @@ pub async fn events(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let wait = params.secs("wait")?;
-    let after = match header_str(&headers, "last-event-id")?.map(str::trim) {
+    let after = match header_str(&headers, "last-event-id")?.map(super::trim_ws) {
         None | Some("") => 0,
         Some(v) => v.parse::<u64>().map_err(|_| {
             ApiError::BadRequest(format!(

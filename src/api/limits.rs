@@ -15,11 +15,10 @@ use std::task::{Context, Poll};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ApiError;
 
@@ -87,18 +86,20 @@ fn kind(method: &Method, path: &str, query: Option<&str>) -> Option<Kind> {
     None
 }
 
-/// Answers `503` + `Retry-After` when the request would wait beyond its cap,
-/// else runs it (`next`). Called by the API's one middleware ([`super::front`]).
-pub async fn cap_waiting(caps: &Caps, req: Request, next: Next) -> Response {
+/// The permit a request that will wait holds (`None`: it does not wait),
+/// or `503` + `Retry-After` ([`ApiError::Busy`]) when it would wait beyond
+/// its cap. Called by the layer in front of every route (`Front` in `api/mod.rs`), which
+/// holds the permit until the answer is sent ([`hold_until_sent`]).
+pub fn permit(caps: &Caps, req: &Request) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
     let (sem, what, limit) = match kind(req.method(), req.uri().path(), req.uri().query()) {
-        None => return next.run(req).await,
+        None => return Ok(None),
         Some(Kind::WaitingClient) => (&caps.clients, "waiting clients", caps.max_clients),
         Some(Kind::PollingWorker) => (&caps.workers, "long-polling workers", caps.max_workers),
     };
-    let Ok(permit) = sem.clone().try_acquire_owned() else {
-        return ApiError::Busy { what, limit }.into_response();
-    };
-    hold_until_sent(next.run(req).await, permit)
+    match sem.clone().try_acquire_owned() {
+        Ok(permit) => Ok(Some(permit)),
+        Err(_) => Err(ApiError::Busy { what, limit }),
+    }
 }
 
 /// `resp`, keeping `guard` alive until its body has been sent in full (or

@@ -603,7 +603,7 @@ pub struct SubmitHeaders {
 #[into_params(parameter_in = Header)]
 pub struct EventsHeaders {
     /// The `id` (`seq`) of the last progress event received: only later
-    /// ones are sent.
+    /// ones are sent (empty: from the start).
     #[param(rename = "Last-Event-ID", required = false, schema_with = seq_number)]
     last_event_id: u64,
 }
@@ -611,7 +611,7 @@ pub struct EventsHeaders {
 fn seq_number() -> utoipa::openapi::Object {
     utoipa::openapi::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
-        .pattern(Some("^[ \\t]*[0-9]{1,19}[ \\t]*$"))
+        .pattern(Some("^[ \\t]*([0-9]{1,19})?[ \\t]*$"))
         .build()
 }
 

@@ -5,7 +5,6 @@
 //! (they hold payloads and tokens).
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::LazyLock;
 use std::time::Instant;
 
@@ -14,7 +13,7 @@ use axum::http::Method;
 use axum::response::Response;
 use parking_lot::Mutex;
 use tracing::field::Empty;
-use tracing::Instrument;
+use tracing::Span;
 
 use crate::api::X_JOB_ID;
 
@@ -55,47 +54,66 @@ fn path_id<'a>(template: &str, path: &'a str) -> Option<&'a str> {
     path.split('/').nth(pos)
 }
 
-/// Runs `inner` (the rest of the request) in the request's span and records
-/// its duration. Called by the API's one middleware (`api::front`).
-pub async fn track<F>(req: Request, inner: impl FnOnce(Request) -> F) -> Response
-where
-    F: Future<Output = Response>,
-{
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(UNMATCHED, |m| intern(m.as_str()));
-    let method = method_label(req.method());
-    // Only a well-formed id, so that nothing a client typed is logged. Given
-    // when the span is made: each later `record` formats the span's fields
-    // again in the text and JSON log layers.
-    let path_job = route
-        .contains("{id}")
-        .then(|| path_id(route, req.uri().path()))
-        .flatten()
-        .and_then(|id| id.parse::<uuid::Uuid>().ok());
-    let span = tracing::info_span!(
-        "request",
-        method,
-        route,
-        job.id = path_job.map(tracing::field::display),
-        status = Empty
-    );
-    let began = Instant::now();
-    let resp = inner(req).instrument(span.clone()).await;
-    let took = began.elapsed();
-    let status = resp.status().as_u16();
-    // Nothing is logged in the span after this but the `answered` line, so
-    // the answer's fields are recorded only when that line is logged.
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        if let Some(id) = resp.headers().get(X_JOB_ID).and_then(|v| v.to_str().ok()) {
-            span.record("job.id", id);
+/// One request's span and duration: begun before the request runs, ended
+/// with its answer (by the layer in front of every route, `Front` in `api/mod.rs`).
+pub struct Tracked {
+    span: Span,
+    method: &'static str,
+    route: &'static str,
+    began: Instant,
+}
+
+impl Tracked {
+    /// Makes the request's span (not entered) and starts its clock.
+    pub fn begin(req: &Request) -> Tracked {
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or(UNMATCHED, |m| intern(m.as_str()));
+        let method = method_label(req.method());
+        // Only a well-formed id, so that nothing a client typed is logged.
+        // Given when the span is made: each later `record` formats the
+        // span's fields again in the text and JSON log layers.
+        let path_job = route
+            .contains("{id}")
+            .then(|| path_id(route, req.uri().path()))
+            .flatten()
+            .and_then(|id| id.parse::<uuid::Uuid>().ok());
+        let span = tracing::info_span!(
+            "request",
+            method,
+            route,
+            job.id = path_job.map(tracing::field::display),
+            status = Empty
+        );
+        Tracked {
+            span,
+            method,
+            route,
+            began: Instant::now(),
         }
-        span.record("status", status);
-        tracing::debug!(parent: &span, took_ms = took.as_secs_f64() * 1e3, "answered");
     }
-    super::http_request(method, route, status, took);
-    resp
+
+    /// The request's span, to enter while its work runs.
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// Records the answer: its duration, and the `answered` line.
+    pub fn end(self, resp: &Response) {
+        let took = self.began.elapsed();
+        let status = resp.status().as_u16();
+        // Nothing is logged in the span after this but the `answered` line,
+        // so the answer's fields are recorded only when that line is logged.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            if let Some(id) = resp.headers().get(X_JOB_ID).and_then(|v| v.to_str().ok()) {
+                self.span.record("job.id", id);
+            }
+            self.span.record("status", status);
+            tracing::debug!(parent: &self.span, took_ms = took.as_secs_f64() * 1e3, "answered");
+        }
+        super::http_request(self.method, self.route, status, took);
+    }
 }
 
 #[cfg(test)]
