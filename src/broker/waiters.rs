@@ -220,6 +220,18 @@ impl<'a> AnyNotified<'a> {
         AnyNotified { futs }
     }
 
+    /// Takes any wake-up that arrived meanwhile, so that dropping these
+    /// registrations does not pass it on (Tokio hands a `notify_one` that
+    /// reached a dropped `Notified` to the next waiter, or keeps it as a
+    /// permit): call it once the caller has taken the job the wake-up
+    /// announced. (More jobs pending are announced again by the claim.)
+    pub fn consume(&mut self) {
+        use futures_util::FutureExt;
+        for f in &mut self.futs {
+            let _ = f.as_mut().now_or_never();
+        }
+    }
+
     /// Resolves when any of the signals fires.
     pub async fn wait(&mut self) {
         futures_util::future::select_all(self.futs.iter_mut().map(|f| f.as_mut())).await;
