@@ -432,12 +432,14 @@ async fn progress_streams_through_the_client_library() {
     stop.cancel();
     joined(BOUND, "worker stops", run).await.unwrap();
 
-    // Fencing: a job not (or no longer) ours is refused.
-    let worker = client.worker(vec![]);
-    let id = client
-        .submit_async("x", &SubmitOptions::default())
-        .await
-        .unwrap();
+    // Fencing: a job not (or no longer) ours is refused. (Another queue:
+    // the stopped runner's last long-poll may still be open on the server.)
+    let worker = client.worker(vec!["fence".into()]);
+    let fence = SubmitOptions {
+        queue: Some("fence".into()),
+        ..Default::default()
+    };
+    let id = client.submit_async("x", &fence).await.unwrap();
     let job = poll_one(&worker).await;
     assert_eq!(job.id, id);
     assert_eq!(worker.progress(&job, "p").await.unwrap(), 1);
