@@ -188,8 +188,23 @@ pub fn encoding_of(bytes: &[u8]) -> &'static str {
 
 /// Appends `s` as a JSON string.
 pub fn push_str(out: &mut Vec<u8>, s: &str) {
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    // Most strings (ids, times, statuses, queue names) need no escape:
+    // copied as they are, without serde_json's per-byte escape loop.
+    if needs_escape(s) {
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    } else {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
+
+/// Whether JSON needs `s` escaped: the characters serde_json escapes
+/// (control characters, `"` and `\\`; everything else is valid as it is).
+fn needs_escape(s: &str) -> bool {
+    s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// Integer formatting for [`Obj::num`].

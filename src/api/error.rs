@@ -153,15 +153,13 @@ impl ApiError {
                 *id,
                 Some(5),
             ),
-            ApiError::Unavailable(m) => {
-                tracing::error!(error = %m, "storage unavailable");
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "storage is unavailable; retry later".into(),
-                    None,
-                    Some(1),
-                )
-            }
+            // Logged with the request's fields when answered (`ServerFault`).
+            ApiError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage is unavailable; retry later".into(),
+                None,
+                Some(1),
+            ),
             ApiError::JobFailed { job_id, error, .. } => {
                 (StatusCode::BAD_GATEWAY, error.clone(), Some(*job_id), None)
             }
@@ -233,6 +231,10 @@ impl IntoResponse for ApiError {
         }
         if let Some(secs) = retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let ApiError::Unavailable(m) = self {
+            resp.extensions_mut()
+                .insert(crate::metrics::http::ServerFault(m));
         }
         resp
     }

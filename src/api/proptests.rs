@@ -91,6 +91,17 @@ fn decode(answer: &Value) -> Decoded {
 proptest! {
     #![proptest_config(config())]
 
+    /// A string is written exactly as serde_json writes it (the fast path
+    /// for strings with nothing to escape included).
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them(s in any::<String>(), plain in "[ -~]{0,40}") {
+        for s in [s, plain] {
+            let mut out = Vec::new();
+            crate::api::encode::push_str(&mut out, &s);
+            prop_assert_eq!(out, serde_json::to_vec(&s).expect("a string serializes"));
+        }
+    }
+
     /// Every body comes back: JSON as the same value, other UTF-8 as the
     /// same string, other bytes exactly through base64; and the answer is
     /// always JSON that a strict parser (serde_json) reads.
