@@ -21,6 +21,9 @@
 # Cases memory-metrics-off and embedded-metrics-off run with --metrics off; memory-dashboard and
 # embedded-dashboard have a dashboard stream (GET /api/admin/events) open during the run,
 # read by curl (a headless browser would take a core of this 2-core machine).
+# Every case also exists with the suffix -fused (idealq-fused, memory-fused, embedded-fused, ...):
+# the same server, with workers that complete and take the next job in one request
+# (`syncbench --fused`, `POST /api/worker/complete/{id}?next=1`), two requests per job.
 # Cases base-memory, base-embedded, base-embedded-normal and base-postgres run those cases with BASE_JOBQ, another
 # jobq binary (say, built from an older commit with
 #   git worktree add /tmp/jobq-base <commit> && cargo build --release --manifest-path /tmp/jobq-base/Cargo.toml),
@@ -70,7 +73,7 @@ newdb() { # creates a fresh database, prints its URL
   echo "${PG_URL%/*}/$DB"
 }
 load() { # URL PID LABEL CLIENTS WORKERS
-  $B/syncbench --url "$1" --clients "$4" --workers "$5" \
+  $B/syncbench --url "$1" --clients "$4" --workers "$5" "${fused[@]}" \
     --duration "$DURATION" --warmup "$WARMUP" --payload-bytes "$PAYLOAD" \
     --long-poll "$LONG_POLL" --server-pid "$2" --label "$3"
 }
@@ -100,7 +103,10 @@ for round in $(seq 1 "$RUNS"); do
     PORT=$($B/syncbench free-port)
     DIR=$(mktemp -d /tmp/jobq-bench-data.XXXXXX)
     log="$OUT/logs/$c.$round.log"
-    case $c in
+    fused=()
+    server=$c
+    if [[ $c == *-fused ]]; then fused=(--fused); server=${c%-fused}; fi
+    case $server in
       idealq) $B/idealq --addr "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       memory) $JOBQ serve --grpc-listen off --storage memory --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
       embedded) $JOBQ serve --grpc-listen off --data-dir "$DIR" --listen "127.0.0.1:$PORT" >"$log" 2>&1 & ;;
@@ -128,17 +134,17 @@ for round in $(seq 1 "$RUNS"); do
     PID=$!
     $B/syncbench wait-port "127.0.0.1:$PORT" --timeout 30
     label=$c
-    if [[ $c == *-dashboard ]]; then
+    if [[ $server == *-dashboard ]]; then
       curl -sN "http://127.0.0.1:$PORT/api/admin/events" >"$OUT/logs/$c.$round.events" 2>&1 &
       SSE=$!
     fi
-    if [[ $c == embedded-backlog ]]; then
+    if [[ $server == embedded-backlog ]]; then
       prefill "$PORT" "${BACKLOG:-100000}"
-    elif [[ $c != idealq && $PREFILL -gt 0 ]]; then
+    elif [[ $server != idealq && $PREFILL -gt 0 ]]; then
       prefill "$PORT" "$PREFILL"
       label="$c-prefill$PREFILL"
     fi
-    if [[ $c == postgres-2nodes ]]; then
+    if [[ $server == postgres-2nodes ]]; then
       $B/syncbench wait-port "127.0.0.1:$PORT2" --timeout 30
       load "http://127.0.0.1:$PORT" "$PID2" "$label-a" $((CLIENTS / 2)) $((WORKERS / 2)) >>"$OUT/results.jsonl" 2>>"$log" &
       LA=$!
