@@ -24,7 +24,8 @@ const UNMATCHED: &str = "unmatched";
 
 /// Route templates as `'static` labels. The set is bounded by the router's
 /// routes, so leaking each once is fine.
-static ROUTES: LazyLock<Mutex<HashSet<&'static str>>> = LazyLock::new(Default::default);
+static ROUTES: LazyLock<Mutex<HashSet<&'static str, foldhash::fast::RandomState>>> =
+    LazyLock::new(Default::default);
 
 fn intern(route: &str) -> &'static str {
     let mut routes = ROUTES.lock();
