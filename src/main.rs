@@ -81,8 +81,45 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "jobq {} serving",
         env!("CARGO_PKG_VERSION")
     );
+    raise_open_files_limit(cfg.max_waiting_clients.max(cfg.max_polling_workers));
     let broker = Broker::new(store, args.broker_config());
     jobq::server::run_with_grpc(listener, grpc, broker, cfg, shutdown_signal()).await
+}
+
+/// Raises the soft limit on open files to the hard limit, as Go programs
+/// (the first jobq) do at start: every waiting client and polling worker
+/// holds a socket, and the usual soft limit of 1,024 is far below the
+/// default caps. Warns when even the hard limit is below either cap (both
+/// full at once is rarer; the warning would then show on common machines).
+fn raise_open_files_limit(sockets: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `lim`.
+    let raised = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim = want;
+            }
+        }
+        lim.rlim_cur
+    };
+    // A few files more than sockets: the store, the log, the listeners.
+    if (raised as u128) < sockets as u128 + 64 {
+        tracing::warn!(
+            open_files = raised,
+            "the open-files limit (ulimit -n) is below --max-waiting-clients or --max-polling-workers: \
+             connections beyond it wait in the listen queue until one closes; raise it, or lower the caps"
+        );
+    }
 }
 
 /// Re-reads the token file and the TLS certificate and key on every SIGHUP

@@ -340,3 +340,58 @@ async fn tcp_keepalive_notices_a_vanished_long_poll() {
     assert_eq!(st["pending"], 1, "{st}");
     s.stop().await;
 }
+
+/// The soft limit on open files (`Max open files` in `/proc/PID/limits`).
+fn open_files_of(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut n = line
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u64>().ok());
+    (n.next().expect("soft"), n.next().expect("hard"))
+}
+
+/// Every waiting client and polling worker holds a socket: the server raises
+/// its soft open-files limit to the hard one at start (as Go programs do),
+/// and says so in one line when even the hard limit is below its caps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_files_limit_is_raised_to_the_hard_one() {
+    use common::binary::{free_port, Proc};
+    let (_, hard_here) = open_files_of(std::process::id());
+    let hard = hard_here.min(4096);
+    assert!(
+        hard >= 1024,
+        "this test needs a hard open-files limit of 1,024 or more"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let caps = [
+        "--max-waiting-clients",
+        "100",
+        "--max-polling-workers",
+        "100",
+    ];
+    let mut p =
+        Proc::start_with_open_files(&dir.path().join("a"), free_port(), &caps, 256, hard).await;
+    assert_eq!(open_files_of(p.child.id()), (hard, hard));
+    assert!(
+        !p.log_text().contains("open-files limit"),
+        "{}",
+        p.log_text()
+    );
+    p.kill9();
+
+    // A hard limit below the default caps (10,000 waiting clients alone):
+    // still raised to it, with a warning.
+    let mut p =
+        Proc::start_with_open_files(&dir.path().join("b"), free_port(), &[], 256, hard).await;
+    assert_eq!(open_files_of(p.child.id()), (hard, hard));
+    let log = p.log_text();
+    assert!(
+        log.contains("WARN") && log.contains("open-files limit (ulimit -n) is below --max-waiting-clients"),
+        "{log}"
+    );
+    p.kill9();
+}

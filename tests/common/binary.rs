@@ -52,10 +52,48 @@ impl Proc {
         max_file_bytes: Option<u64>,
         env: &[(&str, &str)],
     ) -> Proc {
+        Self::spawn(data_dir, port, flags, max_file_bytes, None, env).await
+    }
+
+    /// As [`Proc::start`], started with the open-files limit (RLIMIT_NOFILE)
+    /// at `soft` and `hard`.
+    pub async fn start_with_open_files(
+        data_dir: &Path,
+        port: u16,
+        flags: &[&str],
+        soft: u64,
+        hard: u64,
+    ) -> Proc {
+        Self::spawn(data_dir, port, flags, None, Some((soft, hard)), &[]).await
+    }
+
+    async fn spawn(
+        data_dir: &Path,
+        port: u16,
+        flags: &[&str],
+        max_file_bytes: Option<u64>,
+        open_files: Option<(u64, u64)>,
+        env: &[(&str, &str)],
+    ) -> Proc {
         use std::os::unix::process::CommandExt as _;
         let log = data_dir.with_extension(format!("{port}.log"));
         let stderr = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobq"));
+        if let Some((soft, hard)) = open_files {
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         if let Some(limit) = max_file_bytes {
             // SAFETY: only async-signal-safe calls between fork and exec.
             unsafe {
