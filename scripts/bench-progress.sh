@@ -16,15 +16,6 @@ SECS=${SECS:-10}
 STORAGE=${STORAGE:-memory}
 cd "$root"
 cargo build --release -q --bin jobq --example progress_bench
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
-data=$(mktemp -d)
-./target/release/jobq serve --storage "$STORAGE" --data-dir "$data" --listen "127.0.0.1:$port" \
-  --grpc-listen off --max-waiting-clients 100000 >"$data/server.log" 2>&1 &
-pid=$!
-trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 100); do
-  curl -fs "http://127.0.0.1:$port/health" >/dev/null && break
-  sleep 0.1
-done
-echo "== jobq $(git -C "$root" rev-parse --short HEAD), --storage $STORAGE, load $(cut -d' ' -f1-3 /proc/loadavg)"
+. scripts/lib/release-server.sh
+start_release_server --storage "$STORAGE" --max-waiting-clients 100000
 ./target/release/examples/progress_bench "http://127.0.0.1:$port" "$STREAMS" "$INTERVAL_MS" "$SECS"

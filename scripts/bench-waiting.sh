@@ -18,15 +18,6 @@ STORAGE=${STORAGE:-embedded}
 cd "$root"
 ulimit -n "$(ulimit -Hn)"
 cargo build --release -q --bin jobq --example waiting_clients
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
-data=$(mktemp -d)
-./target/release/jobq serve --storage "$STORAGE" --data-dir "$data" --listen "127.0.0.1:$port" \
-  --grpc-listen off >"$data/server.log" 2>&1 &
-pid=$!
-trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 100); do
-  curl -fs "http://127.0.0.1:$port/health" >/dev/null && break
-  sleep 0.1
-done
-echo "== jobq $(git -C "$root" rev-parse --short HEAD), --storage $STORAGE, load $(cut -d' ' -f1-3 /proc/loadavg)"
+. scripts/lib/release-server.sh
+start_release_server --storage "$STORAGE"
 ./target/release/examples/waiting_clients "http://127.0.0.1:$port" "$pid" "$CLIENTS" "$WORKERS"
