@@ -1458,8 +1458,9 @@ async fn reopen_keeps_every_job(s: TestStore) -> TestStore {
 // once their final write is committed, and reads the rest back) ----
 
 /// Three ended jobs: completed under an idempotency key, failed after a
-/// retry (with its error), cancelled while running; then another write, by
-/// which a store that moves ended jobs to disk has moved them.
+/// retry (with its error), cancelled while running; then another job and a
+/// maintenance pass that purges nothing, by which a store that moves ended
+/// jobs to disk (the embedded one) has moved them.
 async fn three_ended(s: &dyn Store) -> (NewJob, [Twin<'_>; 3]) {
     let first = keyed("ended-key", 9, 1);
     let mut done = Twin::insert(s, first.clone()).await;
@@ -1475,6 +1476,8 @@ async fn three_ended(s: &dyn Store) -> (NewJob, [Twin<'_>; 3]) {
     cancelled.claim(&["default"], 16, 1000).await;
     cancelled.cancel(false, 17).await.unwrap();
     insert(s, new_job("later", 0, 4)).await;
+    let day = Duration::from_secs(86_400);
+    assert_eq!(s.purge_expired(day, Timestamp(20)).await.unwrap(), 0);
     (first, [done, failed, cancelled])
 }
 

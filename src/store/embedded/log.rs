@@ -150,8 +150,8 @@ pub(super) struct Log {
     /// Commits since the last checkpoint.
     since_checkpoint: AtomicU32,
     /// Jobs whose final (ended) state has been committed since the store
-    /// last looked: it may now drop their full records and read them back
-    /// from the database (see [`Log::take_settled`]).
+    /// last took them: it may now drop their full records and read them
+    /// back from the database (see [`Log::take_settled`]).
     settled: Mutex<Vec<JobId>>,
 }
 

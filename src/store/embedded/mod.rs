@@ -15,11 +15,13 @@
 //!
 //! Ended jobs are kept for `--result-ttl`, so at a steady rate they are
 //! nearly all the jobs held. Once a job's final state is committed, the
-//! index keeps only a compact record of it (see [`Index::move_to_disk`])
-//! and reads it back from its row when it is asked for (a `GET`, a list, an
-//! idempotent attach, a repeated complete): memory does not grow with
-//! throughput × `--result-ttl`. Until that commit, the index holds it in
-//! full, so a read never sees a state older than the one answered.
+//! next maintenance pass (about every second) has the index keep only a
+//! compact record of it (see [`Index::move_to_disk`]), and it is read back
+//! from its row when asked for (a `GET`, a list, an idempotent attach, a
+//! repeated complete): memory does not grow with throughput ×
+//! `--result-ttl`, and requests do no more work than before. Until then the
+//! index holds it in full, so a read never sees a state older than one
+//! already answered.
 //!
 //! What waits for the disk (see `docs/storage.md`): a submit (workers can
 //! take the job once it is committed), a complete, a fail, a cancel, a clear and a
@@ -70,9 +72,8 @@ const MIGRATIONS: &[&str] = &[
 /// Name of the lock file that keeps a second process off the data dir.
 const LOCK_FILE: &str = "jobq.lock";
 
-/// Most jobs an operation moves to disk while it holds the index lock (the
-/// maintenance pass moves the rest), so that a commit of many ended jobs
-/// at once (a clear) does not hold up one request for long.
+/// Most jobs moved to disk under one hold of the index lock, so that a
+/// commit of many ended jobs at once (a clear) holds up no request for long.
 const SETTLE_MAX: usize = 256;
 
 /// `--storage embedded`.
@@ -164,28 +165,28 @@ impl EmbeddedStore {
         })
     }
 
-    /// The index, locked, after moving to disk (up to [`SETTLE_MAX`]) the
-    /// ended jobs whose final state has been committed since the last look.
+    /// The index, locked.
     fn index(&self) -> MutexGuard<'_, Index> {
-        let mut index = self.index.lock();
-        for id in self.log.take_settled(SETTLE_MAX) {
-            index.move_to_disk(id);
-        }
-        index
+        self.index.lock()
     }
 
-    /// Moves to disk every ended job whose final state has been committed,
-    /// [`SETTLE_MAX`] at a time.
-    fn settle_all(&self) {
+    /// Moves to disk every ended job whose final state has been committed
+    /// since the last call, [`SETTLE_MAX`] at a time. Called by the
+    /// maintenance pass (about every second), not by requests: their path
+    /// stays as short as before, and until then a job is read from memory.
+    async fn settle(&self) {
         loop {
             let ids = self.log.take_settled(SETTLE_MAX);
             if ids.is_empty() {
                 return;
             }
-            let mut index = self.index.lock();
-            for id in ids {
-                index.move_to_disk(id);
+            {
+                let mut index = self.index.lock();
+                for id in ids {
+                    index.move_to_disk(id);
+                }
             }
+            tokio::task::yield_now().await;
         }
     }
 
@@ -836,8 +837,9 @@ impl Store for EmbeddedStore {
     }
 
     async fn purge_expired(&self, ttl: Duration, now: Timestamp) -> Result<u64> {
-        // The maintenance pass: also moves to disk what requests left.
-        self.settle_all();
+        // The maintenance pass: ended jobs committed since the last one
+        // are moved to disk.
+        self.settle().await;
         let mut index = self.index.lock();
         let purged = index.purge_expired(ttl, now);
         let n = purged.len() as u64;
@@ -992,7 +994,12 @@ mod tests {
         let (job, how) = completing.await.unwrap().unwrap();
         assert_eq!(how, Completion::Completed);
         assert!(same(&job, &full));
-        // Committed: the next look at the index moves it to disk.
+        // Committed: still held in full until the maintenance pass (which
+        // purges nothing here) moves it to disk.
+        assert!(same(&store.get(id).await.unwrap().unwrap().job, &full));
+        assert!(store.index.lock().on_disk(id).is_none());
+        let day = Duration::from_secs(86_400);
+        assert_eq!(store.purge_expired(day, Timestamp(30)).await.unwrap(), 0);
         let back = store.get(id).await.unwrap().unwrap();
         assert!(
             store.index.lock().on_disk(id).is_some(),
