@@ -680,3 +680,167 @@ async fn restored_jobs_are_served_while_new_writes_commit() {
         assert_eq!(pad, if i % 4 == 0 { 2000 } else { 0 }, "{j}");
     }
 }
+
+/// Ended jobs are held as compact records once their final write is
+/// committed (by the next maintenance pass), and read back from the
+/// database when asked for: before and after a `kill -9` and restart,
+/// `GET`, the admin list, an idempotent attach and a repeated complete give
+/// each of them whole (result, error, timestamps, attempts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_keeps_ended_jobs_whole_for_every_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut p = Proc::start(&data, free_port(), &[]).await;
+    let http = reqwest::Client::new();
+    let mut completed = Vec::new();
+    for i in 0..20 {
+        let r = http
+            .post(p.url("/api/jobs"))
+            .header("idempotency-key", format!("whole-{i}"))
+            .body(format!("{{\"i\":{i}}}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let job = poll(&http, &p).await.expect("a job");
+        let body = format!("{{\"r\":{}}}", i * 10);
+        assert_eq!(
+            common::http::complete(&http, &p.base, &job, body.clone()).await,
+            200
+        );
+        completed.push((i, job, body));
+    }
+    let failed = enqueue(&http, &p.base, "{\"f\":1}").await;
+    for (retry, error) in [(true, "first"), (false, "last")] {
+        let job = poll(&http, &p).await.expect("a job");
+        assert_eq!(id_of(&job), failed);
+        let r = http
+            .post(p.url(&format!("/api/worker/fail/{failed}")))
+            .header("x-lease-id", job["lease_id"].as_str().unwrap())
+            .json(&serde_json::json!({ "error": error, "retry": retry }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let cancelled = enqueue(&http, &p.base, "{\"c\":1}").await;
+    poll(&http, &p).await.expect("a job");
+    let r = http
+        .delete(p.url(&format!("/api/jobs/{cancelled}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A sync submit: its client is answered from the completion in memory.
+    let (client, job) = submit_and_take(&http, &p, "{\"sync\":1}").await;
+    let synced = id_of(&job);
+    assert_eq!(
+        common::http::complete(&http, &p.base, &job, "{\"s\":1}").await,
+        200
+    );
+    let answered: Value = tokio::time::timeout(Duration::from_secs(10), client)
+        .await
+        .unwrap()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let get = |p: &Proc, id: &str| get_json_of(&http, p.url(&format!("/api/jobs/{id}")));
+    let mut ids: Vec<String> = completed.iter().map(|(_, j, _)| id_of(j)).collect();
+    ids.extend([failed.clone(), cancelled.clone(), synced.clone()]);
+    let mut held = HashMap::new();
+    for id in &ids {
+        held.insert(id.clone(), get(&p, id).await);
+    }
+    // The maintenance pass (about every second) moves them to disk: read
+    // back, they are what was read from memory.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut before = HashMap::new();
+    for id in &ids {
+        before.insert(id.clone(), get(&p, id).await);
+    }
+    assert_eq!(before, held);
+    // Read back from disk: what its client was answered from memory.
+    let s = &before[&synced];
+    for key in ["payload", "created_at", "completed_at"] {
+        assert_eq!(s[key], answered[key], "{key}: {s} vs {answered}");
+    }
+    assert_eq!(
+        (&s["status"], &s["attempts"]),
+        (&"completed".into(), &1.into()),
+        "{s}"
+    );
+    assert!(s["started_at"].as_str().is_some(), "{s}");
+    let f = &before[&failed];
+    assert_eq!(
+        (&f["status"], &f["attempts"]),
+        (&"failed".into(), &2.into()),
+        "{f}"
+    );
+    assert_eq!(f["error"], "last", "{f}");
+    assert_eq!(before[&cancelled]["status"], "cancelled");
+    let listed_before = list_all(&http, &p).await;
+
+    let check = |p: &Proc| {
+        let (http, p_base) = (http.clone(), p.base.clone());
+        let (before, completed, listed_before) =
+            (before.clone(), completed.clone(), listed_before.clone());
+        async move {
+            for (id, want) in &before {
+                let got = get_json_of(&http, format!("{p_base}/api/jobs/{id}")).await;
+                assert_eq!(&got, want, "GET {id}");
+            }
+            let r = http
+                .get(format!("{p_base}/api/admin/jobs?limit=1000"))
+                .send()
+                .await
+                .unwrap();
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["jobs"].as_array().unwrap(), &listed_before, "list");
+            for (i, job, body) in completed.iter().take(3) {
+                let id = id_of(job);
+                // A client re-submitting with its key gets the stored result.
+                let r = http
+                    .post(format!("{p_base}/api/submit"))
+                    .header("idempotency-key", format!("whole-{i}"))
+                    .body(format!("{{\"i\":{i}}}"))
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                let v: Value = r.json().await.unwrap();
+                assert_eq!(v["job_id"], id.as_str());
+                assert_eq!(v["payload"]["r"], i * 10);
+                // The worker repeating its complete under its lease: a repeat.
+                assert_eq!(
+                    common::http::complete(&http, &p_base, job, body.clone()).await,
+                    200
+                );
+                assert_eq!(
+                    common::http::complete(&http, &p_base, job, "{\"other\":1}").await,
+                    200
+                );
+            }
+            let stats = get_json(&http, &format!("{p_base}/api/admin/stats")).await;
+            assert_eq!(
+                (&stats["total"], &stats["completed"], &stats["failed"]),
+                (&23.into(), &21.into(), &1.into()),
+                "{stats}"
+            );
+        }
+    };
+    check(&p).await;
+    p.kill9();
+    let p = Proc::start(&data, free_port(), &[]).await;
+    check(&p).await;
+}
+
+/// `GET url`'s body as JSON, which must be a `200`.
+async fn get_json_of(http: &reqwest::Client, url: String) -> Value {
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "GET {url}");
+    r.json().await.unwrap()
+}

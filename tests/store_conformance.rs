@@ -95,8 +95,10 @@ conformance_tests!(
     peek_shows_the_next_job_without_taking_it,
     max_pending_refuses_inserts_beyond_it,
     get_reports_position_while_pending,
-    concurrent_claims_never_share_a_job;
+    concurrent_claims_never_share_a_job,
+    ended_jobs_are_read_back_whole;
     durable: reopen_keeps_every_job,
+    ended_jobs_are_read_back_whole_after_a_reopen,
 );
 
 /// A job held in the store and, beside it, the same job as the pure rules
@@ -1450,4 +1452,165 @@ async fn reopen_keeps_every_job(s: TestStore) -> TestStore {
     };
     assert_eq!(j.id, kept[2].id);
     s
+}
+
+// ---- ended jobs (the embedded store keeps only a compact record of them
+// once their final write is committed, and reads the rest back) ----
+
+/// Three ended jobs: completed under an idempotency key, failed after a
+/// retry (with its error), cancelled while running; then another job and a
+/// maintenance pass that purges nothing, by which a store that moves ended
+/// jobs to disk (the embedded one) has moved them.
+async fn three_ended(s: &dyn Store) -> (NewJob, [Twin<'_>; 3]) {
+    let first = keyed("ended-key", 9, 1);
+    let mut done = Twin::insert(s, first.clone()).await;
+    done.claim(&["default"], 10, 1000).await;
+    let lease = done.lease();
+    done.complete(Some(lease), "{\"r\":1}", 11).await.unwrap();
+    let mut failed = Twin::new(s, "other", 0, 2).await;
+    failed.claim(&["other"], 12, 1000).await;
+    failed.fail(None, "first", true, 3, 13).await.unwrap();
+    failed.claim(&["other"], 14, 1000).await;
+    failed.fail(None, "last", false, 3, 15).await.unwrap();
+    let mut cancelled = Twin::new(s, "default", 0, 3).await;
+    cancelled.claim(&["default"], 16, 1000).await;
+    cancelled.cancel(false, 17).await.unwrap();
+    insert(s, new_job("later", 0, 4)).await;
+    let day = Duration::from_secs(86_400);
+    assert_eq!(s.purge_expired(day, Timestamp(20)).await.unwrap(), 0);
+    (first, [done, failed, cancelled])
+}
+
+/// Every read of an ended job gives it whole (result, error, timestamps,
+/// attempts, lease): `get`, `list`, an idempotent attach, a repeated
+/// complete; refusals are the ones `job.rs` gives.
+async fn read_back_whole(s: &dyn Store, first: &NewJob, twins: &mut [Twin<'_>; 3]) {
+    for t in twins.iter() {
+        t.verify("ended, read back").await;
+    }
+    let listed = s
+        .list(&ListFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 4);
+    for t in twins.iter() {
+        let got = listed.iter().find(|j| j.id == t.id()).expect("listed");
+        t.agrees(got, "list");
+    }
+    assert_eq!(
+        ids(&listed[1..]),
+        vec![twins[2].id(), twins[1].id(), twins[0].id()],
+        "newest first"
+    );
+    let failed = s
+        .list(&ListFilter {
+            status: Some(Status::Failed),
+            queue: Some(q("other")),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    twins[1].agrees(&failed[0], "list failed");
+    let Inserted::Existing(j) = s.insert(resubmitted(first), u64::MAX).await.unwrap() else {
+        panic!("the key of an ended job no longer attaches");
+    };
+    twins[0].agrees(&j, "attach");
+    let mut other = resubmitted(first);
+    other.idempotency.as_mut().unwrap().fingerprint = [1; 32];
+    assert!(matches!(
+        s.insert(other, u64::MAX).await,
+        Err(Error::IdempotencyMismatch)
+    ));
+    let [done, failed, cancelled] = twins;
+    let lease = done.lease();
+    assert_eq!(
+        done.complete(Some(lease), "other", 30).await,
+        Ok(Completion::AlreadyCompleted)
+    );
+    assert_eq!(
+        done.complete(None, "{\"r\":1}", 31).await,
+        Ok(Completion::AlreadyCompleted)
+    );
+    assert_eq!(
+        done.complete(None, "other", 32).await,
+        Err(TransitionError::NotRunning(Status::Completed))
+    );
+    assert_eq!(
+        done.complete(Some(LeaseId::new()), "x", 33).await,
+        Err(TransitionError::StaleLease)
+    );
+    assert_eq!(
+        failed.complete(Some(failed.lease()), "x", 34).await,
+        Err(TransitionError::NotRunning(Status::Failed))
+    );
+    assert_eq!(
+        failed.heartbeat(None, 2000).await,
+        Err(TransitionError::NotRunning(Status::Failed))
+    );
+    assert_eq!(
+        cancelled.fail(None, "x", true, 3, 35).await,
+        Err(TransitionError::NotRunning(Status::Cancelled))
+    );
+    assert_eq!(
+        cancelled.release(cancelled.lease()).await,
+        Err(TransitionError::NotRunning(Status::Cancelled))
+    );
+    assert_eq!(
+        done.cancel(false, 36).await,
+        Err(TransitionError::AlreadyEnded(Status::Completed))
+    );
+    assert_eq!(
+        done.cancel(true, 37).await,
+        Err(TransitionError::NotPending(Status::Completed))
+    );
+    let counts = s.counts().await.unwrap();
+    let mut total = [0; 5];
+    total[Status::Pending.index()] = 1;
+    total[Status::Completed.index()] = 1;
+    total[Status::Failed.index()] = 1;
+    total[Status::Cancelled.index()] = 1;
+    assert_eq!(counts.total, total);
+}
+
+async fn ended_jobs_are_read_back_whole(s: &dyn Store) {
+    let (first, mut twins) = three_ended(s).await;
+    read_back_whole(s, &first, &mut twins).await;
+    // Forgetting them frees the key.
+    purge(
+        s,
+        &mut twins.iter_mut().collect::<Vec<_>>(),
+        Duration::ZERO,
+        100,
+    )
+    .await;
+    assert!(matches!(
+        s.insert(resubmitted(&first), u64::MAX).await.unwrap(),
+        Inserted::Created(_)
+    ));
+}
+
+async fn ended_jobs_are_read_back_whole_after_a_reopen(s: TestStore) -> TestStore {
+    let (first, twins) = three_ended(&*s).await;
+    let models: Vec<Job> = twins.iter().map(|t| t.job().clone()).collect();
+    let s = s.reopen().await;
+    let mut twins = twins_of(&*s, models);
+    read_back_whole(&*s, &first, &mut twins).await;
+    s
+}
+
+/// Twins of jobs already in a store (reopened).
+fn twins_of(s: &dyn Store, models: Vec<Job>) -> [Twin<'_>; 3] {
+    let twins: Vec<Twin<'_>> = models
+        .into_iter()
+        .map(|model| Twin {
+            s,
+            model,
+            gone: false,
+        })
+        .collect();
+    twins.try_into().unwrap_or_else(|_| panic!("three jobs"))
 }

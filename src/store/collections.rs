@@ -47,6 +47,11 @@ impl<K, V> ShardedMap<K, V> {
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.shards.iter().flat_map(|s| s.values())
     }
+
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
 }
 
 impl<K: Hash + Eq, V> ShardedMap<K, V> {

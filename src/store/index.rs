@@ -4,6 +4,13 @@
 //! per-queue pending order, idempotency keys, counts and the ended-jobs queue
 //! for `--result-ttl`. No I/O and no locking of its own: each store holds it
 //! behind a mutex, never across an await.
+//!
+//! A durable store may move an ended job "to disk" once its final state is
+//! written ([`Index::move_to_disk`]): the index then keeps a compact record
+//! of it ([`Ended`]) instead of the whole job, and reads of it
+//! ([`Index::get_held`], [`Index::list_held`]) say where to read it back
+//! ([`OnDisk`]). Jobs are kept for `--result-ttl`, so at a steady rate the
+//! ended ones are nearly all of them.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -14,7 +21,7 @@ use super::{
     ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, Inserted, JobRecord,
     ListFilter, QueueActivity, Result, StatusCounts,
 };
-use crate::job::{Completion, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp};
+use crate::job::{Completion, Idempotency, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp};
 
 /// Order of pending jobs inside a queue: higher priority first, then older.
 type PendingKey = (Reverse<i32>, u64);
@@ -52,6 +59,92 @@ impl Entry {
     fn cold(&self) -> bool {
         self.seq_cold & COLD != 0
     }
+}
+
+/// An ended job whose full record (result, error, timestamps, attempts,
+/// lease) is in durable storage: what the index still needs of it. Its id
+/// and idempotency key stay taken, `clear` and the purge find it, counts
+/// and lists filter and order it; everything else is read back by `seq`.
+/// 40 bytes in the map's slot, where a job held in full costs a 256-byte
+/// entry, its slot and its result.
+#[derive(Debug)]
+struct Ended {
+    queue: Queue,
+    created_at: Timestamp,
+    /// The arrival number (the row key) and, in the top two bits, the status.
+    seq_status: u64,
+    /// Its key's fingerprint answers a mismatch without a read; moved from
+    /// the job, not copied.
+    idempotency: Option<Box<Idempotency>>,
+}
+
+/// Where [`Ended::seq_status`] keeps the status.
+const STATUS_SHIFT: u32 = 62;
+
+/// The largest arrival number a job moved to disk can have (a job with a
+/// larger one stays in full; arrival numbers count jobs from 0).
+pub const MAX_DISK_SEQ: u64 = (1 << STATUS_SHIFT) - 1;
+
+impl Ended {
+    /// `job` must have ended, and `seq` be at most [`MAX_DISK_SEQ`].
+    fn new(job: Job, seq: u64) -> Self {
+        debug_assert!(job.status.is_ended() && seq <= MAX_DISK_SEQ);
+        let code: u64 = match job.status {
+            Status::Completed => 0,
+            Status::Failed => 1,
+            _ => 2,
+        };
+        Ended {
+            queue: job.queue,
+            created_at: job.created_at,
+            seq_status: seq | code << STATUS_SHIFT,
+            idempotency: job.idempotency,
+        }
+    }
+
+    fn seq(&self) -> u64 {
+        self.seq_status & MAX_DISK_SEQ
+    }
+
+    fn status(&self) -> Status {
+        match self.seq_status >> STATUS_SHIFT {
+            0 => Status::Completed,
+            1 => Status::Failed,
+            _ => Status::Cancelled,
+        }
+    }
+
+    fn on_disk(&self, id: JobId) -> OnDisk {
+        OnDisk {
+            id,
+            seq: self.seq(),
+            queue: self.queue.clone(),
+            status: self.status(),
+        }
+    }
+}
+
+/// An ended job the index holds only a compact record of: where to read it
+/// back from durable storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnDisk {
+    /// The job.
+    pub id: JobId,
+    /// Its arrival number: its row key.
+    pub seq: u64,
+    /// Its queue (the row's, already parsed).
+    pub queue: Queue,
+    /// Its status (ended).
+    pub status: Status,
+}
+
+/// A job as the index holds it: in full, or moved to disk.
+#[derive(Debug, Clone)]
+pub enum Held<T> {
+    /// In memory, as it stands.
+    Here(T),
+    /// Ended, its record to be read back.
+    OnDisk(OnDisk),
 }
 
 /// The job table. Entries are boxed so that a slot is 24 bytes instead of a
@@ -103,7 +196,10 @@ impl std::ops::Index<&JobId> for JobMap {
 /// ended jobs by end time, idempotency keys.
 #[derive(Debug, Default)]
 pub struct Index {
+    /// Jobs held in full.
     jobs: JobMap,
+    /// Ended jobs moved to disk (none in a store without a disk).
+    on_disk: ShardedMap<JobId, Ended>,
     pending: HashMap<Queue, BTreeMap<PendingKey, JobId>>,
     leases: BTreeSet<(Timestamp, JobId)>,
     /// Ended jobs in the order they ended, for purging after `--result-ttl`.
@@ -120,12 +216,13 @@ impl Index {
         Self::default()
     }
 
-    /// An empty index with room for `jobs` jobs: loading a million jobs
-    /// into a map that doubles as it grows would leave the allocator
-    /// holding the old tables.
-    pub fn with_capacity(jobs: usize) -> Self {
+    /// An empty index with room for `jobs` jobs held in full and `on_disk`
+    /// moved to disk: loading a million jobs into a map that doubles as it
+    /// grows would leave the allocator holding the old tables.
+    pub fn with_capacity(jobs: usize, on_disk: usize) -> Self {
         Index {
             jobs: JobMap::with_capacity(jobs),
+            on_disk: ShardedMap::with_capacity(on_disk),
             ..Self::default()
         }
     }
@@ -204,15 +301,63 @@ impl Index {
         id: JobId,
         f: impl FnOnce(&mut Job) -> Result<T, crate::job::TransitionError>,
     ) -> Result<(T, &Job)> {
-        let entry = self.jobs.get_mut(&id).ok_or(Error::NotFound)?;
+        let Some(entry) = self.jobs.get_mut(&id) else {
+            return Err(self.refusal_on_disk(id, f));
+        };
         let (before, old_expiry) = (entry.job.status, entry.job.lease_expires_at);
         let out = f(&mut entry.job)?;
         self.reindex(id, before, old_expiry);
         Ok((out, &self.jobs[&id].job))
     }
 
-    fn forget(&mut self, id: JobId) -> Option<(Job, u64)> {
-        let entry = self.jobs.remove(&id)?;
+    /// What rule `f` says to job `id` if it was moved to disk. Every rule
+    /// refuses an ended job by its status alone, so it runs on a stand-in
+    /// with that status; the one exception, a repeated complete (a
+    /// decision on its lease and result), never gets here (see
+    /// [`Index::complete`]).
+    fn refusal_on_disk<T>(
+        &self,
+        id: JobId,
+        f: impl FnOnce(&mut Job) -> Result<T, crate::job::TransitionError>,
+    ) -> Error {
+        let Some(e) = self.on_disk.get(&id) else {
+            return Error::NotFound;
+        };
+        let mut stand_in = Job {
+            id,
+            queue: e.queue.clone(),
+            payload: bytes::Bytes::new(),
+            headers: bytes::Bytes::new(),
+            priority: 0,
+            status: e.status(),
+            attempts: 0,
+            created_at: e.created_at,
+            started_at: None,
+            ended_at: None,
+            lease_id: None,
+            lease_expires_at: None,
+            result: None,
+            error: None,
+            idempotency: None,
+        };
+        match f(&mut stand_in) {
+            Err(refused) => refused.into(),
+            Ok(_) => Error::Unavailable(format!("job {id} must be read from disk first")),
+        }
+    }
+
+    /// Forgets job `id`; returns its arrival number.
+    fn forget(&mut self, id: JobId) -> Option<u64> {
+        let Some(entry) = self.jobs.remove(&id) else {
+            let e = self.on_disk.remove(&id)?;
+            if let Some(idem) = &e.idempotency {
+                if self.idempotency.get(&idem.key) == Some(&id) {
+                    self.idempotency.remove(&idem.key);
+                }
+            }
+            self.count(&e.queue, Some(e.status()), None);
+            return Some(e.seq());
+        };
         let seq = entry.seq();
         let job = entry.job;
         if let Some(idem) = &job.idempotency {
@@ -233,7 +378,7 @@ impl Index {
             self.leases.remove(&(t, id));
         }
         self.count(&job.queue, Some(before), None);
-        Some((job, seq))
+        Some(seq)
     }
 
     /// Adds a job as it stands, under the arrival number `seq` it was
@@ -244,9 +389,64 @@ impl Index {
         self.add_at(job, seq, true, cold)
     }
 
+    /// Adds an ended job as it stands, moved to disk at once (used when
+    /// loading from durable storage, which has its record): only what
+    /// [`Ended`] keeps of `job` matters. `job` must have ended and `seq` be
+    /// at most [`MAX_DISK_SEQ`].
+    pub fn restore_on_disk(&mut self, job: Job, seq: u64) {
+        self.next_seq = self.next_seq.max(seq + 1);
+        let id = job.id;
+        if let Some(idem) = &job.idempotency {
+            self.idempotency.insert(idem.key.clone(), id);
+        }
+        self.ended.push_back((job.ended_at.unwrap_or_default(), id));
+        let (queue, status) = (job.queue.clone(), job.status);
+        self.on_disk.insert(id, Ended::new(job, seq));
+        self.count(&queue, None, Some(status));
+    }
+
+    /// Keeps only a compact record of job `id` if it has ended (else does
+    /// nothing): its final state must be readable from durable storage
+    /// under its arrival number from now on. Returns whether it moved.
+    pub fn move_to_disk(&mut self, id: JobId) -> bool {
+        if !self
+            .jobs
+            .get(&id)
+            .is_some_and(|e| e.job.status.is_ended() && e.seq() <= MAX_DISK_SEQ)
+        {
+            return false;
+        }
+        let Some(entry) = self.jobs.remove(&id) else {
+            return false;
+        };
+        let seq = entry.seq();
+        self.on_disk.insert(id, Ended::new(entry.job, seq));
+        true
+    }
+
+    /// Job `id` if it was moved to disk.
+    pub fn on_disk(&self, id: JobId) -> Option<OnDisk> {
+        self.on_disk.get(&id).map(|e| e.on_disk(id))
+    }
+
+    /// The job an insert under idempotency key `idem` would attach to, if
+    /// it was moved to disk and was submitted with the same fingerprint
+    /// (else [`Index::insert`] answers from memory: a new job, one held in
+    /// full, or a mismatch).
+    pub fn attach_on_disk(&self, idem: Option<&Idempotency>) -> Option<OnDisk> {
+        let idem = idem?;
+        let id = *self.idempotency.get(&idem.key)?;
+        let e = self.on_disk.get(&id)?;
+        let same = e.idempotency.as_ref().map(|i| i.fingerprint) == Some(idem.fingerprint);
+        same.then(|| e.on_disk(id))
+    }
+
     /// The arrival number of job `id`: its key in durable storage.
     pub fn seq_of(&self, id: JobId) -> Option<u64> {
-        self.jobs.get(&id).map(Entry::seq)
+        self.jobs
+            .get(&id)
+            .map(Entry::seq)
+            .or_else(|| self.on_disk.get(&id).map(Ended::seq))
     }
 
     /// Whether job `id` was restored without its payload and headers.
@@ -285,21 +485,31 @@ impl Index {
 
     /// See [`Store::insert`]. With `visible` false the job is stored and
     /// counted but cannot be claimed until [`Index::publish`] (a durable
-    /// store publishes it once it is on disk).
+    /// store publishes it once it is on disk). Attaching to a job moved to
+    /// disk needs its record: the caller asks [`Index::attach_on_disk`]
+    /// first (here it is `Unavailable`).
     pub fn insert(&mut self, new: NewJob, max_pending: u64, visible: bool) -> Result<Inserted> {
         if let Some(idem) = &new.idempotency {
-            if let Some(existing) = self
-                .idempotency
-                .get(&idem.key)
-                .and_then(|id| self.jobs.get(id))
-            {
-                let same = existing.job.idempotency.as_ref().map(|i| i.fingerprint)
-                    == Some(idem.fingerprint);
-                return if same {
-                    Ok(Inserted::Existing(existing.job.clone()))
-                } else {
-                    Err(Error::IdempotencyMismatch)
+            if let Some(&id) = self.idempotency.get(&idem.key) {
+                let same = |kept: &Option<Box<Idempotency>>| {
+                    kept.as_ref().map(|i| i.fingerprint) == Some(idem.fingerprint)
                 };
+                if let Some(e) = self.jobs.get(&id) {
+                    return if same(&e.job.idempotency) {
+                        Ok(Inserted::Existing(e.job.clone()))
+                    } else {
+                        Err(Error::IdempotencyMismatch)
+                    };
+                }
+                if let Some(e) = self.on_disk.get(&id) {
+                    return if same(&e.idempotency) {
+                        Err(Error::Unavailable(format!(
+                            "job {id} must be read from disk first"
+                        )))
+                    } else {
+                        Err(Error::IdempotencyMismatch)
+                    };
+                }
             }
         }
         let pending = self.total[Status::Pending.index()];
@@ -326,8 +536,8 @@ impl Index {
     }
 
     /// Forgets job `id` (an insert that could not be made durable).
-    /// Returns the job and its arrival number.
-    pub fn remove(&mut self, id: JobId) -> Option<(Job, u64)> {
+    /// Returns its arrival number.
+    pub fn remove(&mut self, id: JobId) -> Option<u64> {
         self.forget(id)
     }
 
@@ -355,8 +565,20 @@ impl Index {
             .map(|(_, id)| self.jobs[id].job.clone())
     }
 
-    /// See [`Store::complete`].
+    /// See [`Store::complete`]. Whether a complete of a completed job
+    /// moved to disk is a repeat depends on its lease and result: the
+    /// caller reads it back (here it is `Unavailable`).
     pub fn complete(&mut self, p: &CompleteParams) -> Result<(Job, Completion)> {
+        if self
+            .on_disk
+            .get(&p.id)
+            .is_some_and(|e| e.status() == Status::Completed)
+        {
+            return Err(Error::Unavailable(format!(
+                "job {} must be read from disk first",
+                p.id
+            )));
+        }
         let (done, job) =
             self.transition(p.id, |j| j.complete(p.lease_id.as_ref(), &p.result, p.now))?;
         Ok((job.clone(), done))
@@ -417,11 +639,17 @@ impl Index {
             .values()
             .filter(|e| queue.is_none_or(|q| *q == e.job.queue))
             .map(|e| (e.job.id, e.job.status))
+            .chain(
+                self.on_disk
+                    .iter()
+                    .filter(|(_, e)| queue.is_none_or(|q| *q == e.queue))
+                    .map(|(id, e)| (*id, e.status())),
+            )
             .collect();
         let (mut cancelled, mut forgotten) = (Vec::new(), Vec::new());
         for (id, status) in ids {
             if status.is_ended() {
-                if let Some((_, seq)) = self.forget(id) {
+                if let Some(seq) = self.forget(id) {
                     forgotten.push((id, seq));
                 }
             } else if self.transition(id, |j| j.cancel(now)).is_ok() {
@@ -431,42 +659,94 @@ impl Index {
         (cancelled, forgotten)
     }
 
-    /// See [`Store::get`].
+    /// See [`Store::get`], for an index that moves no job to disk (one
+    /// moved is not found here: see [`Index::get_held`]).
     pub fn get(&self, id: JobId) -> Option<JobRecord> {
-        let entry = self.jobs.get(&id)?;
+        match self.get_held(id)? {
+            Held::Here(rec) => Some(rec),
+            Held::OnDisk(_) => None,
+        }
+    }
+
+    /// See [`Store::get`]: the job, or where to read it.
+    pub fn get_held(&self, id: JobId) -> Option<Held<JobRecord>> {
+        let Some(entry) = self.jobs.get(&id) else {
+            return self.on_disk.get(&id).map(|e| Held::OnDisk(e.on_disk(id)));
+        };
         let position = (entry.job.status == Status::Pending).then(|| {
             self.pending.get(&entry.job.queue).map_or(0, |m| {
                 m.range(..Self::pending_key(&entry.job, entry.seq()))
                     .count() as u64
             })
         });
-        Some(JobRecord {
+        Some(Held::Here(JobRecord {
             job: entry.job.clone(),
             position,
-        })
+        }))
     }
 
     /// Whether job `id` is known.
     pub fn contains(&self, id: JobId) -> bool {
-        self.jobs.contains_key(&id)
+        self.jobs.contains_key(&id) || self.on_disk.contains_key(&id)
     }
 
-    /// See [`Store::list`].
+    /// See [`Store::list`], for an index that moves no job to disk (ones
+    /// moved are left out here: see [`Index::list_held`]).
     pub fn list(&self, f: &ListFilter) -> Vec<Job> {
-        let mut hits: Vec<&Entry> = self
+        self.list_held(f)
+            .into_iter()
+            .filter_map(|h| match h {
+                Held::Here(job) => Some(job),
+                Held::OnDisk(_) => None,
+            })
+            .collect()
+    }
+
+    /// See [`Store::list`]: the jobs, or where to read them.
+    pub fn list_held(&self, f: &ListFilter) -> Vec<Held<Job>> {
+        #[derive(Clone, Copy)]
+        enum Hit<'a> {
+            Here(&'a Entry),
+            OnDisk(JobId, &'a Ended),
+        }
+        impl Hit<'_> {
+            fn order(&self) -> (Timestamp, u64) {
+                match self {
+                    Hit::Here(e) => (e.job.created_at, e.seq()),
+                    Hit::OnDisk(_, e) => (e.created_at, e.seq()),
+                }
+            }
+        }
+        let wanted = |status: Status, queue: &Queue| {
+            f.status.is_none_or(|s| s == status) && f.queue.as_ref().is_none_or(|q| q == queue)
+        };
+        // Jobs on disk have ended: none of them is pending or running.
+        let on_disk = f.status.is_none_or(Status::is_ended);
+        let mut hits: Vec<Hit<'_>> = self
             .jobs
             .values()
-            .filter(|e| f.status.is_none_or(|s| s == e.job.status))
-            .filter(|e| f.queue.as_ref().is_none_or(|q| *q == e.job.queue))
+            .filter(|e| wanted(e.job.status, &e.job.queue))
+            .map(Hit::Here)
+            .chain(
+                self.on_disk
+                    .iter()
+                    .filter(|_| on_disk)
+                    .filter(|(_, e)| wanted(e.status(), &e.queue))
+                    .map(|(id, e)| Hit::OnDisk(*id, e)),
+            )
             .collect();
-        let newest_first =
-            |a: &&Entry, b: &&Entry| (b.job.created_at, b.seq()).cmp(&(a.job.created_at, a.seq()));
+        let newest_first = |a: &Hit<'_>, b: &Hit<'_>| b.order().cmp(&a.order());
         if hits.len() > f.limit && f.limit > 0 {
             hits.select_nth_unstable_by(f.limit - 1, newest_first);
         }
         hits.truncate(f.limit);
         hits.sort_unstable_by(newest_first);
-        hits.into_iter().map(|e| e.job.clone()).collect()
+        hits.into_iter()
+            .map(|h| match h {
+                Hit::Here(e) => Held::Here(e.job.clone()),
+                Hit::OnDisk(id, e) => Held::OnDisk(e.on_disk(id)),
+            })
+            .collect()
     }
 
     /// See [`Store::counts`].
@@ -544,13 +824,14 @@ impl Index {
                 break;
             }
             self.ended.pop_front();
-            // Skip entries of jobs already forgotten (by clear).
-            if self
-                .jobs
-                .get(&id)
-                .is_some_and(|e| e.job.is_expired(ttl, now))
-            {
-                if let Some((_, seq)) = self.forget(id) {
+            // Skip entries of jobs already forgotten (by clear). A job on
+            // disk ended when its entry here says.
+            let expired = match self.jobs.get(&id) {
+                Some(e) => e.job.is_expired(ttl, now),
+                None => self.on_disk.contains_key(&id),
+            };
+            if expired {
+                if let Some(seq) = self.forget(id) {
                     purged.push((id, seq));
                 }
             }
@@ -614,7 +895,7 @@ mod tests {
 
     #[test]
     fn job_map_finds_every_job() {
-        let mut index = Index::with_capacity(10);
+        let mut index = Index::with_capacity(10, 0);
         let ids: Vec<JobId> = (0..1000)
             .map(|_| match index.insert(new_job(), u64::MAX, true).unwrap() {
                 Inserted::Created(j) => j.id,
@@ -685,5 +966,145 @@ mod tests {
         assert_eq!(kept.status, Status::Completed);
         assert_eq!(kept.result.as_deref(), Some(&b"done"[..]));
         assert!(kept.payload.is_empty() && kept.headers.is_empty());
+    }
+
+    /// What a job moved to disk costs: its slot in the map (a hash map
+    /// keeps some slots empty) and its entry in the ended-jobs queue.
+    #[test]
+    fn a_job_on_disk_is_a_small_record() {
+        assert_eq!(std::mem::size_of::<(JobId, Ended)>(), 56);
+        assert_eq!(std::mem::size_of::<(Timestamp, JobId)>(), 24);
+        for (seq, status) in [
+            (0, Status::Completed),
+            (7, Status::Failed),
+            (MAX_DISK_SEQ, Status::Cancelled),
+        ] {
+            let mut job = new_job().into_job();
+            job.status = status;
+            let e = Ended::new(job, seq);
+            assert_eq!((e.seq(), e.status()), (seq, status));
+        }
+    }
+
+    #[test]
+    fn jobs_on_disk_keep_their_key_counts_order_and_refusals() {
+        let mut index = Index::new();
+        let keyed = NewJob {
+            idempotency: Some(Idempotency {
+                key: "k".into(),
+                fingerprint: [1; 32],
+            }),
+            ..new_job()
+        };
+        let ids: Vec<JobId> = [keyed.clone(), new_job(), new_job()]
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut j)| {
+                j.created_at = Timestamp(i as i64);
+                let Inserted::Created(job) = index.insert(j, u64::MAX, true).unwrap() else {
+                    unreachable!()
+                };
+                job.id
+            })
+            .collect();
+        let lease = LeaseId::new();
+        let claim = ClaimParams {
+            queues: vec![Queue::default_queue()],
+            lease_id: lease,
+            now: Timestamp(5),
+            expires_at: Timestamp(50),
+        };
+        index.claim(&claim).unwrap().unwrap();
+        let done = CompleteParams {
+            id: ids[0],
+            lease_id: Some(lease),
+            result: bytes::Bytes::from_static(b"r"),
+            now: Timestamp(6),
+        };
+        index.complete(&done).unwrap();
+        index.cancel(ids[1], false, Timestamp(7)).unwrap();
+        assert!(!index.move_to_disk(ids[2]), "a pending job stays");
+        assert!(index.move_to_disk(ids[0]) && index.move_to_disk(ids[1]));
+        assert!(!index.move_to_disk(ids[0]), "moved once");
+
+        let on_disk = index.on_disk(ids[0]).unwrap();
+        assert_eq!((on_disk.seq, on_disk.status), (0, Status::Completed));
+        assert!(matches!(index.get_held(ids[1]), Some(Held::OnDisk(d)) if d.seq == 1));
+        assert!(index.get(ids[1]).is_none() && index.contains(ids[1]));
+        let counts = index.counts().total;
+        assert_eq!(
+            (
+                counts[Status::Completed.index()],
+                counts[Status::Cancelled.index()]
+            ),
+            (1, 1)
+        );
+        let all = index.list_held(&ListFilter {
+            limit: 10,
+            ..Default::default()
+        });
+        let order: Vec<JobId> = all
+            .iter()
+            .map(|h| match h {
+                Held::Here(j) => j.id,
+                Held::OnDisk(d) => d.id,
+            })
+            .collect();
+        assert_eq!(order, vec![ids[2], ids[1], ids[0]], "newest first");
+        let completed = index.list_held(&ListFilter {
+            status: Some(Status::Completed),
+            limit: 10,
+            ..Default::default()
+        });
+        assert!(matches!(&completed[..], [Held::OnDisk(d)] if d.id == ids[0]));
+
+        // The key: a mismatch is answered here, a match needs the record.
+        assert_eq!(
+            index.attach_on_disk(keyed.idempotency.as_ref()),
+            Some(on_disk)
+        );
+        let other = NewJob {
+            id: JobId::new(),
+            idempotency: Some(Idempotency {
+                key: "k".into(),
+                fingerprint: [2; 32],
+            }),
+            ..keyed.clone()
+        };
+        assert!(index.attach_on_disk(other.idempotency.as_ref()).is_none());
+        assert!(matches!(
+            index.insert(other, u64::MAX, true),
+            Err(Error::IdempotencyMismatch)
+        ));
+        // Refusals by status; a repeated complete needs the record.
+        use crate::job::TransitionError as T;
+        assert!(matches!(
+            index.cancel(ids[0], false, Timestamp(8)),
+            Err(Error::Transition(T::AlreadyEnded(Status::Completed)))
+        ));
+        assert!(matches!(
+            index.heartbeat(ids[1], None, Timestamp(9)),
+            Err(Error::Transition(T::NotRunning(Status::Cancelled)))
+        ));
+        assert!(matches!(index.complete(&done), Err(Error::Unavailable(_))));
+
+        // Purging forgets them and frees the key.
+        let purged = index.purge_expired(Duration::ZERO, Timestamp(100));
+        assert_eq!(purged, vec![(ids[0], 0), (ids[1], 1)]);
+        assert!(
+            !index.contains(ids[0]) && index.attach_on_disk(keyed.idempotency.as_ref()).is_none()
+        );
+        assert!(matches!(
+            index.insert(
+                NewJob {
+                    id: JobId::new(),
+                    ..keyed
+                },
+                u64::MAX,
+                true
+            ),
+            Ok(Inserted::Created(_))
+        ));
+        assert_eq!(index.counts().total[Status::Pending.index()], 2);
     }
 }

@@ -33,7 +33,7 @@ use parking_lot::{Condvar, Mutex};
 use rusqlite::{params, Connection};
 use tokio::sync::oneshot;
 
-use crate::job::Job;
+use crate::job::{Job, JobId};
 use crate::store::SyncMode;
 
 /// With `--sync normal`, the longest a commit waits for its fdatasync: a
@@ -149,6 +149,10 @@ pub(super) struct Log {
     closed: AtomicBool,
     /// Commits since the last checkpoint.
     since_checkpoint: AtomicU32,
+    /// Jobs whose final (ended) state has been committed since the store
+    /// last took them: it may now drop their full records and read them
+    /// back from the database (see [`Log::take_settled`]).
+    settled: Mutex<Vec<JobId>>,
 }
 
 /// Wakes the background thread.
@@ -188,6 +192,7 @@ impl Log {
             background_thread: Mutex::new(None),
             closed: AtomicBool::new(false),
             since_checkpoint: AtomicU32::new(0),
+            settled: Mutex::new(Vec::new()),
         });
         let weak = Arc::downgrade(&log);
         let signal = log.background.clone();
@@ -276,6 +281,18 @@ impl Log {
         self.background.wake(false);
     }
 
+    /// Up to `max` jobs whose final state was committed (and so can be read
+    /// back through [`Log::read`]) since the last call.
+    pub(super) fn take_settled(&self, max: usize) -> Vec<JobId> {
+        let mut settled = self.settled.lock();
+        if settled.len() <= max {
+            std::mem::take(&mut *settled)
+        } else {
+            let keep = settled.len() - max;
+            settled.split_off(keep)
+        }
+    }
+
     /// Commits everything queued, unless another thread is already doing so
     /// (it will take what this one queued). Blocks for one or a few commits:
     /// tens of microseconds, without fsync.
@@ -334,6 +351,20 @@ impl Log {
                 crate::metrics::store_commit("embedded", changes, began.elapsed());
                 if self.health.read_only.swap(false, Ordering::AcqRel) {
                     tracing::info!("storage writable again");
+                }
+                // Before anyone hears of the commit: a caller that did finds
+                // its job here.
+                let mut ended = batch
+                    .cmds
+                    .iter()
+                    .flat_map(|c| &c.ops)
+                    .filter_map(|op| match op {
+                        Op::Update(_, j) if j.status.is_ended() => Some(j.id),
+                        _ => None,
+                    })
+                    .peekable();
+                if ended.peek().is_some() {
+                    self.settled.lock().extend(ended);
                 }
                 let mut done = Vec::with_capacity(batch.cmds.len());
                 let mut committed = Vec::new();

@@ -13,6 +13,16 @@
 //! for jobs loaded at start-up, so a restart with a million large pending
 //! jobs reads and holds only their metadata.
 //!
+//! Ended jobs are kept for `--result-ttl`, so at a steady rate they are
+//! nearly all the jobs held. Once a job's final state is committed, the
+//! next maintenance pass (about every second) has the index keep only a
+//! compact record of it (see [`Index::move_to_disk`]), and it is read back
+//! from its row when asked for (a `GET`, a list, an idempotent attach, a
+//! repeated complete): memory does not grow with throughput ×
+//! `--result-ttl`, and requests do no more work than before. Until then the
+//! index holds it in full, so a read never sees a state older than one
+//! already answered.
+//!
 //! What waits for the disk (see `docs/storage.md`): a submit (workers can
 //! take the job once it is committed), a complete, a fail, a cancel, a clear and a
 //! lease rescue. A hand-out is written deferred, up to 100 ms later, and not
@@ -31,14 +41,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use parking_lot::Mutex;
-use rusqlite::{Connection, OpenFlags};
+use parking_lot::{Mutex, MutexGuard};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 mod log;
 
 use log::{Durable, Log, Op};
 
-use super::index::Index;
+use super::index::{Held, Index, OnDisk, MAX_DISK_SEQ};
 use super::{
     ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, Inserted, JobRecord,
     ListFilter, OpenError, Result, Store, StoreEvent, SyncMode,
@@ -61,6 +71,10 @@ const MIGRATIONS: &[&str] = &[
 
 /// Name of the lock file that keeps a second process off the data dir.
 const LOCK_FILE: &str = "jobq.lock";
+
+/// Most jobs moved to disk under one hold of the index lock, so that a
+/// commit of many ended jobs at once (a clear) holds up no request for long.
+const SETTLE_MAX: usize = 256;
 
 /// `--storage embedded`.
 pub struct EmbeddedStore {
@@ -151,6 +165,88 @@ impl EmbeddedStore {
         })
     }
 
+    /// The index, locked.
+    fn index(&self) -> MutexGuard<'_, Index> {
+        self.index.lock()
+    }
+
+    /// Moves to disk every ended job whose final state has been committed
+    /// since the last call, [`SETTLE_MAX`] at a time. Called by the
+    /// maintenance pass (about every second), not by requests: their path
+    /// stays as short as before, and until then a job is read from memory.
+    async fn settle(&self) {
+        loop {
+            let ids = self.log.take_settled(SETTLE_MAX);
+            if ids.is_empty() {
+                return;
+            }
+            {
+                let mut index = self.index.lock();
+                for id in ids {
+                    index.move_to_disk(id);
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Reads back jobs moved to disk, in order: `None` for one forgotten
+    /// since (its row deleted). On the blocking pool: the read waits for
+    /// the connection, which a commit or a checkpoint may hold.
+    async fn read_on_disk(&self, wanted: Vec<OnDisk>) -> Result<Vec<Option<Job>>> {
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || {
+            log.read(|conn| {
+                let mut stmt = conn.prepare_cached(SELECT_BY_SEQ)?;
+                let mut queues = std::collections::HashMap::new();
+                let mut out = Vec::with_capacity(wanted.len());
+                for w in &wanted {
+                    let job = stmt
+                        .query_row([w.seq as i64], |r| row_to_job(r, &mut queues))
+                        .optional()?;
+                    // A row is a job's from its insert until its delete
+                    // (arrival numbers are not reused), and it was moved
+                    // to disk only once its final state was committed.
+                    if job
+                        .as_ref()
+                        .is_some_and(|j| j.id != w.id || !j.status.is_ended())
+                    {
+                        return Err(bad_data(&format!(
+                            "row {} does not hold ended job {}",
+                            w.seq, w.id
+                        )));
+                    }
+                    out.push(job);
+                }
+                Ok(out)
+            })
+        })
+        .await
+        .map_err(unavailable)?
+        .map_err(|e| unavailable(format!("cannot read ended jobs back: {e}")))
+    }
+
+    /// One job moved to disk, read back (`None`: forgotten since).
+    async fn read_one(&self, job: OnDisk) -> Result<Option<Job>> {
+        Ok(self.read_on_disk(vec![job]).await?.pop().flatten())
+    }
+
+    /// A complete of a completed job moved to disk: a repeat or a
+    /// refusal, decided by the rule on the job read back.
+    async fn complete_on_disk(
+        &self,
+        p: &CompleteParams,
+        on_disk: OnDisk,
+    ) -> Result<(Job, Completion)> {
+        let mut job = self.read_one(on_disk).await?.ok_or(Error::NotFound)?;
+        let how = job.complete(p.lease_id.as_ref(), &p.result, p.now)?;
+        // Answered once the first complete is durable, like a repeat of a
+        // job held in full (its commit may not be synced yet).
+        let rx = self.send(Vec::new(), true);
+        self.durable(rx).await?;
+        Ok((job, how))
+    }
+
     fn check_writable(&self) -> Result<()> {
         let health = self.log.health();
         if let Some(e) = health.sync_failed.get() {
@@ -227,7 +323,7 @@ impl EmbeddedStore {
         f: impl FnOnce(&mut Index) -> Result<(Job, T)>,
     ) -> Result<(Job, T)> {
         let (out, rx) = {
-            let mut index = self.index.lock();
+            let mut index = self.index();
             self.check_writable()?;
             let (job, extra) = f(&mut index)?;
             let seq = Self::seq(&index, job.id)?;
@@ -306,27 +402,56 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
-const COLUMNS: &str =
-    "id, queue, priority, status, attempts, created_at, started_at, ended_at, lease_id, \
-     result, error, idem_key, idem_fp, seq, payload, headers";
+/// The columns of a job row that [`row_to_job`] reads, in its order.
+macro_rules! columns {
+    () => {
+        "id, queue, priority, status, attempts, created_at, started_at, ended_at, lease_id, \
+         result, error, idem_key, idem_fp, seq, payload, headers"
+    };
+}
+
+const COLUMNS: &str = columns!();
+
+/// One job row by its arrival number (a job moved to disk, read back).
+const SELECT_BY_SEQ: &str = concat!("SELECT ", columns!(), " FROM jobs WHERE seq = ?1");
 
 fn load(conn: &Connection, max_attempts: u32) -> rusqlite::Result<Index> {
     let now = Timestamp::now();
     let mut failed: Vec<(i64, Option<Timestamp>, Option<String>)> = Vec::new();
-    let rows: i64 = conn.query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))?;
-    let mut index = Index::with_capacity(usize::try_from(rows).unwrap_or(0));
+    // Sized for both maps: ended jobs get only a compact record.
+    let (rows, ended): (i64, i64) = conn.query_row(
+        "SELECT count(*), coalesce(sum(status IN ('completed', 'failed', 'cancelled')), 0) \
+         FROM jobs",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let size = |n: i64| usize::try_from(n).unwrap_or(0);
+    let mut index = Index::with_capacity(size(rows - ended), size(ended));
     let mut queues: std::collections::HashMap<String, Queue> = std::collections::HashMap::new();
     let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM jobs ORDER BY seq"))?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        let mut job = row_to_job(r, &mut queues)?;
         let seq: i64 = r.get(13)?;
+        let arrival = u64::try_from(seq).map_err(|_| bad_data("bad seq"))?;
+        let disk_seq = (arrival <= MAX_DISK_SEQ).then_some(arrival);
+        // An ended job is held as a compact record: its result and error
+        // are not even read.
+        if let (Some(at), true) = (disk_seq, row_status(r)?.is_ended()) {
+            index.restore_on_disk(row_to_ended(r, &mut queues)?, at);
+            continue;
+        }
+        let mut job = row_to_job(r, &mut queues)?;
         // A restart ends every lease (the rule is `Job::recover_after_restart`).
         // A job back to pending keeps saying `running` in its row until its
         // next change is written, and is read the same way at every start;
         // one out of attempts is written as failed below.
         if job.recover_after_restart(now, max_attempts) == Some(Status::Failed) {
             failed.push((seq, job.ended_at, job.error.clone()));
+            // Written below, before the store is used.
+            if let Some(at) = disk_seq {
+                index.restore_on_disk(job, at);
+                continue;
+            }
         }
         // Inline inputs come with the row; others are read back at hand-out.
         let inline: Option<(Vec<u8>, Vec<u8>)> = match (r.get(14)?, r.get(15)?) {
@@ -338,7 +463,7 @@ fn load(conn: &Connection, max_attempts: u32) -> rusqlite::Result<Index> {
             job.payload = Bytes::from(p);
             job.headers = Bytes::from(h);
         }
-        index.restore(job, seq as u64, cold);
+        index.restore(job, arrival, cold);
     }
     drop(rows);
     drop(stmt);
@@ -374,30 +499,78 @@ fn uuid_col(b: Option<Vec<u8>>) -> rusqlite::Result<Option<JobId>> {
     .transpose()
 }
 
-/// One `jobs` row (of [`COLUMNS`]) as a job without its input. Queue names
-/// are interned in `queues`: a million jobs share a handful of names.
-fn row_to_job(
-    r: &rusqlite::Row<'_>,
-    queues: &mut std::collections::HashMap<String, Queue>,
-) -> rusqlite::Result<Job> {
+/// The status of a `jobs` row (of [`COLUMNS`]).
+fn row_status(r: &rusqlite::Row<'_>) -> rusqlite::Result<Status> {
     let status: rusqlite::types::ValueRef<'_> = r.get_ref(3)?;
     let status = status.as_str().map_err(|_| bad_data("bad status"))?;
+    status.parse().map_err(|e: String| bad_data(&e))
+}
+
+/// The queue of a `jobs` row, interned in `queues`: a million jobs share a
+/// handful of names.
+fn row_queue(
+    r: &rusqlite::Row<'_>,
+    queues: &mut std::collections::HashMap<String, Queue>,
+) -> rusqlite::Result<Queue> {
     let queue_name = r.get_ref(1)?.as_str().map_err(|_| bad_data("bad queue"))?;
-    let queue = match queues.get(queue_name) {
+    Ok(match queues.get(queue_name) {
         Some(q) => q.clone(),
         None => {
             let q = Queue::parse(queue_name).map_err(|e| bad_data(&e))?;
             queues.insert(queue_name.to_owned(), q.clone());
             q
         }
-    };
+    })
+}
+
+/// The idempotency key and fingerprint of a `jobs` row.
+fn row_idempotency(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Box<Idempotency>>> {
     let idem_key: Option<String> = r.get(11)?;
     let idem_fp: Option<Vec<u8>> = r.get(12)?;
+    Ok(match (idem_key, idem_fp) {
+        (Some(key), Some(fp)) => Some(Box::new(Idempotency {
+            key,
+            fingerprint: fp.try_into().map_err(|_| bad_data("bad fingerprint"))?,
+        })),
+        _ => None,
+    })
+}
+
+/// An ended job's row as much as [`Index::restore_on_disk`] keeps of it
+/// (the rest is read back by [`row_to_job`] when asked for).
+fn row_to_ended(
+    r: &rusqlite::Row<'_>,
+    queues: &mut std::collections::HashMap<String, Queue>,
+) -> rusqlite::Result<Job> {
     Ok(Job {
         id: uuid_col(Some(r.get(0)?))?.ok_or_else(|| bad_data("no id"))?,
-        queue,
+        queue: row_queue(r, queues)?,
+        priority: 0,
+        status: row_status(r)?,
+        attempts: 0,
+        created_at: Timestamp(r.get(5)?),
+        started_at: None,
+        ended_at: r.get::<_, Option<i64>>(7)?.map(Timestamp),
+        lease_id: None,
+        lease_expires_at: None,
+        payload: Bytes::new(),
+        headers: Bytes::new(),
+        result: None,
+        error: None,
+        idempotency: row_idempotency(r)?,
+    })
+}
+
+/// One `jobs` row (of [`COLUMNS`]) as a job without its input.
+fn row_to_job(
+    r: &rusqlite::Row<'_>,
+    queues: &mut std::collections::HashMap<String, Queue>,
+) -> rusqlite::Result<Job> {
+    Ok(Job {
+        id: uuid_col(Some(r.get(0)?))?.ok_or_else(|| bad_data("no id"))?,
+        queue: row_queue(r, queues)?,
         priority: r.get(2)?,
-        status: status.parse().map_err(|e: String| bad_data(&e))?,
+        status: row_status(r)?,
         attempts: r.get(4)?,
         created_at: Timestamp(r.get(5)?),
         started_at: r.get::<_, Option<i64>>(6)?.map(Timestamp),
@@ -408,30 +581,37 @@ fn row_to_job(
         headers: Bytes::new(),
         result: r.get::<_, Option<Vec<u8>>>(9)?.map(Bytes::from),
         error: r.get(10)?,
-        idempotency: match (idem_key, idem_fp) {
-            (Some(key), Some(fp)) => Some(Box::new(Idempotency {
-                key,
-                fingerprint: fp.try_into().map_err(|_| bad_data("bad fingerprint"))?,
-            })),
-            _ => None,
-        },
+        idempotency: row_idempotency(r)?,
     })
 }
 
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn insert(&self, job: NewJob, max_pending: u64) -> Result<Inserted> {
-        let (inserted, committed, durable) = {
-            let mut index = self.index.lock();
-            self.check_writable()?;
-            match index.insert(job, max_pending, false)? {
-                Inserted::Created(job) => {
-                    let seq = Self::seq(&index, job.id)?;
-                    let (committed, durable) =
-                        self.log.push_tracked(vec![Op::Insert(seq, job.clone())]);
-                    (Inserted::Created(job), committed, durable)
+        let (inserted, committed, durable) = loop {
+            let attach = {
+                let mut index = self.index();
+                self.check_writable()?;
+                match index.attach_on_disk(job.idempotency.as_ref()) {
+                    Some(on_disk) => on_disk,
+                    None => match index.insert(job, max_pending, false)? {
+                        Inserted::Created(job) => {
+                            let seq = Self::seq(&index, job.id)?;
+                            let (committed, durable) =
+                                self.log.push_tracked(vec![Op::Insert(seq, job.clone())]);
+                            break (Inserted::Created(job), committed, durable);
+                        }
+                        existing => return Ok(existing),
+                    },
                 }
-                existing => return Ok(existing),
+            };
+            // Its key names a job moved to disk: read it back, then make
+            // sure the key still names it (it may have been purged or
+            // cleared meanwhile, freeing the key: then look again).
+            if let Some(found) = self.read_one(attach.clone()).await? {
+                if self.index().attach_on_disk(job.idempotency.as_ref()) == Some(attach) {
+                    return Ok(Inserted::Existing(found));
+                }
             }
         };
         let Inserted::Created(job) = &inserted else {
@@ -445,7 +625,7 @@ impl Store for EmbeddedStore {
         // so no result of a job that a power cut could lose is acknowledged.
         let mut outcome = self.durable(Some(committed)).await;
         if outcome.is_ok() {
-            self.index.lock().publish(job.id);
+            self.index().publish(job.id);
             let _ = self.events.send(StoreEvent::JobReady(job.queue.clone()));
             outcome = settled(durable).await;
         }
@@ -454,8 +634,8 @@ impl Store for EmbeddedStore {
             Err(e) => {
                 // Undo: the insert may still reach the disk once the disk
                 // has room again, so a delete follows it in the log.
-                let mut index = self.index.lock();
-                if let Some((_, seq)) = index.remove(job.id) {
+                let mut index = self.index();
+                if let Some(seq) = index.remove(job.id) {
                     let _ = self.send(vec![Op::Delete(seq)], false);
                 }
                 Err(e)
@@ -465,7 +645,7 @@ impl Store for EmbeddedStore {
 
     async fn claim(&self, p: &ClaimParams) -> Result<Option<Claimed>> {
         let (claimed, cold) = {
-            let mut index = self.index.lock();
+            let mut index = self.index();
             self.check_writable()?;
             let Some(claimed) = index.claim(p)? else {
                 return Ok(None);
@@ -487,7 +667,7 @@ impl Store for EmbeddedStore {
 
     async fn peek(&self, queues: &[Queue]) -> Result<Option<Job>> {
         let (job, cold) = {
-            let index = self.index.lock();
+            let index = self.index();
             let Some(job) = index.peek(queues) else {
                 return Ok(None);
             };
@@ -502,21 +682,41 @@ impl Store for EmbeddedStore {
     }
 
     async fn complete(&self, p: &CompleteParams) -> Result<(Job, Completion)> {
-        let (job, how, rx) = {
-            let mut index = self.index.lock();
+        // Lives on the stack for this call: boxing the job would cost an
+        // allocation per complete.
+        #[allow(clippy::large_enum_variant)]
+        enum Then {
+            Wait(Job, Completion, Option<Durable>),
+            ReadBack(OnDisk),
+        }
+        let then = {
+            let mut index = self.index();
             self.check_writable()?;
-            let (job, how) = index.complete(p)?;
-            // A repeat writes nothing but still waits for the earlier write.
-            let ops = if how == Completion::Completed {
-                vec![Op::Update(Self::seq(&index, job.id)?, job.clone())]
-            } else {
-                Vec::new()
-            };
-            let rx = self.send(ops, true);
-            (job, how, rx)
+            match index
+                .on_disk(p.id)
+                .filter(|d| d.status == Status::Completed)
+            {
+                Some(on_disk) => Then::ReadBack(on_disk),
+                None => {
+                    let (job, how) = index.complete(p)?;
+                    // A repeat writes nothing but still waits for the earlier write.
+                    let ops = if how == Completion::Completed {
+                        vec![Op::Update(Self::seq(&index, job.id)?, job.clone())]
+                    } else {
+                        Vec::new()
+                    };
+                    let rx = self.send(ops, true);
+                    Then::Wait(job, how, rx)
+                }
+            }
         };
-        self.durable(rx).await?;
-        Ok((job, how))
+        match then {
+            Then::Wait(job, how, rx) => {
+                self.durable(rx).await?;
+                Ok((job, how))
+            }
+            Then::ReadBack(on_disk) => self.complete_on_disk(p, on_disk).await,
+        }
     }
 
     async fn fail(&self, p: &FailParams) -> Result<Job> {
@@ -530,13 +730,13 @@ impl Store for EmbeddedStore {
         expires_at: Timestamp,
     ) -> Result<Job> {
         // Leases are not stored: a restart returns running jobs to pending.
-        self.index.lock().heartbeat(id, lease_id, expires_at)
+        self.index().heartbeat(id, lease_id, expires_at)
     }
 
     async fn release(&self, id: JobId, lease_id: LeaseId) -> Result<Job> {
         // Written like a hand-out (deferred): if it is lost, a restart
         // returns the job to pending all the same.
-        let mut index = self.index.lock();
+        let mut index = self.index();
         self.check_writable()?;
         let job = index.release(id, lease_id)?;
         let seq = Self::seq(&index, id)?;
@@ -553,7 +753,7 @@ impl Store for EmbeddedStore {
 
     async fn clear(&self, queue: Option<&Queue>, now: Timestamp) -> Result<Vec<JobId>> {
         let (cancelled, rx) = {
-            let mut index = self.index.lock();
+            let mut index = self.index();
             self.check_writable()?;
             let (cancelled, forgotten) = index.clear(queue, now);
             let mut ops: Vec<Op> = Vec::with_capacity(cancelled.len() + forgotten.len());
@@ -571,24 +771,53 @@ impl Store for EmbeddedStore {
     }
 
     async fn get(&self, id: JobId) -> Result<Option<JobRecord>> {
-        Ok(self.index.lock().get(id))
+        let held = self.index().get_held(id);
+        match held {
+            None => Ok(None),
+            Some(Held::Here(rec)) => Ok(Some(rec)),
+            Some(Held::OnDisk(on_disk)) => Ok(self.read_one(on_disk).await?.map(|job| JobRecord {
+                job,
+                position: None,
+            })),
+        }
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<Job>> {
-        Ok(self.index.lock().list(filter))
+        let held = self.index().list_held(filter);
+        let wanted: Vec<OnDisk> = held
+            .iter()
+            .filter_map(|h| match h {
+                Held::OnDisk(d) => Some(d.clone()),
+                Held::Here(_) => None,
+            })
+            .collect();
+        let mut read = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            self.read_on_disk(wanted).await?
+        }
+        .into_iter();
+        // A job forgotten since the look at the index is left out.
+        Ok(held
+            .into_iter()
+            .filter_map(|h| match h {
+                Held::Here(job) => Some(job),
+                Held::OnDisk(_) => read.next().flatten(),
+            })
+            .collect())
     }
 
     async fn counts(&self) -> Result<Counts> {
-        Ok(self.index.lock().counts())
+        Ok(self.index().counts())
     }
 
     async fn activity(&self) -> Result<std::collections::BTreeMap<String, super::QueueActivity>> {
-        Ok(self.index.lock().activity())
+        Ok(self.index().activity())
     }
 
     async fn rescue_expired(&self, now: Timestamp, max_attempts: u32) -> Result<Vec<Job>> {
         let (changed, rx) = {
-            let mut index = self.index.lock();
+            let mut index = self.index();
             if self.check_writable().is_err() {
                 return Ok(Vec::new());
             }
@@ -608,6 +837,9 @@ impl Store for EmbeddedStore {
     }
 
     async fn purge_expired(&self, ttl: Duration, now: Timestamp) -> Result<u64> {
+        // The maintenance pass: ended jobs committed since the last one
+        // are moved to disk.
+        self.settle().await;
         let mut index = self.index.lock();
         let purged = index.purge_expired(ttl, now);
         let n = purged.len() as u64;
@@ -622,7 +854,7 @@ impl Store for EmbeddedStore {
     }
 
     fn pending_count(&self) -> u64 {
-        self.index.lock().pending_count()
+        self.index().pending_count()
     }
 
     fn subscribe(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<StoreEvent>> {
@@ -661,6 +893,156 @@ mod tests {
             created_at: Timestamp::now(),
             idempotency: None,
         }
+    }
+
+    fn complete_params(
+        id: JobId,
+        lease_id: Option<LeaseId>,
+        result: &'static [u8],
+    ) -> CompleteParams {
+        CompleteParams {
+            id,
+            lease_id,
+            result: Bytes::from_static(result),
+            now: Timestamp(20),
+        }
+    }
+
+    /// The same job, field by field (`Job` has no `PartialEq`).
+    fn same(a: &Job, b: &Job) -> bool {
+        format!("{a:?}") == format!("{b:?}")
+    }
+
+    /// Until a job's final write is committed, the index holds it in full
+    /// and every read answers from memory; once committed, the index keeps
+    /// a compact record and reads take the job from its row: the same job
+    /// either way, also after a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ended_jobs_move_to_disk_once_their_final_write_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path(), SyncMode::Full, 3).unwrap());
+        let mut new = new_job(0);
+        new.idempotency = Some(Idempotency {
+            key: "k".into(),
+            fingerprint: [1; 32],
+        });
+        let resubmit = || NewJob {
+            id: JobId::new(),
+            ..new.clone()
+        };
+        let id = new.id;
+        store.insert(new.clone(), u64::MAX).await.unwrap();
+        let lease = LeaseId::new();
+        let claim = ClaimParams {
+            queues: vec![Queue::default_queue()],
+            lease_id: lease,
+            now: Timestamp(10),
+            expires_at: Timestamp(1000),
+        };
+        store.claim(&claim).await.unwrap().unwrap();
+
+        // Hold the connection: nothing is committed until it is let go.
+        let (held_tx, held) = std::sync::mpsc::channel();
+        let (let_go, let_go_rx) = std::sync::mpsc::channel::<()>();
+        let log = store.log.clone();
+        let holder = std::thread::spawn(move || {
+            log.read(|_| {
+                held_tx.send(()).unwrap();
+                let_go_rx.recv().unwrap();
+                Ok(())
+            })
+            .unwrap()
+        });
+        held.recv().unwrap();
+        let p = complete_params(id, Some(lease), b"{\"r\":1}");
+        let completing = {
+            let (store, p) = (store.clone(), p.clone());
+            tokio::spawn(async move { store.complete(&p).await })
+        };
+        let began = std::time::Instant::now();
+        while store.index.lock().get(id).unwrap().job.status != Status::Completed {
+            assert!(
+                began.elapsed() < Duration::from_secs(10),
+                "complete not applied"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Applied, its write queued, not committed: held in full.
+        let full = store.get(id).await.unwrap().unwrap().job;
+        assert_eq!(full.result.as_deref(), Some(&b"{\"r\":1}"[..]));
+        assert_eq!((full.attempts, full.ended_at), (1, Some(Timestamp(20))));
+        let listed = store
+            .list(&ListFilter {
+                limit: 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(same(&listed[0], &full));
+        let Inserted::Existing(attached) = store.insert(resubmit(), u64::MAX).await.unwrap() else {
+            panic!("not attached");
+        };
+        assert!(same(&attached, &full));
+        assert!(
+            store.index.lock().on_disk(id).is_none(),
+            "moved before its commit"
+        );
+        assert!(!completing.is_finished(), "answered before its commit");
+
+        let_go.send(()).unwrap();
+        holder.join().unwrap();
+        let (job, how) = completing.await.unwrap().unwrap();
+        assert_eq!(how, Completion::Completed);
+        assert!(same(&job, &full));
+        // Committed: still held in full until the maintenance pass (which
+        // purges nothing here) moves it to disk.
+        assert!(same(&store.get(id).await.unwrap().unwrap().job, &full));
+        assert!(store.index.lock().on_disk(id).is_none());
+        let day = Duration::from_secs(86_400);
+        assert_eq!(store.purge_expired(day, Timestamp(30)).await.unwrap(), 0);
+        let back = store.get(id).await.unwrap().unwrap();
+        assert!(
+            store.index.lock().on_disk(id).is_some(),
+            "not moved to disk"
+        );
+        assert!(same(&back.job, &full) && back.position.is_none());
+        let listed = store
+            .list(&ListFilter {
+                limit: 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(same(&listed[0], &full));
+        let Inserted::Existing(attached) = store.insert(resubmit(), u64::MAX).await.unwrap() else {
+            panic!("not attached");
+        };
+        assert!(same(&attached, &full));
+        let (again, how) = store.complete(&p).await.unwrap();
+        assert_eq!(how, Completion::AlreadyCompleted);
+        assert!(same(&again, &full));
+        assert!(matches!(
+            store
+                .complete(&complete_params(id, Some(LeaseId::new()), b"x"))
+                .await,
+            Err(Error::Transition(crate::job::TransitionError::StaleLease))
+        ));
+        assert!(
+            store.index.lock().on_disk(id).is_some(),
+            "reads change nothing"
+        );
+
+        // A restart loads it as a compact record at once.
+        store.close().await.unwrap();
+        drop(store);
+        let store = EmbeddedStore::open(dir.path(), SyncMode::Full, 3).unwrap();
+        assert!(store.index.lock().on_disk(id).is_some(), "loaded in full");
+        assert!(same(&store.get(id).await.unwrap().unwrap().job, &full));
+        let Inserted::Existing(attached) = store.insert(resubmit(), u64::MAX).await.unwrap() else {
+            panic!("not attached after a restart");
+        };
+        assert!(same(&attached, &full));
+        store.close().await.unwrap();
     }
 
     /// SQLite's automatic checkpoint is off (it would run on whichever
