@@ -1149,9 +1149,14 @@ impl Broker {
         max: usize,
     ) -> Result<(Job, Vec<Job>)> {
         let req = match outcome {
-            // The complete and the first claim in one store call (one
-            // transaction on PostgreSQL), unless no claim may be made.
-            Finish::Complete(req) if self.check_accepting().is_ok() => req,
+            // The complete and the first claim in one store call, where the
+            // store makes that one transaction (PostgreSQL), unless no claim
+            // may be made.
+            Finish::Complete(req)
+                if self.store().fuses_complete_and_claim() && self.check_accepting().is_ok() =>
+            {
+                req
+            }
             Finish::Complete(req) => {
                 let job = self.complete(req).await?;
                 return Ok((job, self.poll_many(next, max).await?));

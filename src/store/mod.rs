@@ -193,6 +193,13 @@ pub trait Store: Send + Sync + 'static {
         Ok((done, self.claim(next).await))
     }
 
+    /// Whether [`Store::complete_and_claim`] does more than its default
+    /// (one transaction); the broker uses it only then, so the other stores
+    /// take the complete-and-next path they always took.
+    fn fuses_complete_and_claim(&self) -> bool {
+        false
+    }
+
     /// Applies [`Job::fail`]. Returns the job as it now stands.
     async fn fail(&self, p: &FailParams) -> Result<Job>;
 

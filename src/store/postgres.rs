@@ -1326,6 +1326,10 @@ impl Store for PostgresStore {
         Ok(((job, Completion::Completed), claimed))
     }
 
+    fn fuses_complete_and_claim(&self) -> bool {
+        true
+    }
+
     async fn fail(&self, p: &FailParams) -> Result<Job> {
         // Keeps a concurrent refresh of the pending count from counting it twice.
         let _change = self.shared.change();
