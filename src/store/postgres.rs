@@ -127,10 +127,19 @@ const RACE_RETRIES: usize = 5;
 /// Most requests of one kind (inserts, completes, claims) in one statement.
 const BATCH_MAX: usize = 128;
 
-/// Batches of one kind under way at once. While they all run, requests
-/// queue for the next one: more would mean smaller batches and more
-/// commits; fewer, requests waiting for a whole round trip doing nothing.
-const BATCHES_IN_FLIGHT: usize = 2;
+/// Insert batches under way at once. While they all run, submits queue for
+/// the next one: more would mean smaller batches and more commits; fewer,
+/// submits waiting for a whole commit doing nothing. Submits are many (one
+/// per waiting client) and off the workers' path: a job waits for a worker
+/// anyway while others are pending.
+const INSERTS_IN_FLIGHT: usize = 2;
+
+/// Complete and claim batches under way at once. Each worker runs one job
+/// at a time, and waiting for a batch slot lengthens every job of that
+/// worker by up to a commit (measured with 8 workers and two slots: fewer
+/// jobs/s than without batches), so up to this many go at once and they
+/// share a statement only beyond it, or when they arrive together.
+const WORKER_BATCHES_IN_FLIGHT: usize = 8;
 
 /// The job columns, in the order [`job_from_row`] reads them.
 macro_rules! cols {
@@ -551,17 +560,17 @@ struct Batches {
 impl Batches {
     fn start(pool: &Pool) -> Self {
         let p = pool.clone();
-        let insert = Batcher::start(BATCH_MAX, BATCHES_IN_FLIGHT, move |rows| {
+        let insert = Batcher::start(BATCH_MAX, INSERTS_IN_FLIGHT, move |rows| {
             let p = p.clone();
             async move { each_row(&p, &rows, |p, r| Box::pin(insert_rows(p, r))).await }
         });
         let p = pool.clone();
-        let complete = Batcher::start(BATCH_MAX, BATCHES_IN_FLIGHT, move |rows| {
+        let complete = Batcher::start(BATCH_MAX, WORKER_BATCHES_IN_FLIGHT, move |rows| {
             let p = p.clone();
             async move { each_row(&p, &rows, |p, r| Box::pin(complete_rows(p, r))).await }
         });
         let p = pool.clone();
-        let claim = Batcher::start(BATCH_MAX, BATCHES_IN_FLIGHT, move |rows| {
+        let claim = Batcher::start(BATCH_MAX, WORKER_BATCHES_IN_FLIGHT, move |rows| {
             let p = p.clone();
             async move { claim_batch(&p, rows).await }
         });
