@@ -2,15 +2,17 @@
 //! into one statement, so that they share a round trip, a statement's
 //! overhead in a PostgreSQL backend and one commit (one WAL flush).
 //!
-//! One task per kind takes requests from a channel. While fewer than
-//! `in_flight` batches run, it sends what has queued at once (a lone
-//! request waits for nothing); while they all run, requests queue, and the
-//! next batch takes them all. So batches grow with the load by themselves,
-//! with no timer. A task (not the first caller, as in the embedded store's
-//! group commit) runs each batch, so a caller that goes away mid-statement
-//! (its client disconnected) cannot take the others' answers with it.
+//! A request that finds fewer than `in_flight` statements of its kind under
+//! way runs its own at once, in its own task (no hand-over to another task,
+//! which costs a wake-up each way). One that finds them all under way
+//! queues; one task per kind takes the queue as one batch as soon as a
+//! statement ends. So batches grow with the load by themselves, with no
+//! timer. A task (not the first caller, as in the embedded store's group
+//! commit) runs each batch, so a caller that goes away mid-statement (its
+//! client disconnected) cannot take the others' answers with it.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -20,10 +22,17 @@ use super::{Error, Result};
 /// A request and where its answer goes.
 type Entry<Req, Out> = (Req, oneshot::Sender<Result<Out>>);
 
+/// One statement on a batch of requests: one answer per request, in order.
+type Run<Req, Out> =
+    Arc<dyn Fn(Vec<Req>) -> Pin<Box<dyn Future<Output = Vec<Result<Out>>> + Send>> + Send + Sync>;
+
 /// The sending side of one kind's batcher. Dropping it ends the task once
 /// the batches under way have been answered.
 pub(super) struct Batcher<Req, Out> {
     tx: mpsc::UnboundedSender<Entry<Req, Out>>,
+    /// Statements of this kind that may be under way at once.
+    slots: Arc<Semaphore>,
+    run: Run<Req, Out>,
 }
 
 impl<Req: Send + 'static, Out: Send + 'static> Batcher<Req, Out> {
@@ -36,12 +45,22 @@ impl<Req: Send + 'static, Out: Send + 'static> Batcher<Req, Out> {
         Fut: Future<Output = Vec<Result<Out>>> + Send + 'static,
     {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(batch_loop(rx, max_batch.max(1), in_flight.max(1), run));
-        Batcher { tx }
+        let slots = Arc::new(Semaphore::new(in_flight.max(1)));
+        let run: Run<Req, Out> = Arc::new(move |reqs| Box::pin(run(reqs)));
+        tokio::spawn(batch_loop(rx, max_batch.max(1), slots.clone(), run.clone()));
+        Batcher { tx, slots, run }
     }
 
-    /// Queues `req` for the next batch and waits for its own answer.
+    /// Runs `req` at once if a slot is free, else queues it for the next
+    /// batch; either way waits for its own answer.
     pub(super) async fn call(&self, req: Req) -> Result<Out> {
+        // (The semaphore is fair: a slot freed while the batch task waits
+        // for one goes to it, not to a newcomer.)
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            let answer = (self.run)(vec![req]).await.into_iter().next();
+            drop(slot);
+            return answer.unwrap_or_else(|| Err(Error::Unavailable("no answer".into())));
+        }
         let (tx, rx) = oneshot::channel();
         if self.tx.send((req, tx)).is_err() {
             return Err(Error::Unavailable("store closed".into()));
@@ -51,25 +70,22 @@ impl<Req: Send + 'static, Out: Send + 'static> Batcher<Req, Out> {
     }
 }
 
-async fn batch_loop<Req, Out, F, Fut>(
+async fn batch_loop<Req, Out>(
     mut rx: mpsc::UnboundedReceiver<Entry<Req, Out>>,
     max_batch: usize,
-    in_flight: usize,
-    run: F,
+    slots: Arc<Semaphore>,
+    run: Run<Req, Out>,
 ) where
     Req: Send + 'static,
     Out: Send + 'static,
-    F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Vec<Result<Out>>> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(in_flight));
     loop {
-        // A slot first: while every batch is under way, requests queue in
-        // the channel and the next batch takes them all.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
+        // Requests queue only when every slot was taken; the batch takes
+        // all that queued while it waited for one.
+        let Some(first) = rx.recv().await else {
             return;
         };
-        let Some(first) = rx.recv().await else {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
         let mut entries = vec![first];
