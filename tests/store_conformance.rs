@@ -69,6 +69,7 @@ conformance_tests!(
     claim_moves_pending_to_running_under_a_new_lease,
     complete_ends_a_running_job,
     complete_refuses_unknown_pending_and_ended_jobs,
+    complete_and_claim_is_a_complete_then_a_claim,
     fail_retries_while_attempts_remain_then_fails,
     fail_without_retry_is_final,
     fail_refuses_jobs_that_are_not_running,
@@ -509,6 +510,87 @@ async fn complete_ends_a_running_job(s: &dyn Store) {
     assert_eq!(r.complete(None, "", 33).await, Ok(Completion::Completed));
     assert_eq!(r.job().error, None);
     assert_eq!(r.job().result.as_deref(), Some(&b""[..]));
+}
+
+/// The fused complete-and-take-next (`Store::complete_and_claim`, one
+/// transaction on PostgreSQL) answers as `complete` and then `claim` would.
+async fn complete_and_claim_is_a_complete_then_a_claim(s: &dyn Store) {
+    let mut t = Twin::new(s, "default", 0, 1).await;
+    t.claim(&["default"], 10, 100).await;
+    let mut next = Twin::new(s, "default", 0, 2).await;
+    let later = insert(s, new_job("other", 0, 3)).await;
+    let both = ["default", "other"];
+    // A stale lease: refused as `complete` refuses it, and no job is taken.
+    let stale = CompleteParams {
+        id: t.id(),
+        lease_id: Some(LeaseId::new()),
+        result: Bytes::from_static(b"stale"),
+        now: Timestamp(20),
+    };
+    match s
+        .complete_and_claim(&stale, &claim_params(&both, 20, 200))
+        .await
+    {
+        Err(Error::Transition(TransitionError::StaleLease)) => {}
+        other => panic!("expected a stale lease, got {other:?}"),
+    }
+    t.verify("a refused complete-and-claim").await;
+    next.verify("a refused complete-and-claim takes no job")
+        .await;
+
+    // Applied: the job ends as `complete` ends it, and the best job of the
+    // first non-empty queue is handed out as `claim` hands it out.
+    let done = CompleteParams {
+        id: t.id(),
+        lease_id: Some(t.lease()),
+        result: Bytes::from_static(b"ok"),
+        now: Timestamp(30),
+    };
+    let c = claim_params(&both, 30, 300);
+    let ((job, how), claimed) = s.complete_and_claim(&done, &c).await.unwrap();
+    assert_eq!(how, Completion::Completed);
+    t.model
+        .complete(done.lease_id.as_ref(), &done.result, done.now)
+        .unwrap();
+    t.agrees(&job, "complete-and-claim, the complete");
+    t.verify("complete-and-claim, the complete").await;
+    let claimed = claimed.unwrap().expect("the next job");
+    assert_eq!(claimed.job.id, next.id());
+    assert!(claimed.more_pending, "`other` still holds a job");
+    next.model.claim(c.lease_id, c.now, c.expires_at).unwrap();
+    next.agrees(&claimed.job, "complete-and-claim, the claim");
+    next.verify("complete-and-claim, the claim").await;
+
+    // The idempotent repeat answers as `complete` does and still takes a
+    // job: `default` is empty now, so `other`'s.
+    let ((job, how), claimed) = s
+        .complete_and_claim(&done, &claim_params(&both, 40, 400))
+        .await
+        .unwrap();
+    assert_eq!(how, Completion::AlreadyCompleted);
+    t.agrees(&job, "repeated complete-and-claim");
+    let claimed = claimed.unwrap().expect("the job of `other`");
+    assert_eq!(claimed.job.id, later);
+    assert!(!claimed.more_pending);
+
+    // Nothing left to take: the complete alone.
+    let last = CompleteParams {
+        id: next.id(),
+        lease_id: Some(next.lease()),
+        result: Bytes::from_static(b"last"),
+        now: Timestamp(50),
+    };
+    let ((job, how), claimed) = s
+        .complete_and_claim(&last, &claim_params(&both, 50, 500))
+        .await
+        .unwrap();
+    assert_eq!(how, Completion::Completed);
+    assert!(claimed.unwrap().is_none());
+    next.model
+        .complete(last.lease_id.as_ref(), &last.result, last.now)
+        .unwrap();
+    next.agrees(&job, "complete-and-claim with nothing pending");
+    next.verify("complete-and-claim with nothing pending").await;
 }
 
 async fn complete_refuses_unknown_pending_and_ended_jobs(s: &dyn Store) {

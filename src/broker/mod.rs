@@ -318,6 +318,15 @@ fn stale(e: &Error, op: &'static str) {
     }
 }
 
+/// The queues a poll names; none means `default`.
+fn polled(queues: &[Queue]) -> Vec<Queue> {
+    if queues.is_empty() {
+        vec![Queue::default_queue()]
+    } else {
+        queues.to_vec()
+    }
+}
+
 /// Jobs a batch poll has taken so far; handed back if it is dropped.
 struct HeldJobs {
     broker: Broker,
@@ -337,25 +346,49 @@ impl Drop for HeldJobs {
 }
 
 /// Hands back the job of a claim still running when its poll was dropped.
-struct ReleaseOnDrop {
+struct ReleaseOnDrop<T: Send + 'static> {
     broker: Broker,
-    claiming: Option<tokio::task::JoinHandle<store::Result<Option<Claimed>>>>,
+    claiming: Option<tokio::task::JoinHandle<T>>,
+    /// The job the claim took, from what its task returned.
+    taken: fn(T) -> Option<Job>,
 }
 
-impl Drop for ReleaseOnDrop {
+impl<T: Send + 'static> Drop for ReleaseOnDrop<T> {
     fn drop(&mut self) {
         let Some(claiming) = self.claiming.take() else {
             return;
         };
-        let broker = self.broker.clone();
+        let (broker, taken) = (self.broker.clone(), self.taken);
         tokio::spawn(async move {
-            if let Ok(Ok(Some(c))) = claiming.await {
-                if let Some(lease) = c.job.lease_id {
-                    tracing::debug!(job.id = %c.job.id, "poll dropped during its claim; hand-out undone");
-                    let _ = broker.release(c.job.id, lease).await;
+            if let Some(job) = claiming.await.ok().and_then(taken) {
+                if let Some(lease) = job.lease_id {
+                    tracing::debug!(job.id = %job.id, "poll dropped during its claim; hand-out undone");
+                    let _ = broker.release(job.id, lease).await;
                 }
             }
         });
+    }
+}
+
+/// Runs `fut` in place if it finishes at once, else as a task of its own
+/// whose job (per `taken`) is handed back if the caller is dropped first.
+async fn drop_safe<T: Send + 'static>(
+    broker: &Broker,
+    mut fut: Pin<Box<dyn Future<Output = T> + Send>>,
+    taken: fn(T) -> Option<Job>,
+) -> std::result::Result<T, tokio::task::JoinError> {
+    match std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        Poll::Ready(r) => Ok(r),
+        Poll::Pending => {
+            let mut guard = ReleaseOnDrop {
+                broker: broker.clone(),
+                claiming: Some(tokio::spawn(fut)),
+                taken,
+            };
+            let r = guard.claiming.as_mut().expect("just set").await;
+            guard.claiming = None;
+            r
+        }
     }
 }
 
@@ -1056,14 +1089,16 @@ impl Broker {
     /// # Errors
     /// As [`Broker::poll`].
     pub async fn poll_many(&self, req: PollRequest, max: usize) -> Result<Vec<Job>> {
-        let queues = if req.queues.is_empty() {
-            vec![Queue::default_queue()]
-        } else {
-            req.queues.clone()
-        };
+        let queues = polled(&req.queues);
         let Some(first) = self.poll(req).await? else {
             return Ok(Vec::new());
         };
+        self.take_more(first, &queues, max).await
+    }
+
+    /// `first`, and up to `max` (capped at [`MAX_BATCH`]) in all with
+    /// whatever else of `queues` is pending now.
+    async fn take_more(&self, first: Job, queues: &[Queue], max: usize) -> Result<Vec<Job>> {
         let max = max.clamp(1, MAX_BATCH);
         // Held, so that the jobs taken so far are handed back if this is
         // dropped (or fails) while it takes the next.
@@ -1073,7 +1108,7 @@ impl Broker {
         };
         held.jobs.push(first);
         while held.jobs.len() < max {
-            match self.claim(&queues).await? {
+            match self.claim(queues).await? {
                 Some(job) => held.jobs.push(job),
                 None => break,
             }
@@ -1113,43 +1148,87 @@ impl Broker {
         next: PollRequest,
         max: usize,
     ) -> Result<(Job, Vec<Job>)> {
-        let job = match outcome {
-            Finish::Complete(req) => self.complete(req).await?,
-            Finish::Fail(req) => self.fail(req).await?,
+        let req = match outcome {
+            // The complete and the first claim in one store call, where the
+            // store makes that one transaction (PostgreSQL), unless no claim
+            // may be made.
+            Finish::Complete(req)
+                if self.store().fuses_complete_and_claim() && self.check_accepting().is_ok() =>
+            {
+                req
+            }
+            Finish::Complete(req) => {
+                let job = self.complete(req).await?;
+                return Ok((job, self.poll_many(next, max).await?));
+            }
+            Finish::Fail(req) => {
+                let job = self.fail(req).await?;
+                return Ok((job, self.poll_many(next, max).await?));
+            }
         };
-        Ok((job, self.poll_many(next, max).await?))
+        let queues = polled(&next.queues);
+        // As in `poll`: registered before the claim, so that a wake-up for
+        // the job it takes can be consumed rather than wake another poll.
+        let signals = if next.wait.is_zero() {
+            Vec::new()
+        } else {
+            self.inner.signals.signals(&queues)
+        };
+        let mut notified = AnyNotified::new(&signals);
+        let (job, first) = self.complete_and_claim(req, &queues).await?;
+        let Some(first) = first else {
+            drop(notified);
+            return Ok((job, self.poll_many(next, max).await?));
+        };
+        notified.consume();
+        drop(notified);
+        Ok((job, self.take_more(first, &queues, max).await?))
     }
 
-    /// One claim. Drop-safe like a sync submit's insert: a claim that does
-    /// not finish at once (a database round trip, a payload read from disk)
-    /// runs as a task of its own, and if the poll is dropped meanwhile (its
-    /// worker went away) the job it took is handed back.
-    async fn claim(&self, queues: &[Queue]) -> Result<Option<Job>> {
+    /// [`Broker::complete`] and one claim of `queues` in one store call.
+    /// Drop-safe like [`Broker::claim`]: when it does not finish at once it
+    /// runs as a task of its own, which also wakes the job's client, and
+    /// the job it took is handed back if the worker's request is gone.
+    async fn complete_and_claim(
+        &self,
+        req: CompleteRequest,
+        queues: &[Queue],
+    ) -> Result<(Job, Option<Job>)> {
+        let id = req.id;
+        let p = self.complete_params(req);
+        let next = self.claim_params(queues);
+        let broker = self.clone();
+        let call = Box::pin(async move {
+            let ((job, how), claimed) = broker
+                .store()
+                .complete_and_claim(&p, &next)
+                .await
+                .map_err(Error::about(id))
+                .inspect_err(|e| stale(e, "complete"))?;
+            broker.completed(&job, how);
+            Ok((job, claimed?))
+        });
+        let (job, claimed) = drop_safe(self, call, |r: Result<(Job, Option<Claimed>)>| {
+            r.ok().and_then(|(_, c)| c).map(|c| c.job)
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("complete task failed: {e}")))??;
+        Ok((job, claimed.map(|c| self.took(c, queues))))
+    }
+
+    /// A hand-out of `queues` under a new lease, from now.
+    fn claim_params(&self, queues: &[Queue]) -> ClaimParams {
         let now = self.now();
-        let p = ClaimParams {
+        ClaimParams {
             queues: queues.to_vec(),
             lease_id: LeaseId::new(),
             now,
             expires_at: now + self.inner.cfg.lease,
-        };
-        let store = self.inner.store.clone();
-        let mut claim: Pin<Box<dyn Future<Output = store::Result<Option<Claimed>>> + Send>> =
-            Box::pin(async move { store.claim(&p).await });
-        let claimed = match std::future::poll_fn(|cx| Poll::Ready(claim.as_mut().poll(cx))).await {
-            Poll::Ready(r) => r?,
-            Poll::Pending => {
-                let mut guard = ReleaseOnDrop {
-                    broker: self.clone(),
-                    claiming: Some(tokio::spawn(claim)),
-                };
-                let r = guard.claiming.as_mut().expect("just set").await;
-                guard.claiming = None;
-                r.map_err(|e| Error::Unavailable(format!("claim task failed: {e}")))??
-            }
-        };
-        let Some(claimed) = claimed else {
-            return Ok(None);
-        };
+        }
+    }
+
+    /// A claim took `claimed` from `queues`.
+    fn took(&self, claimed: Claimed, queues: &[Queue]) -> Job {
         metrics::handed_out(&claimed.job);
         if claimed.more_pending {
             // Pass the wake-up on: this worker may have been woken for another queue.
@@ -1157,7 +1236,23 @@ impl Broker {
                 self.inner.signals.job_ready(q);
             }
         }
-        Ok(Some(claimed.job))
+        claimed.job
+    }
+
+    /// One claim. Drop-safe like a sync submit's insert: a claim that does
+    /// not finish at once (a database round trip, a payload read from disk)
+    /// runs as a task of its own, and if the poll is dropped meanwhile (its
+    /// worker went away) the job it took is handed back.
+    async fn claim(&self, queues: &[Queue]) -> Result<Option<Job>> {
+        let p = self.claim_params(queues);
+        let store = self.inner.store.clone();
+        let claim = Box::pin(async move { store.claim(&p).await });
+        let claimed = drop_safe(self, claim, |r: store::Result<Option<Claimed>>| {
+            r.ok().flatten().map(|c| c.job)
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("claim task failed: {e}")))??;
+        Ok(claimed.map(|c| self.took(c, queues)))
     }
 
     /// Undoes the hand-out of job `id` under `lease`: its answer could not be
@@ -1196,8 +1291,21 @@ impl Broker {
     /// [`Error::Unavailable`].
     pub async fn complete(&self, req: CompleteRequest) -> Result<Job> {
         let id = req.id;
-        let p = CompleteParams {
-            id,
+        let p = self.complete_params(req);
+        let (job, how) = self
+            .store()
+            .complete(&p)
+            .await
+            .map_err(Error::about(id))
+            .inspect_err(|e| stale(e, "complete"))?;
+        self.completed(&job, how);
+        Ok(job)
+    }
+
+    /// The store's parameters of a worker's complete.
+    fn complete_params(&self, req: CompleteRequest) -> CompleteParams {
+        CompleteParams {
+            id: req.id,
             lease_id: req.lease,
             result: if req.result.is_empty() {
                 Bytes::from_static(b"{}")
@@ -1205,18 +1313,15 @@ impl Broker {
                 req.result
             },
             now: self.now(),
-        };
-        let (job, how) = self
-            .store()
-            .complete(&p)
-            .await
-            .map_err(Error::about(id))
-            .inspect_err(|e| stale(e, "complete"))?;
-        if how == Completion::Completed {
-            metrics::ended(&job, None);
-            self.ended(&job, Status::Running);
         }
-        Ok(job)
+    }
+
+    /// A complete was applied (`how`): its waiting clients get the job.
+    fn completed(&self, job: &Job, how: Completion) {
+        if how == Completion::Completed {
+            metrics::ended(job, None);
+            self.ended(job, Status::Running);
+        }
     }
 
     /// Records a worker's failure: back to pending while attempts remain and

@@ -179,6 +179,27 @@ pub trait Store: Send + Sync + 'static {
     /// Applies [`Job::complete`]. Returns the job as it now stands.
     async fn complete(&self, p: &CompleteParams) -> Result<(Job, Completion)>;
 
+    /// A busy worker's complete-and-take-next: [`Store::complete`], then,
+    /// only if that succeeded, [`Store::claim`] with `next`. The claim's own
+    /// outcome is apart, so a complete that was applied is reported even if
+    /// the claim fails. A backend may make both one transaction (PostgreSQL:
+    /// one statement, one commit); this default makes them two calls.
+    async fn complete_and_claim(
+        &self,
+        p: &CompleteParams,
+        next: &ClaimParams,
+    ) -> Result<((Job, Completion), Result<Option<Claimed>>)> {
+        let done = self.complete(p).await?;
+        Ok((done, self.claim(next).await))
+    }
+
+    /// Whether [`Store::complete_and_claim`] does more than its default
+    /// (one transaction); the broker uses it only then, so the other stores
+    /// take the complete-and-next path they always took.
+    fn fuses_complete_and_claim(&self) -> bool {
+        false
+    }
+
     /// Applies [`Job::fail`]. Returns the job as it now stands.
     async fn fail(&self, p: &FailParams) -> Result<Job>;
 
