@@ -390,7 +390,8 @@ async fn the_open_files_limit_is_raised_to_the_hard_one() {
     assert_eq!(open_files_of(p.child.id()), (hard, hard));
     let log = p.log_text();
     assert!(
-        log.contains("WARN") && log.contains("open-files limit (ulimit -n) is below --max-waiting-clients"),
+        log.contains("WARN")
+            && log.contains("open-files limit (ulimit -n) is below --max-waiting-clients"),
         "{log}"
     );
     p.kill9();
