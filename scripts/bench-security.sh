@@ -11,7 +11,8 @@
 #
 # Environment [defaults]: RUNS [3] DURATION [10] PAYLOAD [100] CLIENTS [64]
 # WORKERS [8] LONG_POLL [5] CASES [idealq plain tokens tls]
-# BENCH [../shared/bench] OUT [/tmp/jobq-bench/security-<timestamp>]
+# BENCH (required for case idealq): the directory of the load generator's Cargo project
+# (syncbench and idealq; not part of this repository). OUT [/tmp/jobq-bench/security-<timestamp>]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${RUNS:-3}
@@ -21,7 +22,11 @@ CLIENTS=${CLIENTS:-64}
 WORKERS=${WORKERS:-8}
 LONG_POLL=${LONG_POLL:-5}
 CASES=${CASES:-idealq plain tokens tls}
-BENCH=${BENCH:-$root/../shared/bench}
+BENCH=${BENCH:-}
+if [[ -z $BENCH || ! -f $BENCH/Cargo.toml ]]; then
+  echo "bench-security.sh: set BENCH to the directory of the syncbench/idealq Cargo project (got '${BENCH}')" >&2
+  exit 2
+fi
 OUT=${OUT:-/tmp/jobq-bench/security-$(date +%Y%m%d-%H%M%S)}
 export CARGO_TARGET_DIR=${BENCH_TARGET:-/tmp/jobq-bench-target}
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole benchmark table of docs/BENCHMARKS.md in one command:
-#   BENCH=../shared/bench scripts/bench-suite.sh
+#   BENCH=<directory of the syncbench/idealq Cargo project> scripts/bench-suite.sh
 # 1. throughput, 64 clients / 8 workers / 100 B: idealq and every store, plain
 #    (three requests per job) and fused (two: complete-and-take-next), against
 #    idealq in the same run, rounds interleaved (scripts/bench.sh);
