@@ -9,6 +9,7 @@ use jobq::cli::{Cli, Command};
 use jobq::config::{LogFormat, ServeArgs};
 use tracing_subscriber::EnvFilter;
 
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -3,22 +3,20 @@
 //! template, e.g. `/api/jobs/{id}`, so no spelling of a path can reach a
 //! route under another role's prefix) and lets the request through only if
 //! the caller may act in it. The peer address comes from the
-//! [`ConnectInfo`] extension the accept loop puts on every request; without
+//! [`Peer`] extension the accept loop puts on every request; without
 //! it the peer counts as remote (fail closed).
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, MatchedPath, Request};
+use axum::extract::{MatchedPath, Request};
 use axum::http::header::AUTHORIZATION;
 
-use super::ApiError;
+use super::{ApiError, Peer};
 use crate::auth::{Auth, Role};
 
 /// Whether the peer that sent `req` is on loopback.
 pub fn peer_is_loopback(req: &Request) -> bool {
     req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .is_some_and(|ConnectInfo(peer)| peer.ip().to_canonical().is_loopback())
+        .get::<Peer>()
+        .is_some_and(|peer| peer.addr.ip().to_canonical().is_loopback())
 }
 
 /// Refuses with [`ApiError::Auth`] (`401`/`403`) unless the caller may

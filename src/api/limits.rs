@@ -102,9 +102,22 @@ pub fn permit(caps: &Caps, req: &Request) -> Result<Option<OwnedSemaphorePermit>
     }
 }
 
+/// A body of known size up to this is written with its head at once (the
+/// socket's send buffer holds it), so a guard need not wait for it.
+const SENT_AT_ONCE: u64 = 64 * 1024;
+
 /// `resp`, keeping `guard` alive until its body has been sent in full (or
-/// the connection dropped it).
+/// the connection dropped it). A small body of known size (every JSON
+/// answer) goes out with the head, so the guard is dropped now: wrapping
+/// the body would cost an allocation and a dynamic call per frame.
 pub fn hold_until_sent<G: Send + Unpin + 'static>(resp: Response, guard: G) -> Response {
+    if http_body::Body::size_hint(resp.body())
+        .exact()
+        .is_some_and(|n| n <= SENT_AT_ONCE)
+    {
+        drop(guard);
+        return resp;
+    }
     resp.map(|body| {
         Body::new(Guarded {
             body,

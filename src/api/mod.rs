@@ -17,10 +17,11 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::handler::Handler;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -36,12 +37,20 @@ pub use error::{ApiError, ApiResult};
 /// The header naming the job an answer is about.
 pub const X_JOB_ID: HeaderName = HeaderName::from_static("x-job-id");
 
-/// The socket a request came on (its raw descriptor, open for as long as
-/// the request is being handled), to learn whether the peer is still there.
+/// The connection a request came on, put on every request by the accept
+/// loop (one extension for both, as each costs a map insert per request):
+/// the peer's address (admin endpoints answer loopback peers without a
+/// token) and the socket's raw descriptor, open for as long as the request
+/// is being handled, to learn whether the peer is still there.
 #[derive(Clone, Copy, Debug)]
-pub struct PeerSocket(pub std::os::fd::RawFd);
+pub struct Peer {
+    /// The peer's address.
+    pub addr: std::net::SocketAddr,
+    /// The connection's socket.
+    pub fd: std::os::fd::RawFd,
+}
 
-impl PeerSocket {
+impl Peer {
     /// Whether the peer has closed or reset the connection: a read would see
     /// end-of-file or an error. Reads nothing (a pipelined request stays).
     pub fn is_closed(&self) -> bool {
@@ -50,7 +59,7 @@ impl PeerSocket {
         // this request, so it is open; MSG_PEEK leaves the data in place.
         let n = unsafe {
             libc::recv(
-                self.0,
+                self.fd,
                 (&mut byte as *mut u8).cast(),
                 1,
                 libc::MSG_PEEK | libc::MSG_DONTWAIT,
@@ -67,9 +76,28 @@ impl PeerSocket {
     }
 }
 
-/// Shared state of all handlers.
+/// Shared state of all handlers: one `Arc`, as axum clones the state for
+/// every request (six reference counts shared by every core, otherwise).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// The state of one server.
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct Shared {
     /// The job lifecycle.
     pub broker: Broker,
     /// `--max-body`, for the 413 message.
@@ -184,15 +212,11 @@ pub fn routes() -> RouteTable {
 
 /// All routes of docs/api.md, behind their guards.
 pub fn router(state: AppState) -> Router {
-    let max_body = state.max_body;
-    let auth = state.auth.clone();
-    let caps = state.caps.clone();
     routes()
         .router
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(Front { auth, caps })
+        .layer(Front(state.clone()))
         .with_state(state)
 }
 
@@ -202,11 +226,9 @@ pub fn router(state: AppState) -> Router {
 /// the request's span and duration (outermost, so that refusals are counted
 /// and logged too), the role check, then the caps (a caller is
 /// authenticated before it is counted against one).
+/// (Holds the state, one `Arc`: axum clones a route's service per request.)
 #[derive(Clone)]
-struct Front {
-    auth: crate::auth::Auth,
-    caps: limits::Caps,
-}
+struct Front(AppState);
 
 impl<S> tower::Layer<S> for Front {
     type Service = FrontService<S>;
@@ -243,8 +265,8 @@ where
         let tracked = crate::metrics::http::Tracked::begin(&req);
         let state = {
             let _in = tracked.span().enter();
-            match auth::require_role(&self.front.auth, &req)
-                .and_then(|()| limits::permit(&self.front.caps, &req))
+            match auth::require_role(&self.front.0.auth, &req)
+                .and_then(|()| limits::permit(&self.front.0.caps, &req))
             {
                 Ok(permit) => FrontState::Running {
                     answer: self.inner.call(req),
@@ -328,20 +350,23 @@ pub fn job_json(status: StatusCode, id: JobId, body: Vec<u8>) -> Response {
 /// The bytes are copied into an allocation of their own: a small body is a
 /// slice of the connection's read buffer, and keeping the slice (as a job's
 /// payload or result) would keep that whole buffer alive for as long.
+/// (The limit is applied here rather than by axum's `DefaultBodyLimit`
+/// layer: every body is read through this extractor, and that layer costs
+/// an extension per request, the one that made the request's map grow.)
 pub struct Body(pub Bytes);
 
 impl FromRequest<AppState> for Body {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        match Bytes::from_request(req, state).await {
-            Ok(b) => Ok(Body(Bytes::copy_from_slice(&b))),
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+        let limited = http_body_util::Limited::new(req.into_body(), state.max_body);
+        match http_body_util::BodyExt::collect(limited).await {
+            Ok(collected) => Ok(Body(Bytes::copy_from_slice(&collected.to_bytes()))),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 Err(ApiError::TooLarge(state.max_body))
             }
             Err(e) => Err(ApiError::BadRequest(format!(
-                "could not read the request body: {}",
-                e.body_text()
+                "could not read the request body: {e}"
             ))),
         }
     }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::{
     encode, header_str, job_json, openapi, ApiError, ApiResult, AppState, Body, Params, PathId,
-    PeerSocket,
+    Peer,
 };
 use crate::broker::{
     CompleteRequest, FailRequest, Finish, HeartbeatRequest, PollRequest, ProgressRequest, MAX_BATCH,
@@ -44,7 +44,7 @@ pub(super) fn wants_next(params: &Params) -> ApiResult<bool> {
 /// back instead.
 async fn handout(
     st: &AppState,
-    peer: Option<Extension<PeerSocket>>,
+    peer: Option<Extension<Peer>>,
     jobs: Vec<Job>,
     batch: bool,
 ) -> ApiResult<Response> {
@@ -95,7 +95,7 @@ async fn handout(
 )]
 pub async fn poll(
     State(st): State<AppState>,
-    peer: Option<Extension<PeerSocket>>,
+    peer: Option<Extension<Peer>>,
     params: Params,
 ) -> ApiResult<Response> {
     let (req, max) = poll_request(&params)?;
@@ -139,7 +139,7 @@ pub(super) fn lease(params: &Params, headers: &HeaderMap) -> ApiResult<Option<Le
 )]
 pub async fn complete(
     State(st): State<AppState>,
-    peer: Option<Extension<PeerSocket>>,
+    peer: Option<Extension<Peer>>,
     PathId(id): PathId,
     params: Params,
     headers: HeaderMap,
@@ -194,7 +194,7 @@ struct FailBody {
 )]
 pub async fn fail(
     State(st): State<AppState>,
-    peer: Option<Extension<PeerSocket>>,
+    peer: Option<Extension<Peer>>,
     PathId(id): PathId,
     params: Params,
     headers: HeaderMap,

@@ -5,7 +5,7 @@
 //! request-duration histogram by route and status. Bodies, query strings and headers are never recorded
 //! (they hold payloads and tokens).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 use std::time::Instant;
 
@@ -28,6 +28,27 @@ static ROUTES: LazyLock<Mutex<HashSet<&'static str, foldhash::fast::RandomState>
     LazyLock::new(Default::default);
 
 fn intern(route: &str) -> &'static str {
+    // Each thread remembers the routes it has seen, by the address of the
+    // router's own string (checked by content, as a router dropped in a
+    // test may leave its address to another): the shared set's lock,
+    // taken by every request on every core, is then taken once per route
+    // and thread.
+    thread_local! {
+        static SEEN: std::cell::RefCell<HashMap<usize, &'static str, foldhash::fast::RandomState>> =
+            Default::default();
+    }
+    let addr = route.as_ptr() as usize;
+    SEEN.with_borrow_mut(|seen| match seen.get(&addr) {
+        Some(&interned) if interned == route => interned,
+        _ => {
+            let interned = intern_shared(route);
+            seen.insert(addr, interned);
+            interned
+        }
+    })
+}
+
+fn intern_shared(route: &str) -> &'static str {
     let mut routes = ROUTES.lock();
     if let Some(r) = routes.get(route) {
         return r;

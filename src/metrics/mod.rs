@@ -273,9 +273,41 @@ struct Metrics {
         parking_lot::RwLock<HashMap<(usize, usize, u16), Histogram, foldhash::fast::RandomState>>,
     commit_latency: Family<BackendLabels, Histogram, fn() -> Histogram>,
     commit_batch: Family<BackendLabels, Histogram, fn() -> Histogram>,
+    /// The series of the families above that every job touches, by queue
+    /// (handles to the same counters): a family's lookup builds a label
+    /// set and hashes it with SipHash, four times per job otherwise.
+    by_queue: parking_lot::RwLock<HashMap<Queue, QueueSeries, foldhash::fast::RandomState>>,
+    /// `sync_latency`'s histograms by [`SyncOutcome`], made on first use.
+    sync_by_outcome: [std::sync::OnceLock<Histogram>; 5],
     totals: Totals,
     queue_wait_buckets: LogBuckets,
     run_time_buckets: LogBuckets,
+}
+
+/// One queue's series of the families every job touches.
+struct QueueSeries {
+    submitted: Counter,
+    completed: Counter,
+    queue_wait: Histogram,
+    run_time: Histogram,
+}
+
+impl Metrics {
+    /// Runs `f` on `queue`'s series, made (and registered in their
+    /// families) on the queue's first use.
+    fn with_queue<R>(&self, queue: &Queue, f: impl FnOnce(&QueueSeries) -> R) -> R {
+        if let Some(series) = self.by_queue.read().get(queue) {
+            return f(series);
+        }
+        let labels = q(queue);
+        let series = QueueSeries {
+            submitted: self.submitted.get_or_create(&labels).clone(),
+            completed: self.completed.get_or_create(&labels).clone(),
+            queue_wait: self.queue_wait.get_or_create(&labels).clone(),
+            run_time: self.run_time.get_or_create(&labels).clone(),
+        };
+        f(self.by_queue.write().entry(queue.clone()).or_insert(series))
+    }
 }
 
 /// Seconds from 100 µs to ~14 minutes, doubling.
@@ -315,6 +347,8 @@ impl Metrics {
             http_by_addr: Default::default(),
             commit_latency: Family::new_with_constructor(hs),
             commit_batch: Family::new_with_constructor(batch_histogram),
+            by_queue: Default::default(),
+            sync_by_outcome: Default::default(),
             totals: Totals::default(),
             queue_wait_buckets: LogBuckets::new(),
             run_time_buckets: LogBuckets::new(),
@@ -439,7 +473,7 @@ fn micros_between(from: Timestamp, to: Timestamp) -> u64 {
 /// A job was created by a submit.
 pub fn submitted(queue: &Queue) {
     if let Some(m) = get() {
-        m.submitted.get_or_create(&q(queue)).inc();
+        m.with_queue(queue, |s| s.submitted.inc());
         m.totals.submitted.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -482,9 +516,7 @@ pub fn handed_out(job: &Job) {
     }
     if let Some(started) = job.started_at {
         let us = micros_between(job.created_at, started);
-        m.queue_wait
-            .get_or_create(&q(&job.queue))
-            .observe(us as f64 / 1e6);
+        m.with_queue(&job.queue, |s| s.queue_wait.observe(us as f64 / 1e6));
         m.queue_wait_buckets.record(us);
     }
 }
@@ -493,21 +525,19 @@ pub fn handed_out(job: &Job) {
 /// cancelled. Counts it and records its run time if a worker had it.
 pub fn ended(job: &Job, cancel: Option<CancelReason>) {
     let Some(m) = get() else { return };
-    let labels = q(&job.queue);
     match job.status {
         Status::Completed => {
-            m.completed.get_or_create(&labels).inc();
             m.totals.completed.fetch_add(1, Ordering::Relaxed);
         }
         Status::Failed => {
-            m.failed.get_or_create(&labels).inc();
+            m.failed.get_or_create(&q(&job.queue)).inc();
             m.totals.failed.fetch_add(1, Ordering::Relaxed);
         }
         Status::Cancelled => {
             let reason = cancel.unwrap_or(CancelReason::Client).as_str();
             m.cancelled
                 .get_or_create(&ReasonLabels {
-                    queue: labels.queue.clone(),
+                    queue: QueueName(job.queue.clone()),
                     reason,
                 })
                 .inc();
@@ -515,10 +545,22 @@ pub fn ended(job: &Job, cancel: Option<CancelReason>) {
         }
         Status::Pending | Status::Running => return,
     }
-    if let (Some(started), Some(end)) = (job.started_at, job.ended_at) {
-        let us = micros_between(started, end);
-        m.run_time.get_or_create(&labels).observe(us as f64 / 1e6);
+    let ran = match (job.started_at, job.ended_at) {
+        (Some(started), Some(end)) => Some(micros_between(started, end)),
+        _ => None,
+    };
+    if let Some(us) = ran {
         m.run_time_buckets.record(us);
+    }
+    if job.status == Status::Completed || ran.is_some() {
+        m.with_queue(&job.queue, |s| {
+            if job.status == Status::Completed {
+                s.completed.inc();
+            }
+            if let Some(us) = ran {
+                s.run_time.observe(us as f64 / 1e6);
+            }
+        });
     }
 }
 
@@ -580,9 +622,13 @@ pub fn stale_refused(op: &'static str) {
 /// A sync submit was answered after `held`.
 pub fn sync_answered(outcome: SyncOutcome, held: Duration) {
     if let Some(m) = get() {
-        m.sync_latency
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.as_str(),
+        m.sync_by_outcome[outcome as usize]
+            .get_or_init(|| {
+                m.sync_latency
+                    .get_or_create(&OutcomeLabels {
+                        outcome: outcome.as_str(),
+                    })
+                    .clone()
             })
             .observe(held.as_secs_f64());
     }

@@ -201,14 +201,14 @@ pub async fn run_with_grpc(
         .tls
         .as_ref()
         .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config()));
-    let app = api::router(AppState {
+    let app = api::router(AppState::new(api::Shared {
         broker: broker.clone(),
         max_body: cfg.max_body,
         auth: cfg.auth.clone(),
         caps: api::limits::Caps::new(cfg.max_waiting_clients, cfg.max_polling_workers),
         dash,
         sse_keepalive: cfg.sse_keepalive,
-    });
+    }));
 
     let drained = CancellationToken::new();
     {
@@ -286,11 +286,10 @@ pub async fn run_with_grpc(
         let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let app = app.clone();
             let in_flight = svc_activity.request_started();
-            // The auth layer needs the peer (admin is loopback-only without a token).
-            req.extensions_mut()
-                .insert(axum::extract::ConnectInfo(peer));
-            // A poll checks that its worker is still there before handing out.
-            req.extensions_mut().insert(api::PeerSocket(fd));
+            // The auth layer needs the peer's address (admin is loopback-only
+            // without a token); a poll checks that its worker is still there
+            // before handing out.
+            req.extensions_mut().insert(api::Peer { addr: peer, fd });
             async move {
                 if !is_known_method(req.method()) {
                     let m = req.method().to_string();
