@@ -123,7 +123,12 @@ pub async fn submit(
     Body(body): Body,
 ) -> ApiResult<Response> {
     let (req, wait) = parse_submit(&params, &headers, body)?;
-    if wants_events(&headers) {
+    let streaming = wants_events(&headers);
+    // Not kept while the client waits: the header map (whose values also
+    // pin the connection's read buffer) and the query are a part of what
+    // each of up to `--max-waiting-clients` held requests costs.
+    drop((params, headers));
+    if streaming {
         let (job, events) = st.broker.submit_streaming(req, wait).await?;
         return Ok(event_stream(&st, job.id, events));
     }

@@ -150,6 +150,8 @@ pub async fn complete(
         lease: lease(&params, &headers)?,
         result: body,
     };
+    // Not kept through a long-poll for the next job (see `jobs::submit`).
+    drop(headers);
     if wants_next(&params)? {
         let (next, max) = poll_request(&params)?;
         let (_, jobs) = st
@@ -201,6 +203,7 @@ pub async fn fail(
     Body(body): Body,
 ) -> ApiResult<Response> {
     let lease = lease(&params, &headers)?;
+    drop(headers);
     let parsed: FailBody = if body.iter().all(u8::is_ascii_whitespace) {
         FailBody {
             error: None,
