@@ -32,7 +32,6 @@ const JOB_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const HEARTBEAT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Shortest heartbeat interval (a very short lease must not spin).
-/// These timings serve the gRPC worker too: both transports behave alike.
 const HEARTBEAT_MIN: Duration = Duration::from_millis(50);
 
 /// First and longest pause between attempts while the server is away.
@@ -199,7 +198,9 @@ where
 }
 
 /// How often to heartbeat: a third of what is left of the lease, at least
-/// [`HEARTBEAT_MIN`]; [`HEARTBEAT_FALLBACK`] when unknown.
+/// [`HEARTBEAT_MIN`]; [`HEARTBEAT_FALLBACK`] when unknown. The gRPC worker
+/// uses it too, as it does [`Backoff`] and [`POST_RETRY_WINDOW`]: both
+/// transports keep the same timings.
 pub(crate) fn heartbeat_interval(lease_left: Option<Duration>) -> Duration {
     match lease_left {
         Some(left) => (left / 3).max(HEARTBEAT_MIN),
