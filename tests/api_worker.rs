@@ -95,6 +95,17 @@ async fn head_poll_takes_nothing(kind: Kind) {
     s.stop().await;
 }
 
+/// `fail` and `heartbeat` on job `id` are refused with 409: it is not
+/// running.
+async fn fail_and_heartbeat_refused(s: &TestServer, id: &str) {
+    s.post(&format!("/api/worker/fail/{id}"), "{}")
+        .await
+        .assert_error(409);
+    s.post(&format!("/api/worker/heartbeat/{id}"), "")
+        .await
+        .assert_error(409);
+}
+
 async fn complete_errors(kind: Kind) {
     let s = TestServer::start(kind).await;
     let r = s.complete(UNKNOWN, "", "x").await;
@@ -114,12 +125,7 @@ async fn complete_errors(kind: Kind) {
     // A pending job is not running: 409 for all three.
     let id = s.submit_async("", "p").await;
     s.complete(&id, "", "x").await.assert_error(409);
-    s.post(&format!("/api/worker/fail/{id}"), "{}")
-        .await
-        .assert_error(409);
-    s.post(&format!("/api/worker/heartbeat/{id}"), "")
-        .await
-        .assert_error(409);
+    fail_and_heartbeat_refused(&s, &id).await;
     assert_eq!(s.job(&id).await.body["status"], "pending");
 
     let job = s.take("").await;
@@ -130,12 +136,7 @@ async fn complete_errors(kind: Kind) {
     assert_eq!(r.body["job_id"], id);
     assert_eq!(r.header("x-job-id"), id);
     // Completed: fail and heartbeat are refused.
-    s.post(&format!("/api/worker/fail/{id}"), "{}")
-        .await
-        .assert_error(409);
-    s.post(&format!("/api/worker/heartbeat/{id}"), "")
-        .await
-        .assert_error(409);
+    fail_and_heartbeat_refused(&s, &id).await;
     // A malformed lease id is a malformed request.
     s.complete(&id, "?lease=nope", "x").await.assert_error(400);
     let _ = job;

@@ -150,6 +150,22 @@ fn role_of(token: &str) -> Option<&'static str> {
     }
 }
 
+/// A server where each role has its token.
+async fn every_role_has_a_token() -> TestServer {
+    TestServer::start_with(
+        Kind::Memory,
+        &[
+            "--client-token",
+            CLIENT,
+            "--worker-token",
+            WORKER,
+            "--admin-token",
+            ADMIN,
+        ],
+    )
+    .await
+}
+
 const CREDS: [Cred; 9] = [
     Cred::None,
     Cred::Token(CLIENT),
@@ -165,18 +181,7 @@ const CREDS: [Cred; 9] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_role_endpoint_and_credential() {
-    let s = TestServer::start_with(
-        Kind::Memory,
-        &[
-            "--client-token",
-            CLIENT,
-            "--worker-token",
-            WORKER,
-            "--admin-token",
-            ADMIN,
-        ],
-    )
-    .await;
+    let s = every_role_has_a_token().await;
     let mut checked = 0;
     for ep in endpoints() {
         for cred in CREDS {
@@ -209,18 +214,7 @@ async fn every_role_endpoint_and_credential() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_spelling_of_a_path_slips_past_its_role() {
-    let s = TestServer::start_with(
-        Kind::Memory,
-        &[
-            "--client-token",
-            CLIENT,
-            "--worker-token",
-            WORKER,
-            "--admin-token",
-            ADMIN,
-        ],
-    )
-    .await;
+    let s = every_role_has_a_token().await;
     for path in [
         "/api/%61dmin/stats",
         "/api/admin/%73tats",
@@ -252,36 +246,25 @@ async fn no_spelling_of_a_path_slips_past_its_role() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_without_a_token_is_open() {
-    // Only a client token: worker endpoints are open (any or no token),
-    // admin endpoints are open to this loopback caller.
-    let s = TestServer::start_with(Kind::Memory, &["--client-token", CLIENT]).await;
-    for ep in endpoints() {
-        for cred in [Cred::None, Cred::Token(UNKNOWN), Cred::Token(CLIENT)] {
-            let want = match (ep.role, cred) {
-                (Some("client"), Cred::None) | (Some("client"), Cred::Token(UNKNOWN)) => {
-                    Want::Unauthorized
-                }
-                _ => Want::Pass(ep.ok),
-            };
-            check(&ep, cred, want, &call(&s, &ep, cred).await);
+    // Only one role has a token: it is needed on that role's endpoints
+    // (on admin ones from loopback too); the other roles' endpoints are
+    // open to any or no token (admin ones to this loopback caller).
+    for (flag, token, role) in [
+        ("--client-token", CLIENT, "client"),
+        ("--admin-token", ADMIN, "admin"),
+    ] {
+        let s = TestServer::start_with(Kind::Memory, &[flag, token]).await;
+        for ep in endpoints() {
+            for cred in [Cred::None, Cred::Token(UNKNOWN), Cred::Token(token)] {
+                let want = match (ep.role, cred) {
+                    (Some(r), Cred::None | Cred::Token(UNKNOWN)) if r == role => Want::Unauthorized,
+                    _ => Want::Pass(ep.ok),
+                };
+                check(&ep, cred, want, &call(&s, &ep, cred).await);
+            }
         }
+        s.stop().await;
     }
-    s.stop().await;
-
-    // Only an admin token: it is needed on admin endpoints, from loopback too.
-    let s = TestServer::start_with(Kind::Memory, &["--admin-token", ADMIN]).await;
-    for ep in endpoints() {
-        for cred in [Cred::None, Cred::Token(ADMIN), Cred::Token(UNKNOWN)] {
-            let want = match (ep.role, cred) {
-                (Some("admin"), Cred::None) | (Some("admin"), Cred::Token(UNKNOWN)) => {
-                    Want::Unauthorized
-                }
-                _ => Want::Pass(ep.ok),
-            };
-            check(&ep, cred, want, &call(&s, &ep, cred).await);
-        }
-    }
-    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,6 +477,16 @@ async fn until_status(http: &reqwest::Client, p: &Proc, token: &str, want: u16) 
     .await
 }
 
+/// Waits (bounded) until `p` has logged a failed token reload.
+async fn reload_error_logged(p: &Proc) {
+    common::within(common::BOUND, "reload error logged", async {
+        while !p.log_text().contains("tokens not reloaded") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_file_rotates_on_sighup_under_load() {
     let dir = tempfile::tempdir().unwrap();
@@ -585,12 +578,7 @@ async fn token_file_rotates_on_sighup_under_load() {
     // A broken file keeps the tokens in force.
     write_tokens(&file, "client\n");
     p.signal(libc::SIGHUP);
-    common::within(common::BOUND, "reload error logged", async {
-        while !p.log_text().contains("tokens not reloaded") {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    reload_error_logged(&p).await;
     assert_eq!(client_status(&http, &p, "new-client-token-0004").await, 404);
     assert_eq!(client_status(&http, &p, UNKNOWN).await, 401);
 
@@ -646,14 +634,16 @@ async fn tokens_never_reach_the_logs() {
     )
     .await;
     let http = reqwest::Client::new();
-    for token in [
+    // Every secret the server knows, and two it does not.
+    let secrets = [
         CLIENT,
         short,
         env_token,
         file_token,
         UNKNOWN,
         "wrong secret",
-    ] {
+    ];
+    for token in secrets {
         for path in [
             "/api/jobs?queue=logs",
             "/api/worker/poll?queue=logs",
@@ -681,12 +671,7 @@ async fn tokens_never_reach_the_logs() {
     // A reload that fails on a line holding a token.
     write_tokens(&file, &format!("{file_token}\n"));
     p.signal(libc::SIGHUP);
-    common::within(common::BOUND, "reload error logged", async {
-        while !p.log_text().contains("tokens not reloaded") {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    reload_error_logged(&p).await;
     let mut p = p;
     p.term();
     assert!(p.wait_exit(Duration::from_secs(30)).await.success());
@@ -695,14 +680,7 @@ async fn tokens_never_reach_the_logs() {
         log.contains("shorter than 16"),
         "the short token is warned about: {log}"
     );
-    for secret in [
-        CLIENT,
-        short,
-        env_token,
-        file_token,
-        UNKNOWN,
-        "wrong secret",
-    ] {
+    for secret in secrets {
         assert!(!log.contains(secret), "{secret:?} in the log:\n{log}");
     }
 }

@@ -212,6 +212,12 @@ fn is_dead(pid: i32) -> bool {
     }
 }
 
+/// Waits (bounded) until the command's child `pid` is gone.
+async fn wait_killed(pid: i32) {
+    let gone = format!("the command's child {pid} is killed");
+    wait_until(BOUND, &gone, || is_dead(pid)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_kills_the_whole_process_group() {
     let s = TestServer::start_with(Kind::Memory, &["--max-attempts", "1"]).await;
@@ -231,8 +237,7 @@ async fn timeout_kills_the_whole_process_group() {
     assert!(t0.elapsed() < Duration::from_secs(40));
     // The background `sleep` was in the command's process group: killed too.
     let pid = read_pid(&pidfile);
-    let gone = format!("the command's child {pid} is killed");
-    wait_until(BOUND, &gone, || is_dead(pid)).await;
+    wait_killed(pid).await;
     s.stop().await;
 }
 
@@ -558,8 +563,7 @@ async fn cancelling_a_running_job_kills_its_command() {
     assert_eq!(s.delete(&format!("/api/jobs/{id}")).await.status, 200);
     // The next heartbeat gets 409: the worker kills the command's group.
     w.wait_log("killed its command").await;
-    let gone = format!("the command's child {pid} is killed");
-    wait_until(BOUND, &gone, || is_dead(pid)).await;
+    wait_killed(pid).await;
     s.stop().await;
 }
 

@@ -8,19 +8,30 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::binary::{free_port, start_fails, Proc};
-use common::http::{enqueue, get_json, spawn_post};
+use common::http::{enqueue, enqueue_keyed, get_json, spawn_post};
 use common::id_of;
 use serde_json::Value;
 
-async fn list_all(http: &reqwest::Client, p: &Proc) -> Vec<Value> {
+/// Every job, from the admin list of the server at `base`.
+async fn list_all(http: &reqwest::Client, base: &str) -> Vec<Value> {
+    let v = get_json_of(http, format!("{base}/api/admin/jobs?limit=1000")).await;
+    v["jobs"].as_array().unwrap().clone()
+}
+
+/// A client re-submitting `body` with its idempotency `key`
+/// (`POST {base}/api/submit`): the answer, which must be a 200 (the stored
+/// result, at once).
+async fn resubmit(http: &reqwest::Client, base: &str, key: &str, body: String) -> Value {
     let r = http
-        .get(p.url("/api/admin/jobs?limit=1000"))
+        .post(format!("{base}/api/submit"))
+        .header("idempotency-key", key)
+        .body(body)
+        .timeout(Duration::from_secs(5))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
-    v["jobs"].as_array().unwrap().clone()
+    r.json().await.unwrap()
 }
 
 /// One poll of the default queue.
@@ -85,7 +96,7 @@ async fn kill9_mid_submit_burst_loses_no_acknowledged_job() {
     assert!(acked.len() >= 100);
 
     let p = Proc::start(&data, free_port(), &[]).await;
-    let jobs = list_all(&http, &p).await;
+    let jobs = list_all(&http, &p.base).await;
     let ids: HashSet<&str> = jobs.iter().map(|j| j["job_id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), jobs.len(), "no job twice");
     for (key, id) in &acked {
@@ -98,18 +109,9 @@ async fn kill9_mid_submit_burst_loses_no_acknowledged_job() {
     assert!(jobs.len() <= 400);
     // Re-submitting an acknowledged key attaches to the stored job.
     let (key, id) = acked.iter().next().unwrap();
-    let r = http
-        .post(p.url("/api/jobs"))
-        .header("idempotency-key", key)
-        .body(body_of(key))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["job_id"], id.as_str());
+    assert_eq!(&enqueue_keyed(&http, &p.base, key, body_of(key)).await, id);
     assert_eq!(
-        list_all(&http, &p).await.len(),
+        list_all(&http, &p.base).await.len(),
         jobs.len(),
         "no new job for a known key"
     );
@@ -156,7 +158,7 @@ async fn kill9_with_jobs_running_returns_them_to_pending() {
     p.kill9();
 
     let p = Proc::start(&data, free_port(), &[]).await;
-    let jobs = list_all(&http, &p).await;
+    let jobs = list_all(&http, &p.base).await;
     assert_eq!(jobs.len(), 21);
     for j in &jobs {
         assert_eq!(j["status"], "pending", "{j}");
@@ -195,13 +197,7 @@ async fn kill9_with_a_job_out_of_attempts_fails_it_at_restart() {
 
     for round in 0..2 {
         let mut p = Proc::start(&data, free_port(), &flags).await;
-        let r = http
-            .get(p.url(&format!("/api/jobs/{id}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let v: Value = r.json().await.unwrap();
+        let v = get_json_of(&http, p.url(&format!("/api/jobs/{id}"))).await;
         assert_eq!(v["status"], "failed", "round {round}: {v}");
         assert_eq!(v["attempts"], 1, "{v}");
         assert!(
@@ -248,7 +244,7 @@ async fn kill9_after_deferred_writes_keeps_completions_and_attempts() {
     p.kill9();
 
     let p = Proc::start(&data, free_port(), &[]).await;
-    let jobs = list_all(&http, &p).await;
+    let jobs = list_all(&http, &p.base).await;
     assert_eq!(jobs.len(), 10);
     for j in &jobs {
         let id = j["job_id"].as_str().unwrap();
@@ -271,14 +267,13 @@ async fn kill9_right_after_completes_keeps_every_result() {
     let mut p = Proc::start(&data, free_port(), &[]).await;
     let http = reqwest::Client::new();
     for i in 0..50 {
-        let r = http
-            .post(p.url("/api/jobs"))
-            .header("idempotency-key", format!("key-{i}"))
-            .body(format!("{{\"i\":{i}}}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
+        enqueue_keyed(
+            &http,
+            &p.base,
+            &format!("key-{i}"),
+            format!("{{\"i\":{i}}}"),
+        )
+        .await;
     }
     let mut done = HashMap::new();
     while let Some(j) = poll(&http, &p).await {
@@ -298,28 +293,19 @@ async fn kill9_right_after_completes_keeps_every_result() {
 
     let p = Proc::start(&data, free_port(), &[]).await;
     for (id, i) in &done {
-        let r = http
-            .get(p.url(&format!("/api/jobs/{id}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let v: Value = r.json().await.unwrap();
+        let v = get_json_of(&http, p.url(&format!("/api/jobs/{id}"))).await;
         assert_eq!(v["status"], "completed");
         assert_eq!(v["payload"]["result"], i * 10);
     }
     // A client re-submitting with its key gets the stored result at once.
     let (id, i) = done.iter().next().unwrap();
-    let r = http
-        .post(p.url("/api/submit"))
-        .header("idempotency-key", format!("key-{i}"))
-        .body(format!("{{\"i\":{i}}}"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
+    let v = resubmit(
+        &http,
+        &p.base,
+        &format!("key-{i}"),
+        format!("{{\"i\":{i}}}"),
+    )
+    .await;
     assert_eq!(v["job_id"], id.as_str());
     assert_eq!(v["payload"]["result"], i * 10);
     let stats = get_json(&http, &p.url("/api/admin/stats")).await;
@@ -576,7 +562,7 @@ async fn disk_full_answers_503_then_recovers_without_loss() {
     p.kill9();
 
     let p = Proc::start(&data, free_port(), &[]).await;
-    let jobs = list_all(&http, &p).await;
+    let jobs = list_all(&http, &p.base).await;
     let ids: HashSet<&str> = jobs.iter().map(|j| j["job_id"].as_str().unwrap()).collect();
     for id in &acked {
         assert!(ids.contains(id.as_str()), "acknowledged job {id} lost");
@@ -666,7 +652,7 @@ async fn restored_jobs_are_served_while_new_writes_commit() {
     for w in workers {
         w.await.unwrap();
     }
-    let jobs = list_all(&http, &p).await;
+    let jobs = list_all(&http, &p.base).await;
     assert_eq!(jobs.len(), 400);
     assert!(jobs.iter().all(|j| j["status"] == "completed"), "all done");
     let restored: Vec<&Value> = jobs
@@ -694,14 +680,13 @@ async fn kill9_keeps_ended_jobs_whole_for_every_read() {
     let http = reqwest::Client::new();
     let mut completed = Vec::new();
     for i in 0..20 {
-        let r = http
-            .post(p.url("/api/jobs"))
-            .header("idempotency-key", format!("whole-{i}"))
-            .body(format!("{{\"i\":{i}}}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
+        enqueue_keyed(
+            &http,
+            &p.base,
+            &format!("whole-{i}"),
+            format!("{{\"i\":{i}}}"),
+        )
+        .await;
         let job = poll(&http, &p).await.expect("a job");
         let body = format!("{{\"r\":{}}}", i * 10);
         assert_eq!(
@@ -781,7 +766,7 @@ async fn kill9_keeps_ended_jobs_whole_for_every_read() {
     );
     assert_eq!(f["error"], "last", "{f}");
     assert_eq!(before[&cancelled]["status"], "cancelled");
-    let listed_before = list_all(&http, &p).await;
+    let listed_before = list_all(&http, &p.base).await;
 
     let check = |p: &Proc| {
         let (http, p_base) = (http.clone(), p.base.clone());
@@ -792,26 +777,12 @@ async fn kill9_keeps_ended_jobs_whole_for_every_read() {
                 let got = get_json_of(&http, format!("{p_base}/api/jobs/{id}")).await;
                 assert_eq!(&got, want, "GET {id}");
             }
-            let r = http
-                .get(format!("{p_base}/api/admin/jobs?limit=1000"))
-                .send()
-                .await
-                .unwrap();
-            let v: Value = r.json().await.unwrap();
-            assert_eq!(v["jobs"].as_array().unwrap(), &listed_before, "list");
+            assert_eq!(list_all(&http, &p_base).await, listed_before, "list");
             for (i, job, body) in completed.iter().take(3) {
                 let id = id_of(job);
                 // A client re-submitting with its key gets the stored result.
-                let r = http
-                    .post(format!("{p_base}/api/submit"))
-                    .header("idempotency-key", format!("whole-{i}"))
-                    .body(format!("{{\"i\":{i}}}"))
-                    .timeout(Duration::from_secs(5))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
-                let v: Value = r.json().await.unwrap();
+                let key = format!("whole-{i}");
+                let v = resubmit(&http, &p_base, &key, format!("{{\"i\":{i}}}")).await;
                 assert_eq!(v["job_id"], id.as_str());
                 assert_eq!(v["payload"]["r"], i * 10);
                 // The worker repeating its complete under its lease: a repeat.

@@ -530,19 +530,7 @@ async fn cli_worker_over_the_stream_runs_commands() {
         assert_eq!(r.body["payload"], format!("JOB {i}"), "{r:?}");
     }
     // SIGTERM: a clean exit.
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(w.id() as i32, libc::SIGTERM);
-    }
-    let status = within(BOUND, "worker exits", async {
-        loop {
-            if let Some(st) = w.try_wait().unwrap() {
-                return st;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let status = common::binary::term_and_wait(&mut w).await;
     assert_eq!(status.code(), Some(0));
 }
 

@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use common::pki::{install, make_pki, Pki};
 use common::{within, Kind, TestServer, BOUND};
@@ -183,19 +182,7 @@ async fn cli_worker_runs_a_job_over_grpc_tls() {
     .unwrap();
     assert_eq!(&done.result[..], b"HELLO TLS WORKER");
     // SIGTERM: a clean exit.
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(w.id() as i32, libc::SIGTERM);
-    }
-    let status = within(BOUND, "worker exits", async {
-        loop {
-            if let Some(st) = w.try_wait().unwrap() {
-                return st;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let status = common::binary::term_and_wait(&mut w).await;
     assert_eq!(status.code(), Some(0));
     s.stop().await;
 }

@@ -8,6 +8,12 @@ mod common;
 use common::{Kind, Reply, TestServer};
 use serde_json::{json, Value};
 
+/// Role tokens, one place for each: the flag that sets it and the calls
+/// that present it must agree.
+const CLIENT_TOKEN: &str = "openapi-client-token-0123456789";
+const WORKER_TOKEN: &str = "openapi-worker-token-0123456789";
+const ADMIN_TOKEN: &str = "openapi-admin-token-01234567890";
+
 /// What to do when this test names a missing route.
 const HOW: &str = "annotate the handler with #[utoipa::path(...)] and list it in ApiDoc's \
                    paths(...) in src/api/openapi.rs";
@@ -68,11 +74,11 @@ async fn the_document_is_served_openly_and_every_documented_route_answers() {
         Kind::Memory,
         &[
             "--client-token",
-            "openapi-client-token-0123456789",
+            CLIENT_TOKEN,
             "--worker-token",
-            "openapi-worker-token-0123456789",
+            WORKER_TOKEN,
             "--admin-token",
-            "openapi-admin-token-01234567890",
+            ADMIN_TOKEN,
         ],
     )
     .await;
@@ -123,10 +129,7 @@ async fn the_document_is_served_openly_and_every_documented_route_answers() {
         let resp = common::within(
             common::BOUND,
             &format!("{method} {path}"),
-            s.http
-                .request(m, &url)
-                .bearer_auth("openapi-admin-token-01234567890")
-                .send(),
+            s.http.request(m, &url).bearer_auth(ADMIN_TOKEN).send(),
         )
         .await
         .unwrap();
@@ -464,9 +467,9 @@ async fn refusals_by_role_match_the_document() {
         Kind::Memory,
         &[
             "--client-token",
-            "openapi-client-token-0123456789",
+            CLIENT_TOKEN,
             "--worker-token",
-            "openapi-worker-token-0123456789",
+            WORKER_TOKEN,
         ],
     )
     .await;
@@ -479,7 +482,7 @@ async fn refusals_by_role_match_the_document() {
         .send(
             s.http
                 .get(s.url("/api/worker/poll"))
-                .bearer_auth("openapi-client-token-0123456789"),
+                .bearer_auth(CLIENT_TOKEN),
         )
         .await;
     assert_eq!(r.status, 403);
@@ -529,11 +532,7 @@ async fn huge_counts_are_clamped_not_refused() {
 
 #[tokio::test]
 async fn the_served_document_makes_tokens_optional_for_open_roles() {
-    let s = TestServer::start_with(
-        Kind::Memory,
-        &["--worker-token", "openapi-worker-token-0123456789"],
-    )
-    .await;
+    let s = TestServer::start_with(Kind::Memory, &["--worker-token", WORKER_TOKEN]).await;
     let doc = s.get("/openapi.json").await.body;
     assert_eq!(
         doc["paths"]["/api/submit"]["post"]["security"],

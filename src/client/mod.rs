@@ -49,7 +49,10 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-pub(crate) use worker::{progress_channel, PROGRESS_DRAIN};
+pub(crate) use worker::{
+    finish_jobs_in_hand, heartbeat_interval, progress_channel, run_handler, Backoff, BACKOFF_MAX,
+    POST_RETRY_WINDOW,
+};
 pub use worker::{Job, Outcome, ProgressSink, RunOptions, Worker, LONG_POLL_DEFAULT};
 
 /// The server a client talks to when none is named (`--url`, `JOBQ_URL`).

@@ -36,10 +36,10 @@ const HEARTBEAT_MIN: Duration = Duration::from_millis(50);
 
 /// First and longest pause between attempts while the server is away.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// How long a finished job's result is retried while the server is away.
-const POST_RETRY_WINDOW: Duration = Duration::from_secs(30);
+pub(crate) const POST_RETRY_WINDOW: Duration = Duration::from_secs(30);
 
 /// Extra time a long-poll request gets beyond its wait before it is given up.
 const POLL_SLACK: Duration = Duration::from_secs(30);
@@ -141,11 +141,67 @@ where
 
 /// How long a finished job's queued progress events may take to go out
 /// before its outcome is posted anyway.
-pub(crate) const PROGRESS_DRAIN: Duration = Duration::from_secs(10);
+const PROGRESS_DRAIN: Duration = Duration::from_secs(10);
+
+/// At shutdown: waits for the jobs still running, logging any that panicked.
+pub(crate) async fn finish_jobs_in_hand<T: 'static>(tasks: &mut JoinSet<T>) {
+    if !tasks.is_empty() {
+        tracing::info!(jobs = tasks.len(), "stopping: finishing the jobs in hand");
+    }
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "a job task panicked");
+        }
+    }
+}
+
+/// Runs `handler` on `job`, its events going to `progress` (from
+/// [`progress_channel`]), beside `keep_alive`, which returns only once the
+/// job is lost (then `lost` is cancelled and the handler left to finish);
+/// then lets the queued events go out. `None` if the job was lost: there
+/// is no outcome to post. Shared by the HTTP and the gRPC worker.
+pub(crate) async fn run_handler<H, F>(
+    handler: &H,
+    job: &Job,
+    progress: (ProgressSink, CancellationToken, tokio::task::JoinHandle<()>),
+    lost: &CancellationToken,
+    keep_alive: impl Future<Output = ()>,
+) -> Option<Outcome>
+where
+    H: Fn(Job, CancellationToken) -> F,
+    F: Future<Output = Outcome>,
+{
+    let (sink, finish, forwarder) = progress;
+    let work = handler(
+        Job {
+            progress: sink,
+            ..job.clone()
+        },
+        lost.clone(),
+    );
+    tokio::pin!(work);
+    // The heartbeats run beside the handler, never blocking it.
+    let outcome = tokio::select! {
+        o = &mut work => o,
+        () = keep_alive => {
+            lost.cancel();
+            (&mut work).await
+        }
+    };
+    // Every event goes out before the outcome.
+    finish.cancel();
+    let _ = tokio::time::timeout(PROGRESS_DRAIN, forwarder).await;
+    if lost.is_cancelled() {
+        return None;
+    }
+    Some(outcome)
+}
 
 /// How often to heartbeat: a third of what is left of the lease, at least
-/// [`HEARTBEAT_MIN`]; [`HEARTBEAT_FALLBACK`] when unknown.
-fn heartbeat_interval(lease_left: Option<Duration>) -> Duration {
+/// [`HEARTBEAT_MIN`]; [`HEARTBEAT_FALLBACK`] when unknown. The gRPC worker
+/// uses it too, as it does [`Backoff`] and [`POST_RETRY_WINDOW`]: both
+/// transports keep the same timings.
+pub(crate) fn heartbeat_interval(lease_left: Option<Duration>) -> Duration {
     match lease_left {
         Some(left) => (left / 3).max(HEARTBEAT_MIN),
         None => HEARTBEAT_FALLBACK,
@@ -276,13 +332,13 @@ impl Default for RunOptions {
 
 /// Exponential backoff between [`BACKOFF_FIRST`] and [`BACKOFF_MAX`].
 #[derive(Debug)]
-struct Backoff(Duration);
+pub(crate) struct Backoff(Duration);
 
 impl Backoff {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Backoff(BACKOFF_FIRST)
     }
-    fn next_pause(&mut self) -> Duration {
+    pub(crate) fn next_pause(&mut self) -> Duration {
         let d = self.0;
         self.0 = (self.0 * 2).min(BACKOFF_MAX);
         d
@@ -581,14 +637,7 @@ impl Worker {
             }
         }
         while tasks.try_join_next().is_some() {}
-        if !tasks.is_empty() {
-            tracing::info!(jobs = tasks.len(), "stopping: finishing the jobs in hand");
-        }
-        while let Some(done) = tasks.join_next().await {
-            if let Err(e) = done {
-                tracing::error!(error = %e, "a job task panicked");
-            }
-        }
+        finish_jobs_in_hand(&mut tasks).await;
         result
     }
 
@@ -627,7 +676,7 @@ impl Worker {
         let span = tracing::info_span!("job", job.id = %job.id, attempt = job.attempt);
         tracing::debug!(parent: &span, "running");
         let lost = CancellationToken::new();
-        let (sink, finish, forwarder) = {
+        let progress = {
             let (me, job, lost) = (self.clone(), job.clone(), lost.clone());
             progress_channel(move |data| {
                 let (me, job, lost) = (me.clone(), job.clone(), lost.clone());
@@ -649,31 +698,10 @@ impl Worker {
                 }
             })
         };
-        let work = handler(
-            Job {
-                progress: sink,
-                ..job.clone()
-            },
-            lost.clone(),
-        );
-        tokio::pin!(work);
-        // The heartbeats run beside the handler, never blocking it.
-        let outcome = tokio::select! {
-            o = &mut work => o,
-            () = self.keep_alive(&job, &span) => {
-                lost.cancel();
-                (&mut work).await
-            }
-        };
-        // Every event goes out before the outcome.
-        finish.cancel();
-        let _ = tokio::time::timeout(PROGRESS_DRAIN, forwarder).await;
-        if lost.is_cancelled() {
-            return None;
-        }
+        let heartbeats = self.keep_alive(&job, &span);
+        let mut outcome = run_handler(handler, &job, progress, &lost, heartbeats).await?;
         let deadline = Instant::now() + POST_RETRY_WINDOW;
         let mut backoff = Backoff::new();
-        let mut outcome = outcome;
         // Only the first try takes the next job: a retry may follow an
         // answer that was lost, job and all.
         let mut fused = !stop.is_cancelled();

@@ -25,26 +25,16 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
-use crate::client::{progress_channel, Job, Outcome, ProgressSink, RunOptions, PROGRESS_DRAIN};
+use crate::client::{
+    finish_jobs_in_hand, heartbeat_interval, progress_channel, run_handler, Backoff, Job, Outcome,
+    ProgressSink, RunOptions, BACKOFF_MAX, POST_RETRY_WINDOW,
+};
 use crate::grpc::pb;
 use crate::grpc::pb::work_response::Event;
 use crate::grpc::pb::worker_service_client::WorkerServiceClient;
 
-/// First and longest pause between reconnects.
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// How long a finished job's outcome is retried while the server is away.
-const POST_RETRY_WINDOW: Duration = Duration::from_secs(30);
-
 /// How long one call (on the stream or unary) may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Shortest heartbeat interval.
-const HEARTBEAT_MIN: Duration = Duration::from_millis(50);
-
-/// Heartbeat interval when the server did not say how long the lease is.
-const HEARTBEAT_FALLBACK: Duration = Duration::from_secs(10);
 
 /// What can stop a stream worker.
 #[derive(Debug, thiserror::Error)]
@@ -321,7 +311,7 @@ impl StreamWorker {
         let concurrency = opts.concurrency.max(1);
         let mut tasks: JoinSet<Done> = JoinSet::new();
         let mut generation = 0u64;
-        let mut backoff = BACKOFF_FIRST;
+        let mut backoff = Backoff::new();
         let mut away = false;
         let mut result = Ok(());
         'connect: while !stop.is_cancelled() {
@@ -347,10 +337,9 @@ impl StreamWorker {
                         away = true;
                     }
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff.next_pause()) => {}
                         _ = stop.cancelled() => break 'connect,
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
                 Err(s) => {
@@ -363,7 +352,7 @@ impl StreamWorker {
                 tracing::info!(url = %self.url, "server is back");
                 away = false;
             }
-            backoff = BACKOFF_FIRST;
+            backoff = Backoff::new();
             *shared.link.lock() = Some(Link {
                 tx: tx.clone(),
                 waiting: HashMap::new(),
@@ -425,14 +414,7 @@ impl StreamWorker {
         }
         // Closing our side ends the stream cleanly.
         *shared.link.lock() = None;
-        if !tasks.is_empty() {
-            tracing::info!(jobs = tasks.len(), "stopping: finishing the jobs in hand");
-        }
-        while let Some(done) = tasks.join_next().await {
-            if let Err(e) = done {
-                tracing::error!(error = %e, "a job task panicked");
-            }
-        }
+        finish_jobs_in_hand(&mut tasks).await;
         result
     }
 }
@@ -464,14 +446,10 @@ fn to_job(j: pb::Job) -> Job {
     }
 }
 
-fn interval(lease: Option<Duration>) -> Duration {
-    lease.map_or(HEARTBEAT_FALLBACK, |l| (l / 3).max(HEARTBEAT_MIN))
-}
-
 /// Heartbeats `job` every third of its lease until the server says it is no
 /// longer ours.
 async fn keep_alive(shared: &Shared, job: &Job) {
-    let every = interval(job.lease_left);
+    let every = heartbeat_interval(job.lease_left);
     let mut next = every;
     loop {
         tokio::time::sleep(next).await;
@@ -498,7 +476,7 @@ where
     F: Future<Output = Outcome>,
 {
     let lost = CancellationToken::new();
-    let (sink, finish, forwarder) = {
+    let progress = {
         let (shared, job, lost) = (shared.clone(), job.clone(), lost.clone());
         // Each event waits for its ack before the next goes: they stay in order.
         progress_channel(move |data| {
@@ -531,27 +509,10 @@ where
             }
         })
     };
-    let work = handler(
-        Job {
-            progress: sink,
-            ..job.clone()
-        },
-        lost.clone(),
-    );
-    tokio::pin!(work);
-    let outcome = tokio::select! {
-        o = &mut work => o,
-        () = keep_alive(&shared, &job) => {
-            lost.cancel();
-            (&mut work).await
-        }
-    };
-    // Every event goes out before the outcome.
-    finish.cancel();
-    let _ = tokio::time::timeout(PROGRESS_DRAIN, forwarder).await;
-    if lost.is_cancelled() {
+    let heartbeats = keep_alive(&shared, &job);
+    let Some(outcome) = run_handler(handler, &job, progress, &lost, heartbeats).await else {
         return Done { credited: None };
-    }
+    };
     let action = match outcome {
         Outcome::Complete(result) => {
             let (payload, result) = match String::from_utf8(result.to_vec()) {
@@ -573,7 +534,7 @@ where
         }),
     };
     let deadline = Instant::now() + POST_RETRY_WINDOW;
-    let mut pause = BACKOFF_FIRST;
+    let mut backoff = Backoff::new();
     loop {
         match shared.call(action.clone(), !stop.is_cancelled()).await {
             Ok((Event::Error(e), credited)) => {
@@ -583,8 +544,7 @@ where
             Ok((_, credited)) => return Done { credited },
             Err(s) if Instant::now() < deadline => {
                 tracing::debug!(job.id = %job.id, error = %s.message(), "server away; retrying the outcome");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(BACKOFF_MAX);
+                tokio::time::sleep(backoff.next_pause()).await;
             }
             Err(s) => {
                 tracing::warn!(job.id = %job.id, error = %s.message(), "could not post the job's outcome");
@@ -617,7 +577,7 @@ mod tests {
         assert_eq!(&j.payload[..], &[0xff, 0xfe]);
         assert_eq!(j.headers.len(), 1);
         assert_eq!(j.lease_left, Some(Duration::from_secs(3)));
-        assert_eq!(interval(j.lease_left), Duration::from_secs(1));
+        assert_eq!(heartbeat_interval(j.lease_left), Duration::from_secs(1));
         assert!(j
             .lease_expires_at
             .is_some_and(|t| t > SystemTime::UNIX_EPOCH));

@@ -238,3 +238,20 @@ pub fn start_fails(args: &[&str]) -> (Option<i32>, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Sends SIGTERM to `child` (a `jobq worker`, say) and waits, within
+/// [`super::BOUND`], for it to exit.
+pub async fn term_and_wait(child: &mut Child) -> ExitStatus {
+    // SAFETY: kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    super::within(super::BOUND, "the child exits", async {
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}

@@ -15,12 +15,26 @@ pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
 /// `POST {base}/api/jobs` with `body`, which must be acknowledged (202);
 /// returns the job id.
 pub async fn enqueue(http: &reqwest::Client, base: &str, body: impl Into<reqwest::Body>) -> String {
-    let r = http
+    acknowledged(http.post(format!("{base}/api/jobs")).body(body)).await
+}
+
+/// [`enqueue`] with an `Idempotency-Key`.
+pub async fn enqueue_keyed(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    body: impl Into<reqwest::Body>,
+) -> String {
+    let rb = http
         .post(format!("{base}/api/jobs"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+        .header("idempotency-key", key)
+        .body(body);
+    acknowledged(rb).await
+}
+
+/// The job id of an async submit, which must be acknowledged (202).
+async fn acknowledged(rb: reqwest::RequestBuilder) -> String {
+    let r = rb.send().await.unwrap();
     assert_eq!(r.status(), 202);
     let v: Value = r.json().await.unwrap();
     super::id_of(&v)

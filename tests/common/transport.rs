@@ -103,6 +103,16 @@ impl Http {
         (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
 
+    /// `rb`'s body on 200, else the refusal it stands for.
+    async fn call(&self, rb: reqwest::RequestBuilder) -> Result<Value, Refusal> {
+        let (status, b) = self.send(rb).await;
+        if status == 200 {
+            Ok(b)
+        } else {
+            Err(Self::refusal(status, &b))
+        }
+    }
+
     fn refusal(status: u16, body: &Value) -> Refusal {
         match status {
             404 => Refusal::NotFound,
@@ -169,12 +179,9 @@ impl WorkerTransport for Http {
         result: &[u8],
     ) -> Result<(), Refusal> {
         let url = Self::with_lease(format!("{}/api/worker/complete/{id}", self.base), lease);
-        let (status, b) = self.send(self.http.post(url).body(result.to_vec())).await;
-        if status == 200 {
-            assert_eq!(b["message"], "Job completed", "{b}");
-            return Ok(());
-        }
-        Err(Self::refusal(status, &b))
+        let b = self.call(self.http.post(url).body(result.to_vec())).await?;
+        assert_eq!(b["message"], "Job completed", "{b}");
+        Ok(())
     }
 
     async fn fail(
@@ -189,20 +196,16 @@ impl WorkerTransport for Http {
         if let Some(r) = retry {
             body["retry"] = Value::Bool(r);
         }
-        let (status, b) = self.send(self.http.post(url).body(body.to_string())).await;
-        if status == 200 {
-            return Ok(b["status"].as_str().unwrap().to_owned());
-        }
-        Err(Self::refusal(status, &b))
+        let b = self
+            .call(self.http.post(url).body(body.to_string()))
+            .await?;
+        Ok(b["status"].as_str().unwrap().to_owned())
     }
 
     async fn heartbeat(&mut self, id: &str, lease: Option<&str>) -> Result<String, Refusal> {
         let url = Self::with_lease(format!("{}/api/worker/heartbeat/{id}", self.base), lease);
-        let (status, b) = self.send(self.http.post(url)).await;
-        if status == 200 {
-            return Ok(b["lease_expires_at"].as_str().unwrap().to_owned());
-        }
-        Err(Self::refusal(status, &b))
+        let b = self.call(self.http.post(url)).await?;
+        Ok(b["lease_expires_at"].as_str().unwrap().to_owned())
     }
 
     async fn progress(
@@ -212,14 +215,11 @@ impl WorkerTransport for Http {
         data: &[u8],
     ) -> Result<(u64, String), Refusal> {
         let url = Self::with_lease(format!("{}/api/worker/progress/{id}", self.base), lease);
-        let (status, b) = self.send(self.http.post(url).body(data.to_vec())).await;
-        if status == 200 {
-            return Ok((
-                b["seq"].as_u64().unwrap(),
-                b["lease_expires_at"].as_str().unwrap().to_owned(),
-            ));
-        }
-        Err(Self::refusal(status, &b))
+        let b = self.call(self.http.post(url).body(data.to_vec())).await?;
+        Ok((
+            b["seq"].as_u64().unwrap(),
+            b["lease_expires_at"].as_str().unwrap().to_owned(),
+        ))
     }
 }
 
@@ -319,6 +319,18 @@ fn heartbeat_request(id: &str, lease: Option<&str>) -> pb::HeartbeatRequest {
     }
 }
 
+/// A unary RPC's answer within [`BOUND`], else the refusal its status
+/// stands for.
+async fn unary<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, Refusal> {
+    within(BOUND, what, call)
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| grpc_refusal(s.code(), what))
+}
+
 /// The gRPC unary RPCs.
 pub struct GrpcUnary {
     client: WorkerServiceClient<Channel>,
@@ -362,19 +374,13 @@ impl WorkerTransport for GrpcUnary {
         lease: Option<&str>,
         result: &[u8],
     ) -> Result<(), Refusal> {
-        match within(
-            BOUND,
+        let r = unary(
             "CompleteJob",
             self.client.complete_job(job_result(id, lease, result)),
         )
-        .await
-        {
-            Ok(r) => {
-                assert!(r.into_inner().success);
-                Ok(())
-            }
-            Err(s) => Err(grpc_refusal(s.code(), "CompleteJob")),
-        }
+        .await?;
+        assert!(r.success);
+        Ok(())
     }
 
     async fn fail(
@@ -384,29 +390,21 @@ impl WorkerTransport for GrpcUnary {
         error: &str,
         retry: Option<bool>,
     ) -> Result<String, Refusal> {
-        match within(
-            BOUND,
+        let r = unary(
             "FailJob",
             self.client.fail_job(fail_request(id, lease, error, retry)),
         )
-        .await
-        {
-            Ok(r) => Ok(r.into_inner().status),
-            Err(s) => Err(grpc_refusal(s.code(), "FailJob")),
-        }
+        .await?;
+        Ok(r.status)
     }
 
     async fn heartbeat(&mut self, id: &str, lease: Option<&str>) -> Result<String, Refusal> {
-        match within(
-            BOUND,
+        let r = unary(
             "Heartbeat",
             self.client.heartbeat(heartbeat_request(id, lease)),
         )
-        .await
-        {
-            Ok(r) => Ok(r.into_inner().lease_expires_at),
-            Err(s) => Err(grpc_refusal(s.code(), "Heartbeat")),
-        }
+        .await?;
+        Ok(r.lease_expires_at)
     }
 
     async fn progress(
@@ -415,19 +413,12 @@ impl WorkerTransport for GrpcUnary {
         lease: Option<&str>,
         data: &[u8],
     ) -> Result<(u64, String), Refusal> {
-        match within(
-            BOUND,
+        let r = unary(
             "Progress",
             self.client.progress(progress_request(id, lease, data)),
         )
-        .await
-        {
-            Ok(r) => {
-                let r = r.into_inner();
-                Ok((r.seq, r.lease_expires_at))
-            }
-            Err(s) => Err(grpc_refusal(s.code(), "Progress")),
-        }
+        .await?;
+        Ok((r.seq, r.lease_expires_at))
     }
 }
 
@@ -610,13 +601,19 @@ impl GrpcStream {
         s
     }
 
-    /// The stream, opened on the default queue if no poll opened it yet.
-    async fn any_stream(&mut self) -> &mut WorkStream {
+    /// Sends `action` and takes its answer, on the stream (opened on the
+    /// default queue if no poll opened it yet).
+    async fn act(
+        &mut self,
+        what: &str,
+        action: pb::work_request::Action,
+    ) -> Result<pb::WorkAck, Refusal> {
         if self.stream.is_none() {
             let s = WorkStream::open(&mut self.client, &[], 0).await;
             self.stream = Some((Vec::new(), s));
         }
-        &mut self.stream.as_mut().unwrap().1
+        let s = &mut self.stream.as_mut().unwrap().1;
+        stream_answer(s.call(action).await, what)
     }
 }
 
@@ -643,14 +640,12 @@ impl WorkerTransport for GrpcStream {
         lease: Option<&str>,
         result: &[u8],
     ) -> Result<(), Refusal> {
-        let s = self.any_stream().await;
-        let a = stream_answer(
-            s.call(pb::work_request::Action::Complete(job_result(
-                id, lease, result,
-            )))
-            .await,
-            "complete",
-        )?;
+        let a = self
+            .act(
+                "complete",
+                pb::work_request::Action::Complete(job_result(id, lease, result)),
+            )
+            .await?;
         assert_eq!(a.status, "completed");
         Ok(())
     }
@@ -662,26 +657,20 @@ impl WorkerTransport for GrpcStream {
         error: &str,
         retry: Option<bool>,
     ) -> Result<String, Refusal> {
-        let s = self.any_stream().await;
-        stream_answer(
-            s.call(pb::work_request::Action::Fail(fail_request(
-                id, lease, error, retry,
-            )))
-            .await,
+        self.act(
             "fail",
+            pb::work_request::Action::Fail(fail_request(id, lease, error, retry)),
         )
+        .await
         .map(|a| a.status)
     }
 
     async fn heartbeat(&mut self, id: &str, lease: Option<&str>) -> Result<String, Refusal> {
-        let s = self.any_stream().await;
-        stream_answer(
-            s.call(pb::work_request::Action::Heartbeat(heartbeat_request(
-                id, lease,
-            )))
-            .await,
+        self.act(
             "heartbeat",
+            pb::work_request::Action::Heartbeat(heartbeat_request(id, lease)),
         )
+        .await
         .map(|a| a.lease_expires_at)
     }
 
@@ -691,14 +680,11 @@ impl WorkerTransport for GrpcStream {
         lease: Option<&str>,
         data: &[u8],
     ) -> Result<(u64, String), Refusal> {
-        let s = self.any_stream().await;
-        stream_answer(
-            s.call(pb::work_request::Action::Progress(progress_request(
-                id, lease, data,
-            )))
-            .await,
+        self.act(
             "progress",
+            pb::work_request::Action::Progress(progress_request(id, lease, data)),
         )
+        .await
         .map(|a| (a.progress_seq, a.lease_expires_at))
     }
 }

@@ -913,6 +913,22 @@ mod tests {
         format!("{a:?}") == format!("{b:?}")
     }
 
+    /// The admin list and an idempotent `resubmit` both give `full`.
+    async fn list_and_attach_give(store: &EmbeddedStore, resubmit: NewJob, full: &Job) {
+        let listed = store
+            .list(&ListFilter {
+                limit: 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(same(&listed[0], full));
+        let Inserted::Existing(attached) = store.insert(resubmit, u64::MAX).await.unwrap() else {
+            panic!("not attached");
+        };
+        assert!(same(&attached, full));
+    }
+
     /// Until a job's final write is committed, the index holds it in full
     /// and every read answers from memory; once committed, the index keeps
     /// a compact record and reads take the job from its row: the same job
@@ -971,18 +987,7 @@ mod tests {
         let full = store.get(id).await.unwrap().unwrap().job;
         assert_eq!(full.result.as_deref(), Some(&b"{\"r\":1}"[..]));
         assert_eq!((full.attempts, full.ended_at), (1, Some(Timestamp(20))));
-        let listed = store
-            .list(&ListFilter {
-                limit: 5,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert!(same(&listed[0], &full));
-        let Inserted::Existing(attached) = store.insert(resubmit(), u64::MAX).await.unwrap() else {
-            panic!("not attached");
-        };
-        assert!(same(&attached, &full));
+        list_and_attach_give(&store, resubmit(), &full).await;
         assert!(
             store.index.lock().on_disk(id).is_none(),
             "moved before its commit"
@@ -1006,18 +1011,7 @@ mod tests {
             "not moved to disk"
         );
         assert!(same(&back.job, &full) && back.position.is_none());
-        let listed = store
-            .list(&ListFilter {
-                limit: 5,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert!(same(&listed[0], &full));
-        let Inserted::Existing(attached) = store.insert(resubmit(), u64::MAX).await.unwrap() else {
-            panic!("not attached");
-        };
-        assert!(same(&attached, &full));
+        list_and_attach_give(&store, resubmit(), &full).await;
         let (again, how) = store.complete(&p).await.unwrap();
         assert_eq!(how, Completion::AlreadyCompleted);
         assert!(same(&again, &full));
