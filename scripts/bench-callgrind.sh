@@ -12,7 +12,7 @@
 #   BENCH=… FUSED=1 CACHE=1 scripts/bench-callgrind.sh base /path/to/old/jobq --storage memory
 #
 # BENCH (required): the load generator's Cargo project (builds syncbench).
-# OUT [/tmp/jobq-callgrind]: where NAME.out (the profile) and NAME.log go.
+# OUT [/tmp/jobq-callgrind]: where NAME.callgrind (the profile of the load) and NAME.log go.
 # CLIENTS [8] WORKERS [2] DURATION [5] FUSED [unset]: the load.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,8 +44,9 @@ callgrind_control -z "$vg" >/dev/null
 callgrind_control -d "$vg" >/dev/null
 jobs=$(( $(completed) - before ))
 profile=$(ls -t "$OUT/$name".out.* | head -1)
-mv "$profile" "$OUT/$name.out"
-python3 - "$OUT/$name.out" "$jobs" "$name" <<'PY'
+# (Not NAME.out: valgrind writes its own last dump there when the server stops.)
+mv "$profile" "$OUT/$name.callgrind"
+python3 - "$OUT/$name.callgrind" "$jobs" "$name" <<'PY'
 import sys
 path, jobs, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 events = totals = None

@@ -2,8 +2,8 @@
 """Compares two callgrind profiles of scripts/bench-callgrind.sh function by
 function, per job: the functions whose cost changed most, first.
 
-    scripts/callgrind-diff.py NEW.out NEW_JOBS OLD.out OLD_JOBS [--inclusive] [--top N]
-    scripts/callgrind-diff.py NEW.out NEW_JOBS --callers 'Extensions::insert'
+    scripts/callgrind-diff.py NEW.callgrind NEW_JOBS OLD.callgrind OLD_JOBS [--inclusive] [--top N]
+    scripts/callgrind-diff.py NEW.callgrind NEW_JOBS --callers 'Extensions::insert'
 
 Self cost by default (instructions in the function's own code); --inclusive
 adds what it calls (a caller's share of a shared callee is counted with it).
