@@ -32,7 +32,7 @@ rm -f "$OUT/$name".out*
 valgrind --tool=callgrind --dump-instr=no "${cache[@]}" --callgrind-out-file="$OUT/$name.out" \
   "$bin" serve --listen "127.0.0.1:$port" --data-dir "$data" "$@" >"$OUT/$name.log" 2>&1 &
 vg=$!
-trap 'kill "$vg" 2>/dev/null; wait "$vg" 2>/dev/null; rm -rf "$data"' EXIT
+trap 'kill "$vg" 2>/dev/null || true; wait "$vg" 2>/dev/null || true; rm -rf "$data"' EXIT
 "$sb" wait-port "127.0.0.1:$port" --timeout 120 >/dev/null
 completed() {
   curl -fs "http://127.0.0.1:$port/api/admin/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["completed"])'

@@ -27,7 +27,8 @@ jobq=$root/target/release/jobq
 full=$(mktemp -d)
 empty=$(mktemp -d)
 pids=()
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$full" "$empty"' EXIT
+# (|| true: under set -e a failed kill, of a server already stopped, would end the trap.)
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$full" "$empty"' EXIT
 
 start() { # DIR PORT: starts jobq, sets $started
   # --max-queued counts every queue: the backlog must leave room for the load.

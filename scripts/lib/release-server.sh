@@ -7,7 +7,7 @@ start_release_server() {
   ./target/release/jobq serve --data-dir "$data" --listen "127.0.0.1:$port" --grpc-listen off "$@" \
     >"$data/server.log" 2>&1 &
   pid=$!
-  trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$data"' EXIT
+  trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$data"' EXIT
   for _ in $(seq 100); do
     curl -fs "http://127.0.0.1:$port/health" >/dev/null && break
     sleep 0.1
