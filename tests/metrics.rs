@@ -180,6 +180,13 @@ async fn metrics_move_as_jobs_flow() {
             &[("backend", "embedded")]
         ) >= 1.0
     );
+    // --sync full: the submit was acknowledged after an fsync of the WAL.
+    assert!(
+        s.get(
+            "jobq_store_sync_latency_seconds_count",
+            &[("backend", "embedded")]
+        ) >= 1.0
+    );
 
     // Hand-out and complete: queue wait and run time are observed once each.
     let a = poll(&http, &p, "mq").await;

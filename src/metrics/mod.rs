@@ -273,6 +273,7 @@ struct Metrics {
         parking_lot::RwLock<HashMap<(usize, usize, u16), Histogram, foldhash::fast::RandomState>>,
     commit_latency: Family<BackendLabels, Histogram, fn() -> Histogram>,
     commit_batch: Family<BackendLabels, Histogram, fn() -> Histogram>,
+    store_sync: Family<BackendLabels, Histogram, fn() -> Histogram>,
     /// The series of the families above that every job touches, by queue
     /// (handles to the same counters): a family's lookup builds a label
     /// set and hashes it with SipHash, four times per job otherwise.
@@ -347,6 +348,7 @@ impl Metrics {
             http_by_addr: Default::default(),
             commit_latency: Family::new_with_constructor(hs),
             commit_batch: Family::new_with_constructor(batch_histogram),
+            store_sync: Family::new_with_constructor(hs),
             by_queue: Default::default(),
             sync_by_outcome: Default::default(),
             totals: Totals::default(),
@@ -460,6 +462,12 @@ impl Metrics {
             "store_commit_batch_size",
             "Changes per store commit",
             self.commit_batch.clone(),
+        );
+        r.register_with_unit(
+            "store_sync_latency",
+            "Store fsync latency (embedded: one fdatasync of the WAL, covering every commit before it)",
+            Unit::Seconds,
+            self.store_sync.clone(),
         );
         self
     }
@@ -662,6 +670,15 @@ pub fn store_commit(backend: &'static str, batch: usize, took: Duration) {
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
         m.commit_batch.get_or_create(&labels).observe(batch as f64);
+    }
+}
+
+/// A store made its commits durable with one fsync that took `took`.
+pub fn store_sync(backend: &'static str, took: Duration) {
+    if let Some(m) = get() {
+        m.store_sync
+            .get_or_create(&BackendLabels { backend })
+            .observe(took.as_secs_f64());
     }
 }
 

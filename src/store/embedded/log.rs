@@ -833,7 +833,9 @@ impl SyncShared {
                 let target = st.written;
                 st.started = target;
                 drop(st);
+                let began = Instant::now();
                 let r = self.wal.sync_data();
+                crate::metrics::store_sync("embedded", began.elapsed());
                 st = self.state.lock();
                 let mut ready = Vec::new();
                 let outcome = match r {
