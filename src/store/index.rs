@@ -586,15 +586,7 @@ impl Index {
 
     /// See [`Store::fail`].
     pub fn fail(&mut self, p: &FailParams) -> Result<Job> {
-        let (_, job) = self.transition(p.id, |j| {
-            j.fail(
-                p.lease_id.as_ref(),
-                &p.error,
-                p.retry,
-                p.max_attempts,
-                p.now,
-            )
-        })?;
+        let (_, job) = self.transition(p.id, |j| p.apply(j))?;
         Ok(job.clone())
     }
 
