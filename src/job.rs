@@ -176,14 +176,16 @@ impl Timestamp {
     }
 }
 
+/// `d` in microseconds, at most `i64::MAX`.
+fn saturating_micros(d: Duration) -> i64 {
+    d.as_micros().min(i64::MAX as u128) as i64
+}
+
 impl std::ops::Add<Duration> for Timestamp {
     type Output = Timestamp;
     /// Saturating.
     fn add(self, d: Duration) -> Timestamp {
-        Timestamp(
-            self.0
-                .saturating_add(d.as_micros().min(i64::MAX as u128) as i64),
-        )
+        Timestamp(self.0.saturating_add(saturating_micros(d)))
     }
 }
 
@@ -191,10 +193,7 @@ impl std::ops::Sub<Duration> for Timestamp {
     type Output = Timestamp;
     /// Saturating.
     fn sub(self, d: Duration) -> Timestamp {
-        Timestamp(
-            self.0
-                .saturating_sub(d.as_micros().min(i64::MAX as u128) as i64),
-        )
+        Timestamp(self.0.saturating_sub(saturating_micros(d)))
     }
 }
 
@@ -333,21 +332,11 @@ impl NewJob {
     /// The pending job this submission becomes.
     pub fn into_job(self) -> Job {
         Job {
-            id: self.id,
-            queue: self.queue,
             payload: self.payload,
             headers: self.headers,
             priority: self.priority,
-            status: Status::Pending,
-            attempts: 0,
-            created_at: self.created_at,
-            started_at: None,
-            ended_at: None,
-            lease_id: None,
-            lease_expires_at: None,
-            result: None,
-            error: None,
             idempotency: self.idempotency.map(Box::new),
+            ..Job::bare(self.id, self.queue, Status::Pending, self.created_at)
         }
     }
 }
@@ -429,6 +418,28 @@ pub enum Completion {
 }
 
 impl Job {
+    /// A job with just its identity, queue, status and submit time: no
+    /// input, priority 0, no hand-out, lease, outcome or idempotency key.
+    pub fn bare(id: JobId, queue: Queue, status: Status, created_at: Timestamp) -> Job {
+        Job {
+            id,
+            queue,
+            payload: Bytes::new(),
+            headers: Bytes::new(),
+            priority: 0,
+            status,
+            attempts: 0,
+            created_at,
+            started_at: None,
+            ended_at: None,
+            lease_id: None,
+            lease_expires_at: None,
+            result: None,
+            error: None,
+            idempotency: None,
+        }
+    }
+
     fn check_lease(&self, lease: Option<&LeaseId>) -> Result<(), TransitionError> {
         match lease {
             Some(l) if self.lease_id.as_ref() != Some(l) => Err(TransitionError::StaleLease),

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -212,6 +212,18 @@ fn is_dead(pid: i32) -> bool {
     }
 }
 
+/// A worker command that starts a `sleep 300` child in its process group,
+/// writes the child's pid (whole, by a rename) to `child.pid` in a new temp
+/// dir, runs `then` and waits. Returns the temp dir, the pid file's path
+/// and the command.
+fn command_with_child(then: &str) -> (tempfile::TempDir, PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("child.pid");
+    let p = pidfile.display();
+    let cmd = format!("sleep 300 & echo $! > {p}.tmp; mv {p}.tmp {p}; {then}wait");
+    (dir, pidfile, cmd)
+}
+
 /// Waits (bounded) until the command's child `pid` is gone.
 async fn wait_killed(pid: i32) {
     let gone = format!("the command's child {pid} is killed");
@@ -221,12 +233,7 @@ async fn wait_killed(pid: i32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_kills_the_whole_process_group() {
     let s = TestServer::start_with(Kind::Memory, &["--max-attempts", "1"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("child.pid");
-    let cmd = format!(
-        "sleep 300 & echo $! > {}; echo 'about to hang' >&2; wait",
-        pidfile.display()
-    );
+    let (_dir, pidfile, cmd) = command_with_child("echo 'about to hang' >&2; ");
     let _w = worker(&s.base, &cmd, &["--timeout", "1"]);
     let t0 = Instant::now();
     let (status, body, _) = submit(&s, "", "x").await;
@@ -421,31 +428,23 @@ async fn submit_exit_codes() {
     assert_eq!(out.status.code(), Some(4), "{out:?}");
 
     // Refused (422: an idempotency key reused for another body): exit 6.
-    let (code, _, _) = run_jobq(&[
-        "submit",
-        "--url",
-        url,
-        "--queue",
-        "idle",
-        "--async",
-        "--idempotency-key",
-        "k",
-        "one",
-    ])
-    .await;
+    let submit_keyed = |body| async move {
+        run_jobq(&[
+            "submit",
+            "--url",
+            url,
+            "--queue",
+            "idle",
+            "--async",
+            "--idempotency-key",
+            "k",
+            body,
+        ])
+        .await
+    };
+    let (code, _, _) = submit_keyed("one").await;
     assert_eq!(code, 0);
-    let (code, _, err) = run_jobq(&[
-        "submit",
-        "--url",
-        url,
-        "--queue",
-        "idle",
-        "--async",
-        "--idempotency-key",
-        "k",
-        "two",
-    ])
-    .await;
+    let (code, _, err) = submit_keyed("two").await;
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("422"), "{err}");
 
@@ -550,12 +549,7 @@ async fn bench_embedded_verifies_every_result() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_running_job_kills_its_command() {
     let s = TestServer::start_with(Kind::Memory, &["--lease", "2"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("child.pid");
-    let cmd = format!(
-        "sleep 300 & echo $! > {}.tmp; mv {0}.tmp {0}; wait",
-        pidfile.display()
-    );
+    let (_dir, pidfile, cmd) = command_with_child("");
     let mut w = worker(&s.base, &cmd, &[]);
     let id = s.submit_async("", "x").await;
     wait_until(BOUND, "the job started", || pidfile.exists()).await;

@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::binary::{free_port, start_fails, Proc};
@@ -32,6 +33,15 @@ async fn resubmit(http: &reqwest::Client, base: &str, key: &str, body: String) -
         .unwrap();
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
+}
+
+/// A server started with `flags` on a new data dir (`data` in the returned
+/// temp dir), and an HTTP client.
+async fn start_fresh(flags: &[&str]) -> (tempfile::TempDir, PathBuf, Proc, reqwest::Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let p = Proc::start(&data, free_port(), flags).await;
+    (dir, data, p, reqwest::Client::new())
 }
 
 /// One poll of the default queue.
@@ -139,10 +149,7 @@ fn body_of(key: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_with_jobs_running_returns_them_to_pending() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut p = Proc::start(&data, free_port(), &[]).await;
-    let http = reqwest::Client::new();
+    let (_dir, data, mut p, http) = start_fresh(&[]).await;
     for i in 0..20 {
         enqueue(&http, &p.base, format!("{{\"i\":{i}}}")).await;
     }
@@ -181,11 +188,8 @@ async fn kill9_with_jobs_running_returns_them_to_pending() {
 /// out once more; the failure is written, so a second restart agrees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_with_a_job_out_of_attempts_fails_it_at_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
     let flags = ["--max-attempts", "1"];
-    let mut p = Proc::start(&data, free_port(), &flags).await;
-    let http = reqwest::Client::new();
+    let (_dir, data, mut p, http) = start_fresh(&flags).await;
     enqueue(&http, &p.base, "{\"last\":true}").await;
     let j = poll(&http, &p).await.expect("a job");
     assert_eq!(j["attempt"], 1);
@@ -215,10 +219,7 @@ async fn kill9_with_a_job_out_of_attempts_fails_it_at_restart() {
 /// running ones with their attempt counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_after_deferred_writes_keeps_completions_and_attempts() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut p = Proc::start(&data, free_port(), &[]).await;
-    let http = reqwest::Client::new();
+    let (_dir, data, mut p, http) = start_fresh(&[]).await;
     for i in 0..10 {
         enqueue(&http, &p.base, format!("{{\"i\":{i}}}")).await;
     }
@@ -262,10 +263,7 @@ async fn kill9_after_deferred_writes_keeps_completions_and_attempts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_right_after_completes_keeps_every_result() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut p = Proc::start(&data, free_port(), &[]).await;
-    let http = reqwest::Client::new();
+    let (_dir, data, mut p, http) = start_fresh(&[]).await;
     for i in 0..50 {
         enqueue_keyed(
             &http,
@@ -315,10 +313,7 @@ async fn kill9_right_after_completes_keeps_every_result() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_running_job_finish_and_exits_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut p = Proc::start(&data, free_port(), &["--shutdown-grace", "20"]).await;
-    let http = reqwest::Client::new();
+    let (_dir, data, mut p, http) = start_fresh(&["--shutdown-grace", "20"]).await;
     let (client, job) = submit_and_take(&http, &p, "\"work\"").await;
     let id = id_of(&job);
     p.term();
@@ -366,10 +361,7 @@ async fn sigterm_lets_the_running_job_finish_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grace_over_answers_waiting_clients_503_and_keeps_their_jobs() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut p = Proc::start(&data, free_port(), &["--shutdown-grace", "0.5"]).await;
-    let http = reqwest::Client::new();
+    let (_dir, data, mut p, http) = start_fresh(&["--shutdown-grace", "0.5"]).await;
     let (client, job) = submit_and_take(&http, &p, "\"stuck\"").await;
     p.term();
     let resp = tokio::time::timeout(Duration::from_secs(10), client)
@@ -454,9 +446,7 @@ fn start_up_errors_are_one_clear_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_dir_serves_one_process_at_a_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let _p = Proc::start(&data, free_port(), &[]).await;
+    let (_dir, data, _p, _) = start_fresh(&[]).await;
     let listen = format!("127.0.0.1:{}", free_port());
     let (code, err) = start_fails(&["--data-dir", data.to_str().unwrap(), "--listen", &listen]);
     assert_one_line_failure(code, &err, "in use by another jobq process");
@@ -674,10 +664,7 @@ async fn restored_jobs_are_served_while_new_writes_commit() {
 /// each of them whole (result, error, timestamps, attempts).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_keeps_ended_jobs_whole_for_every_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut p = Proc::start(&data, free_port(), &[]).await;
-    let http = reqwest::Client::new();
+    let (_dir, data, mut p, http) = start_fresh(&[]).await;
     let mut completed = Vec::new();
     for i in 0..20 {
         enqueue_keyed(

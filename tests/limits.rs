@@ -26,6 +26,31 @@ fn assert_busy(r: &Reply) {
     assert_eq!(r.header("retry-after"), "1", "{r:?}");
 }
 
+/// The first answer of `call`, repeated every 10 ms, that is not a 503
+/// (bounded: a place must free up).
+async fn once_a_place_frees_up<F: std::future::Future<Output = Reply>>(
+    mut call: impl FnMut() -> F,
+) -> Reply {
+    common::within(BOUND, "a place frees up", async {
+        loop {
+            let r = call().await;
+            if r.status != 503 {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+/// `after` is about the 1 s limit; `what` happened then.
+fn assert_about_a_second(after: Duration, what: &str) {
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(5),
+        "{what} after {after:?}, expected about 1 s"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_over_max_body_is_413() {
     let s = TestServer::start_with(Kind::Memory, &["--max-body", "1024"]).await;
@@ -99,20 +124,12 @@ async fn waiting_clients_are_capped() {
     assert_eq!(s.complete(&id_a, "", "done").await.status, 200);
     let first = TestServer::join(if job["payload"] == "a" { a } else { b }).await;
     assert_eq!(first.status, 200, "{first:?}");
-    let c = common::within(BOUND, "a place frees up", async {
-        loop {
-            let r = s
-                .send(
-                    s.http
-                        .post(s.url("/api/submit?queue=w&timeout=0.2"))
-                        .body("c"),
-                )
-                .await;
-            if r.status != 503 {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    let c = once_a_place_frees_up(|| {
+        s.send(
+            s.http
+                .post(s.url("/api/submit?queue=w&timeout=0.2"))
+                .body("c"),
+        )
     })
     .await;
     assert_eq!(c.status, 202, "{c:?}");
@@ -134,16 +151,7 @@ async fn long_polling_workers_are_capped() {
     assert_eq!(got.status, 200, "{got:?}");
     let id = got.body["job_id"].as_str().unwrap();
     assert_eq!(s.complete(id, "", "done").await.status, 200);
-    let again = common::within(BOUND, "a place frees up", async {
-        loop {
-            let r = s.get("/api/worker/poll?queue=p&wait=0.1").await;
-            if r.status != 503 {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    let again = once_a_place_frees_up(|| s.get("/api/worker/poll?queue=p&wait=0.1")).await;
     assert_eq!(again.status, 204, "{again:?}");
     healthy(&s).await;
     s.stop().await;
@@ -237,10 +245,7 @@ async fn a_slow_loris_head_is_cut_off() {
         got.is_empty(),
         "no answer to a head never finished: {got:?}"
     );
-    assert!(
-        after >= Duration::from_millis(900) && after < Duration::from_secs(5),
-        "cut off after {after:?}, expected about 1 s"
-    );
+    assert_about_a_second(after, "cut off");
     healthy(&s).await;
     s.stop().await;
 }
@@ -270,10 +275,7 @@ async fn idle_connections_are_closed_but_long_polls_are_not() {
     assert_eq!(poll.status, 204, "{poll:?}");
     let (after, more) = idle.await.unwrap();
     assert!(more.is_empty(), "{more:?}");
-    assert!(
-        after >= Duration::from_millis(900) && after < Duration::from_secs(5),
-        "closed after {after:?}, expected about 1 s"
-    );
+    assert_about_a_second(after, "closed");
     healthy(&s).await;
     s.stop().await;
 }

@@ -114,6 +114,11 @@ fn promtool_check(text: &str) {
     );
 }
 
+/// Sends `rb`; the answer's status.
+async fn status_of(rb: reqwest::RequestBuilder) -> u16 {
+    rb.send().await.unwrap().status().as_u16()
+}
+
 async fn enqueue(http: &reqwest::Client, p: &Proc, queue: &str, body: &str) -> String {
     let r = http
         .post(p.url(&format!("/api/jobs?queue={queue}")))
@@ -267,20 +272,16 @@ async fn metrics_move_as_jobs_flow() {
 
     // Cancel by a client, and a clear of one queue.
     let c = enqueue(&http, &p, "mq", "c").await;
-    let r = http
-        .delete(p.url(&format!("/api/jobs/{c}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        status_of(http.delete(p.url(&format!("/api/jobs/{c}")))).await,
+        200
+    );
     enqueue(&http, &p, "mclear", "1").await;
     enqueue(&http, &p, "mclear", "2").await;
-    let r = http
-        .delete(p.url("/api/admin/clear?queue=mclear"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        status_of(http.delete(p.url("/api/admin/clear?queue=mclear"))).await,
+        200
+    );
     let s = scrape(&http, &p).await;
     assert_eq!(
         s.get(
@@ -299,14 +300,15 @@ async fn metrics_move_as_jobs_flow() {
 
     // Idempotent attach: no new job.
     for _ in 0..2 {
-        let r = http
-            .post(p.url("/api/jobs?queue=mq"))
-            .header("Idempotency-Key", "k1")
-            .body("same")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
+        assert_eq!(
+            status_of(
+                http.post(p.url("/api/jobs?queue=mq"))
+                    .header("Idempotency-Key", "k1")
+                    .body("same")
+            )
+            .await,
+            202
+        );
     }
     let s = scrape(&http, &p).await;
     assert_eq!(s.get("jobq_jobs_submitted_total", &q), 4.0);
@@ -349,18 +351,14 @@ async fn metrics_move_as_jobs_flow() {
     assert_eq!(lp.await.unwrap(), 204);
 
     // HTTP durations by route template and status; raw paths never become labels.
-    let r = http
-        .get(p.url(&format!("/api/jobs/{first}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = http
-        .get(p.url(&format!("/no/such/{}", uuid())))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(
+        status_of(http.get(p.url(&format!("/api/jobs/{first}")))).await,
+        200
+    );
+    assert_eq!(
+        status_of(http.get(p.url(&format!("/no/such/{}", uuid())))).await,
+        404
+    );
     let s = scrape(&http, &p).await;
     let http_count = |m: &str, route: &str, status: &str| {
         s.get(
@@ -390,13 +388,10 @@ async fn rescues_and_back_pressure_are_counted() {
     let q = [("queue", "default")];
     enqueue(&http, &p, "default", "a").await;
     // The second is refused: one job is pending already.
-    let r = http
-        .post(p.url("/api/jobs"))
-        .body("b")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
+    assert_eq!(
+        status_of(http.post(p.url("/api/jobs")).body("b")).await,
+        503
+    );
     let s = scrape(&http, &p).await;
     assert_eq!(
         s.get(

@@ -68,20 +68,24 @@ fn collect_refs(v: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// A server that asks for the client and worker tokens, and with `admin`
+/// for the admin token too.
+async fn start_with_tokens(admin: bool) -> TestServer {
+    let mut flags = vec![
+        "--client-token",
+        CLIENT_TOKEN,
+        "--worker-token",
+        WORKER_TOKEN,
+    ];
+    if admin {
+        flags.extend(["--admin-token", ADMIN_TOKEN]);
+    }
+    TestServer::start_with(Kind::Memory, &flags).await
+}
+
 #[tokio::test]
 async fn the_document_is_served_openly_and_every_documented_route_answers() {
-    let s = TestServer::start_with(
-        Kind::Memory,
-        &[
-            "--client-token",
-            CLIENT_TOKEN,
-            "--worker-token",
-            WORKER_TOKEN,
-            "--admin-token",
-            ADMIN_TOKEN,
-        ],
-    )
-    .await;
+    let s = start_with_tokens(true).await;
     // Open, like /health: no token needed.
     let r = s.get("/openapi.json").await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -463,16 +467,7 @@ async fn real_answers_match_the_document() {
 
 #[tokio::test]
 async fn refusals_by_role_match_the_document() {
-    let s = TestServer::start_with(
-        Kind::Memory,
-        &[
-            "--client-token",
-            CLIENT_TOKEN,
-            "--worker-token",
-            WORKER_TOKEN,
-        ],
-    )
-    .await;
+    let s = start_with_tokens(false).await;
     let doc = s.get("/openapi.json").await.body;
     let r = s.post("/api/jobs", "x").await;
     assert_eq!(r.status, 401);

@@ -15,28 +15,15 @@ async fn an_unreadable_row_answers_503_not_a_panic() {
     }
     let db = TestDb::create().await;
     let srv = TestServer::start_on(TestServer::postgres_backend(&db), Vec::new(), &[]).await;
-    let r = srv
-        .http
-        .post(format!("{}/api/jobs", srv.base))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    assert_eq!(srv.post("/api/jobs", "x").await.status, 202);
 
     // A row whose queue is NULL: the schema forbids it, a hand edit did not.
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-        .batch_execute(
-            "alter table jobq_jobs alter column queue drop not null; \
-             insert into jobq_jobs (id, queue, payload, headers, priority, status, created_at) \
-             values (gen_random_uuid(), null, '', '', 0, 'completed', 0)",
-        )
-        .await
-        .unwrap();
+    db.execute(
+        "alter table jobq_jobs alter column queue drop not null; \
+         insert into jobq_jobs (id, queue, payload, headers, priority, status, created_at) \
+         values (gen_random_uuid(), null, '', '', 0, 'completed', 0)",
+    )
+    .await;
 
     let r = srv
         .http
@@ -49,20 +36,7 @@ async fn an_unreadable_row_answers_503_not_a_panic() {
     assert!(v["error"].is_string(), "{v}");
 
     // The server is healthy otherwise: clear and submit still work.
-    let r = srv
-        .http
-        .delete(format!("{}/api/admin/clear", srv.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = srv
-        .http
-        .post(format!("{}/api/jobs", srv.base))
-        .body("y")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    assert_eq!(srv.delete("/api/admin/clear").await.status, 200);
+    assert_eq!(srv.post("/api/jobs", "y").await.status, 202);
     drop(srv);
 }

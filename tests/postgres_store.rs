@@ -382,20 +382,14 @@ async fn complete_and_claim_is_one_transaction() {
     };
     // Every hand-out refused by the database: the complete made in the
     // same transaction is rolled back with it.
-    let (admin, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    admin
-        .batch_execute(
-            "create function no_hand_outs() returns trigger language plpgsql as $$ begin \
-             if old.status = 'pending' and new.status = 'running' then \
-             raise exception 'no hand-outs'; end if; return new; end $$; \
-             create trigger no_hand_outs before update on jobq_jobs \
-             for each row execute function no_hand_outs()",
-        )
-        .await
-        .unwrap();
+    db.execute(
+        "create function no_hand_outs() returns trigger language plpgsql as $$ begin \
+         if old.status = 'pending' and new.status = 'running' then \
+         raise exception 'no hand-outs'; end if; return new; end $$; \
+         create trigger no_hand_outs before update on jobq_jobs \
+         for each row execute function no_hand_outs()",
+    )
+    .await;
     let r = s
         .complete_and_claim(&done, &claim_params(&["default"], 10, i64::MAX))
         .await;
@@ -406,10 +400,7 @@ async fn complete_and_claim_is_one_transaction() {
     };
     assert_eq!(status(first).await, Status::Running, "complete rolled back");
     assert_eq!(status(second).await, Status::Pending);
-    admin
-        .batch_execute("drop trigger no_hand_outs on jobq_jobs")
-        .await
-        .unwrap();
+    db.execute("drop trigger no_hand_outs on jobq_jobs").await;
     let ((job, how), next) = s
         .complete_and_claim(&done, &claim_params(&["default"], 11, i64::MAX))
         .await

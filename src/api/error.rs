@@ -98,93 +98,93 @@ struct Answer {
     retry_after: Option<u32>,
 }
 
+impl Answer {
+    /// An answer that names no job and asks for no retry.
+    fn new(status: StatusCode, message: impl Into<String>) -> Answer {
+        Answer {
+            status,
+            message: message.into(),
+            job_id: None,
+            retry_after: None,
+        }
+    }
+
+    /// Names the job, when known.
+    fn job(self, job_id: Option<JobId>) -> Answer {
+        Answer { job_id, ..self }
+    }
+
+    /// Adds `Retry-After: secs`.
+    fn retry_after(self, secs: u32) -> Answer {
+        Answer {
+            retry_after: Some(secs),
+            ..self
+        }
+    }
+}
+
 impl ApiError {
     /// The one place that picks a status code.
     fn answer(&self) -> Answer {
-        let (status, message, job_id, retry_after) = match self {
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone(), None, None),
-            ApiError::NoRoute => (StatusCode::NOT_FOUND, "no such route".into(), None, None),
-            ApiError::MethodNotAllowed => (
+        match self {
+            ApiError::BadRequest(m) => Answer::new(StatusCode::BAD_REQUEST, m.clone()),
+            ApiError::NoRoute => Answer::new(StatusCode::NOT_FOUND, "no such route"),
+            ApiError::MethodNotAllowed => Answer::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed on this route".into(),
-                None,
-                None,
+                "method not allowed on this route",
             ),
-            ApiError::NotImplemented(m) => (
+            ApiError::NotImplemented(m) => Answer::new(
                 StatusCode::NOT_IMPLEMENTED,
                 format!("method {m} is not implemented"),
-                None,
-                None,
             ),
-            ApiError::JobNotFound(id) => (
-                StatusCode::NOT_FOUND,
-                format!("job {id} not found"),
-                Some(*id),
-                None,
-            ),
-            ApiError::Conflict(id, t) => (StatusCode::CONFLICT, t.to_string(), *id, None),
-            ApiError::TooLarge(max) => (
+            ApiError::JobNotFound(id) => {
+                Answer::new(StatusCode::NOT_FOUND, format!("job {id} not found")).job(Some(*id))
+            }
+            ApiError::Conflict(id, t) => Answer::new(StatusCode::CONFLICT, t.to_string()).job(*id),
+            ApiError::TooLarge(max) => Answer::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body is larger than the limit of {max} bytes"),
-                None,
-                None,
             ),
-            ApiError::EventTooLarge(max) => (
+            ApiError::EventTooLarge(max) => Answer::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("a progress event may be at most {max} bytes"),
-                None,
-                None,
             ),
-            ApiError::IdempotencyMismatch(id) => (
+            ApiError::IdempotencyMismatch(id) => Answer::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 broker::Error::IdempotencyMismatch.to_string(),
-                *id,
-                None,
-            ),
-            ApiError::QueueFull(n) => (
+            )
+            .job(*id),
+            ApiError::QueueFull(n) => Answer::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("queue is full ({n} jobs pending); retry later"),
-                None,
-                Some(1),
-            ),
-            ApiError::ShuttingDown(id) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server is shutting down".into(),
-                *id,
-                Some(5),
-            ),
-            // Logged with the request's fields when answered (`ServerFault`).
-            ApiError::Unavailable(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage is unavailable; retry later".into(),
-                None,
-                Some(1),
-            ),
-            ApiError::JobFailed { job_id, error, .. } => {
-                (StatusCode::BAD_GATEWAY, error.clone(), Some(*job_id), None)
+            )
+            .retry_after(1),
+            ApiError::ShuttingDown(id) => {
+                Answer::new(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down")
+                    .job(*id)
+                    .retry_after(5)
             }
-            ApiError::JobCancelled(id) => (
-                StatusCode::GONE,
-                "job was cancelled".into(),
-                Some(*id),
-                None,
-            ),
-            ApiError::Busy { what, limit } => (
+            // Logged with the request's fields when answered (`ServerFault`).
+            ApiError::Unavailable(_) => Answer::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage is unavailable; retry later",
+            )
+            .retry_after(1),
+            ApiError::JobFailed { job_id, error, .. } => {
+                Answer::new(StatusCode::BAD_GATEWAY, error.clone()).job(Some(*job_id))
+            }
+            ApiError::JobCancelled(id) => {
+                Answer::new(StatusCode::GONE, "job was cancelled").job(Some(*id))
+            }
+            ApiError::Busy { what, limit } => Answer::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("too many {what} (the limit is {limit}); retry later"),
-                None,
-                Some(1),
-            ),
+            )
+            .retry_after(1),
             ApiError::Auth(e) if e.is_unauthenticated() => {
-                (StatusCode::UNAUTHORIZED, e.to_string(), None, None)
+                Answer::new(StatusCode::UNAUTHORIZED, e.to_string())
             }
-            ApiError::Auth(e) => (StatusCode::FORBIDDEN, e.to_string(), None, None),
-        };
-        Answer {
-            status,
-            message,
-            job_id,
-            retry_after,
+            ApiError::Auth(e) => Answer::new(StatusCode::FORBIDDEN, e.to_string()),
         }
     }
 }

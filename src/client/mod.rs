@@ -546,6 +546,16 @@ impl Client {
         })
     }
 
+    /// Sends a request and returns the answer if its status is `want`;
+    /// any other answer becomes [`Error::Rejected`] (see [`refusal`]).
+    async fn send_expecting(&self, req: RequestBuilder, want: StatusCode) -> Result<Response> {
+        let resp = self.send(req).await?;
+        if resp.status() != want {
+            return Err(refusal(resp).await);
+        }
+        Ok(resp)
+    }
+
     fn submit_request(&self, path: &str, payload: Bytes, opts: &SubmitOptions) -> RequestBuilder {
         let mut query: Vec<(&str, String)> = Vec::new();
         if let Some(q) = &opts.queue {
@@ -614,11 +624,11 @@ impl Client {
         opts: &SubmitOptions,
     ) -> Result<String> {
         let resp = self
-            .send(self.submit_request("/api/jobs", payload.into(), opts))
+            .send_expecting(
+                self.submit_request("/api/jobs", payload.into(), opts),
+                StatusCode::ACCEPTED,
+            )
             .await?;
-        if resp.status() != StatusCode::ACCEPTED {
-            return Err(refusal(resp).await);
-        }
         let a: Accepted = json(resp).await?;
         Ok(a.job_id)
     }
@@ -679,10 +689,7 @@ impl Client {
         if !wait.is_zero() {
             req = req.query(&[("wait", wait.as_secs_f64().to_string())]);
         }
-        let resp = self.send(req).await?;
-        if resp.status() != StatusCode::OK {
-            return Err(refusal(resp).await);
-        }
+        let resp = self.send_expecting(req, StatusCode::OK).await?;
         json::<RawJobView>(resp).await?.into_view()
     }
 
@@ -692,11 +699,11 @@ impl Client {
     /// [`Error::Rejected`]: `404` unknown id, `409` the job already ended.
     pub async fn cancel(&self, id: &str) -> Result<JobView> {
         let resp = self
-            .send(self.http.delete(self.url(&format!("/api/jobs/{id}"))))
+            .send_expecting(
+                self.http.delete(self.url(&format!("/api/jobs/{id}"))),
+                StatusCode::OK,
+            )
             .await?;
-        if resp.status() != StatusCode::OK {
-            return Err(refusal(resp).await);
-        }
         json::<RawJobView>(resp).await?.into_view()
     }
 
@@ -706,11 +713,8 @@ impl Client {
     /// [`Error::Rejected`] (e.g. `401`/`403`), [`Error::Unreachable`].
     pub async fn stats(&self) -> Result<serde_json::Value> {
         let resp = self
-            .send(self.http.get(self.url("/api/admin/stats")))
+            .send_expecting(self.http.get(self.url("/api/admin/stats")), StatusCode::OK)
             .await?;
-        if resp.status() != StatusCode::OK {
-            return Err(refusal(resp).await);
-        }
         json(resp).await
     }
 
@@ -721,15 +725,13 @@ impl Client {
     /// [`Error::Rejected`] (e.g. `401`/`403`), [`Error::Unreachable`].
     pub async fn events(&self) -> Result<EventStream> {
         let resp = self
-            .send(
+            .send_expecting(
                 self.http
                     .get(self.url("/api/admin/events"))
                     .header("accept", "text/event-stream"),
+                StatusCode::OK,
             )
             .await?;
-        if resp.status() != StatusCode::OK {
-            return Err(refusal(resp).await);
-        }
         Ok(EventStream {
             resp,
             buf: String::new(),
@@ -757,11 +759,11 @@ impl Client {
             q.push(("limit", l.to_string()));
         }
         let resp = self
-            .send(self.http.get(self.url("/api/admin/jobs")).query(&q))
+            .send_expecting(
+                self.http.get(self.url("/api/admin/jobs")).query(&q),
+                StatusCode::OK,
+            )
             .await?;
-        if resp.status() != StatusCode::OK {
-            return Err(refusal(resp).await);
-        }
         #[derive(Deserialize)]
         struct List {
             jobs: Vec<RawJobView>,
@@ -779,10 +781,7 @@ impl Client {
         if let Some(q) = queue {
             req = req.query(&[("queue", q)]);
         }
-        let resp = self.send(req).await?;
-        if resp.status() != StatusCode::OK {
-            return Err(refusal(resp).await);
-        }
+        let resp = self.send_expecting(req, StatusCode::OK).await?;
         #[derive(Deserialize)]
         struct Cleared {
             #[serde(default)]

@@ -26,33 +26,28 @@ struct Asset {
     body: &'static [u8],
 }
 
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The asset `assets/<file>`, served at `/dashboard/<file>`.
+macro_rules! asset {
+    ($file:literal, $content_type:expr) => {
+        Asset {
+            path: concat!("/dashboard/", $file),
+            content_type: $content_type,
+            body: include_bytes!(concat!("assets/", $file)),
+        }
+    };
+}
+
 /// Every asset of the page, by URL path.
 const ASSETS: &[Asset] = &[
-    Asset {
-        path: "/dashboard/app.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("assets/app.js"),
-    },
-    Asset {
-        path: "/dashboard/app.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_bytes!("assets/app.css"),
-    },
-    Asset {
-        path: "/dashboard/vendor/uplot/uPlot.iife.min.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("assets/vendor/uplot/uPlot.iife.min.js"),
-    },
-    Asset {
-        path: "/dashboard/vendor/uplot/uPlot.min.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_bytes!("assets/vendor/uplot/uPlot.min.css"),
-    },
-    Asset {
-        path: "/dashboard/vendor/uplot/LICENSE",
-        content_type: "text/plain; charset=utf-8",
-        body: include_bytes!("assets/vendor/uplot/LICENSE"),
-    },
+    asset!("app.js", JS),
+    asset!("app.css", CSS),
+    asset!("vendor/uplot/uPlot.iife.min.js", JS),
+    asset!("vendor/uplot/uPlot.min.css", CSS),
+    asset!("vendor/uplot/LICENSE", TEXT),
 ];
 
 const INDEX: &[u8] = include_bytes!("assets/index.html");

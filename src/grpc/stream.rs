@@ -207,40 +207,27 @@ async fn act(broker: Broker, seq: u64, action: pb::work_request::Action) -> pb::
     use pb::work_request::Action;
     let mut progress_seq = 0;
     let (job_id, done): (String, broker::Result<Job>) = match action {
-        Action::Complete(r) => {
-            let id = r.job_id.clone();
-            let done = match convert::complete(r) {
-                Ok(req) => broker.complete(req).await,
-                Err(e) => Err(e),
-            };
-            (id, done)
-        }
-        Action::Fail(r) => {
-            let id = r.job_id.clone();
-            let done = match convert::fail(r) {
-                Ok(req) => broker.fail(req).await,
-                Err(e) => Err(e),
-            };
-            (id, done)
-        }
+        Action::Complete(r) => (
+            r.job_id.clone(),
+            async { broker.complete(convert::complete(r)?).await }.await,
+        ),
+        Action::Fail(r) => (
+            r.job_id.clone(),
+            async { broker.fail(convert::fail(r)?).await }.await,
+        ),
         Action::Heartbeat(r) => {
-            let done = match convert::heartbeat(&r) {
-                Ok(req) => broker.heartbeat(req).await,
-                Err(e) => Err(e),
-            };
+            let done = async { broker.heartbeat(convert::heartbeat(&r)?).await }.await;
             (r.job_id, done)
         }
-        Action::Progress(r) => {
-            let id = r.job_id.clone();
-            let done = match convert::progress(r) {
-                Ok(req) => broker.progress(req).await.map(|(job, seq)| {
-                    progress_seq = seq;
-                    job
-                }),
-                Err(e) => Err(e),
-            };
-            (id, done)
-        }
+        Action::Progress(r) => (
+            r.job_id.clone(),
+            async {
+                let (job, seq) = broker.progress(convert::progress(r)?).await?;
+                progress_seq = seq;
+                Ok(job)
+            }
+            .await,
+        ),
     };
     let event = match done {
         Ok(job) => pb::work_response::Event::Ack(pb::WorkAck {

@@ -169,36 +169,28 @@ impl Shared {
         match action {
             Action::Complete(r) => Self::unary_answer(
                 c.complete_job(self.request(r.clone())).await,
-                |_| pb::WorkAck {
-                    status: "completed".into(),
-                    ..Default::default()
-                },
+                |_| ack("completed"),
                 &r.job_id,
             ),
             Action::Fail(r) => Self::unary_answer(
                 c.fail_job(self.request(r.clone())).await,
-                |f| pb::WorkAck {
-                    status: f.status,
-                    ..Default::default()
-                },
+                |f| ack(f.status),
                 &r.job_id,
             ),
             Action::Heartbeat(r) => Self::unary_answer(
                 c.heartbeat(self.request(r.clone())).await,
                 |h| pb::WorkAck {
-                    status: "running".into(),
                     lease_expires_at: h.lease_expires_at,
-                    ..Default::default()
+                    ..ack("running")
                 },
                 &r.job_id,
             ),
             Action::Progress(r) => Self::unary_answer(
                 c.progress(self.request(r.clone())).await,
                 |p| pb::WorkAck {
-                    status: "running".into(),
                     lease_expires_at: p.lease_expires_at,
                     progress_seq: p.seq,
-                    ..Default::default()
+                    ..ack("running")
                 },
                 &r.job_id,
             ),
@@ -217,6 +209,15 @@ impl Shared {
             Err(sent) => sent,
         };
         self.unary(&action).await.map(|e| (e, sent))
+    }
+}
+
+/// An ack of a unary answer, as the stream would have sent it: `status`,
+/// nothing else set.
+fn ack(status: impl Into<String>) -> pb::WorkAck {
+    pb::WorkAck {
+        status: status.into(),
+        ..Default::default()
     }
 }
 

@@ -323,23 +323,7 @@ impl Index {
         let Some(e) = self.on_disk.get(&id) else {
             return Error::NotFound;
         };
-        let mut stand_in = Job {
-            id,
-            queue: e.queue.clone(),
-            payload: bytes::Bytes::new(),
-            headers: bytes::Bytes::new(),
-            priority: 0,
-            status: e.status(),
-            attempts: 0,
-            created_at: e.created_at,
-            started_at: None,
-            ended_at: None,
-            lease_id: None,
-            lease_expires_at: None,
-            result: None,
-            error: None,
-            idempotency: None,
-        };
+        let mut stand_in = Job::bare(id, e.queue.clone(), e.status(), e.created_at);
         match f(&mut stand_in) {
             Err(refused) => refused.into(),
             Ok(_) => Error::Unavailable(format!("job {id} must be read from disk first")),
@@ -586,15 +570,7 @@ impl Index {
 
     /// See [`Store::fail`].
     pub fn fail(&mut self, p: &FailParams) -> Result<Job> {
-        let (_, job) = self.transition(p.id, |j| {
-            j.fail(
-                p.lease_id.as_ref(),
-                &p.error,
-                p.retry,
-                p.max_attempts,
-                p.now,
-            )
-        })?;
+        let (_, job) = self.transition(p.id, |j| p.apply(j))?;
         Ok(job.clone())
     }
 

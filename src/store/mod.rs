@@ -107,6 +107,19 @@ pub struct FailParams {
     pub now: Timestamp,
 }
 
+impl FailParams {
+    /// This fail applied to `job` (see [`Job::fail`]): its new status.
+    pub fn apply(&self, job: &mut Job) -> Result<Status, TransitionError> {
+        job.fail(
+            self.lease_id.as_ref(),
+            &self.error,
+            self.retry,
+            self.max_attempts,
+            self.now,
+        )
+    }
+}
+
 /// Parameters of a worker's progress event.
 #[derive(Debug, Clone)]
 pub struct ProgressParams {

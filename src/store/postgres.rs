@@ -1366,17 +1366,8 @@ impl Store for PostgresStore {
                 self.notify(&job);
                 return Ok(job);
             }
-            self.refusal(p.id, |j| {
-                j.fail(
-                    p.lease_id.as_ref(),
-                    &p.error,
-                    p.retry,
-                    p.max_attempts,
-                    p.now,
-                )
-                .map(|_| None::<()>)
-            })
-            .await?;
+            self.refusal(p.id, |j| p.apply(j).map(|_| None::<()>))
+                .await?;
         }
         Err(Error::Unavailable("job kept changing; retry".into()))
     }

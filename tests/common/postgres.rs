@@ -100,6 +100,13 @@ impl TestDb {
         row.get(0)
     }
 
+    /// Runs `sql` (one or more statements) on this database, as a change
+    /// made by hand.
+    pub async fn execute(&self, sql: &str) {
+        let c = connect(&self.url).await.expect("PostgreSQL reachable");
+        c.batch_execute(sql).await.expect("statements by hand");
+    }
+
     /// Runs one query on this database and returns the first column of the
     /// first row as i64.
     pub async fn scalar(&self, sql: &str) -> i64 {

@@ -44,6 +44,31 @@ pub enum Refusal {
     Invalid,
 }
 
+/// A worker's call on a job it was handed.
+#[derive(Debug, Clone, Copy)]
+pub enum Call<'a> {
+    /// Posts a result.
+    Complete(&'a [u8]),
+    /// Reports a failure (`retry` unset: the server's default).
+    Fail { error: &'a str, retry: Option<bool> },
+    /// Extends the lease.
+    Heartbeat,
+    /// Sends a progress event.
+    Progress(&'a [u8]),
+}
+
+/// What an accepted [`Call`] answered, as far as the transport's answer
+/// carries it.
+#[derive(Debug, Default)]
+pub struct Ack {
+    /// The job's new status.
+    pub status: Option<String>,
+    /// The new `lease_expires_at`.
+    pub lease_expires_at: Option<String>,
+    /// A progress event's `seq`.
+    pub seq: Option<u64>,
+}
+
 /// One worker's connection to the server.
 #[allow(async_fn_in_trait)]
 pub trait WorkerTransport {
@@ -51,13 +76,19 @@ pub trait WorkerTransport {
     fn name(&self) -> &'static str;
     /// Takes a job of `queues` (empty: default), waiting up to `wait`.
     async fn poll(&mut self, queues: &[&str], wait: Duration) -> Option<Handout>;
+    /// Makes `call` on job `id` under `lease` (`None`: no lease sent).
+    /// Checks that a complete's answer confirms it.
+    async fn act(&mut self, id: &str, lease: Option<&str>, call: Call<'_>) -> Result<Ack, Refusal>;
+
     /// Posts a result.
     async fn complete(
         &mut self,
         id: &str,
         lease: Option<&str>,
         result: &[u8],
-    ) -> Result<(), Refusal>;
+    ) -> Result<(), Refusal> {
+        self.act(id, lease, Call::Complete(result)).await.map(drop)
+    }
     /// Reports a failure; the job's new status.
     async fn fail(
         &mut self,
@@ -65,16 +96,30 @@ pub trait WorkerTransport {
         lease: Option<&str>,
         error: &str,
         retry: Option<bool>,
-    ) -> Result<String, Refusal>;
+    ) -> Result<String, Refusal> {
+        let a = self.act(id, lease, Call::Fail { error, retry }).await?;
+        Ok(a.status.expect("a fail's answer has the status"))
+    }
     /// Extends the lease; the new `lease_expires_at`.
-    async fn heartbeat(&mut self, id: &str, lease: Option<&str>) -> Result<String, Refusal>;
+    async fn heartbeat(&mut self, id: &str, lease: Option<&str>) -> Result<String, Refusal> {
+        let a = self.act(id, lease, Call::Heartbeat).await?;
+        Ok(a.lease_expires_at
+            .expect("a heartbeat's answer has the lease end"))
+    }
     /// Sends a progress event; its `seq` and the new `lease_expires_at`.
     async fn progress(
         &mut self,
         id: &str,
         lease: Option<&str>,
         data: &[u8],
-    ) -> Result<(u64, String), Refusal>;
+    ) -> Result<(u64, String), Refusal> {
+        let a = self.act(id, lease, Call::Progress(data)).await?;
+        Ok((
+            a.seq.expect("a progress answer has the seq"),
+            a.lease_expires_at
+                .expect("a progress answer has the lease end"),
+        ))
+    }
 }
 
 // ---------------------------------------------------------------- HTTP
@@ -172,54 +217,33 @@ impl WorkerTransport for Http {
         }
     }
 
-    async fn complete(
-        &mut self,
-        id: &str,
-        lease: Option<&str>,
-        result: &[u8],
-    ) -> Result<(), Refusal> {
-        let url = Self::with_lease(format!("{}/api/worker/complete/{id}", self.base), lease);
-        let b = self.call(self.http.post(url).body(result.to_vec())).await?;
-        assert_eq!(b["message"], "Job completed", "{b}");
-        Ok(())
-    }
-
-    async fn fail(
-        &mut self,
-        id: &str,
-        lease: Option<&str>,
-        error: &str,
-        retry: Option<bool>,
-    ) -> Result<String, Refusal> {
-        let url = Self::with_lease(format!("{}/api/worker/fail/{id}", self.base), lease);
-        let mut body = serde_json::json!({ "error": error });
-        if let Some(r) = retry {
-            body["retry"] = Value::Bool(r);
+    async fn act(&mut self, id: &str, lease: Option<&str>, call: Call<'_>) -> Result<Ack, Refusal> {
+        let (op, body) = match call {
+            Call::Complete(result) => ("complete", Some(result.to_vec())),
+            Call::Fail { error, retry } => {
+                let mut body = serde_json::json!({ "error": error });
+                if let Some(r) = retry {
+                    body["retry"] = Value::Bool(r);
+                }
+                ("fail", Some(body.to_string().into_bytes()))
+            }
+            Call::Heartbeat => ("heartbeat", None),
+            Call::Progress(data) => ("progress", Some(data.to_vec())),
+        };
+        let url = Self::with_lease(format!("{}/api/worker/{op}/{id}", self.base), lease);
+        let mut rb = self.http.post(url);
+        if let Some(body) = body {
+            rb = rb.body(body);
         }
-        let b = self
-            .call(self.http.post(url).body(body.to_string()))
-            .await?;
-        Ok(b["status"].as_str().unwrap().to_owned())
-    }
-
-    async fn heartbeat(&mut self, id: &str, lease: Option<&str>) -> Result<String, Refusal> {
-        let url = Self::with_lease(format!("{}/api/worker/heartbeat/{id}", self.base), lease);
-        let b = self.call(self.http.post(url)).await?;
-        Ok(b["lease_expires_at"].as_str().unwrap().to_owned())
-    }
-
-    async fn progress(
-        &mut self,
-        id: &str,
-        lease: Option<&str>,
-        data: &[u8],
-    ) -> Result<(u64, String), Refusal> {
-        let url = Self::with_lease(format!("{}/api/worker/progress/{id}", self.base), lease);
-        let b = self.call(self.http.post(url).body(data.to_vec())).await?;
-        Ok((
-            b["seq"].as_u64().unwrap(),
-            b["lease_expires_at"].as_str().unwrap().to_owned(),
-        ))
+        let b = self.call(rb).await?;
+        if let Call::Complete(_) = call {
+            assert_eq!(b["message"], "Job completed", "{b}");
+        }
+        Ok(Ack {
+            status: b["status"].as_str().map(str::to_owned),
+            lease_expires_at: b["lease_expires_at"].as_str().map(str::to_owned),
+            seq: b["seq"].as_u64(),
+        })
     }
 }
 
@@ -368,57 +392,37 @@ impl WorkerTransport for GrpcUnary {
         }
     }
 
-    async fn complete(
-        &mut self,
-        id: &str,
-        lease: Option<&str>,
-        result: &[u8],
-    ) -> Result<(), Refusal> {
-        let r = unary(
-            "CompleteJob",
-            self.client.complete_job(job_result(id, lease, result)),
-        )
-        .await?;
-        assert!(r.success);
-        Ok(())
-    }
-
-    async fn fail(
-        &mut self,
-        id: &str,
-        lease: Option<&str>,
-        error: &str,
-        retry: Option<bool>,
-    ) -> Result<String, Refusal> {
-        let r = unary(
-            "FailJob",
-            self.client.fail_job(fail_request(id, lease, error, retry)),
-        )
-        .await?;
-        Ok(r.status)
-    }
-
-    async fn heartbeat(&mut self, id: &str, lease: Option<&str>) -> Result<String, Refusal> {
-        let r = unary(
-            "Heartbeat",
-            self.client.heartbeat(heartbeat_request(id, lease)),
-        )
-        .await?;
-        Ok(r.lease_expires_at)
-    }
-
-    async fn progress(
-        &mut self,
-        id: &str,
-        lease: Option<&str>,
-        data: &[u8],
-    ) -> Result<(u64, String), Refusal> {
-        let r = unary(
-            "Progress",
-            self.client.progress(progress_request(id, lease, data)),
-        )
-        .await?;
-        Ok((r.seq, r.lease_expires_at))
+    async fn act(&mut self, id: &str, lease: Option<&str>, call: Call<'_>) -> Result<Ack, Refusal> {
+        let c = &mut self.client;
+        Ok(match call {
+            Call::Complete(result) => {
+                let r = unary("CompleteJob", c.complete_job(job_result(id, lease, result))).await?;
+                assert!(r.success);
+                Ack::default()
+            }
+            Call::Fail { error, retry } => {
+                let r = unary("FailJob", c.fail_job(fail_request(id, lease, error, retry))).await?;
+                Ack {
+                    status: Some(r.status),
+                    ..Ack::default()
+                }
+            }
+            Call::Heartbeat => {
+                let r = unary("Heartbeat", c.heartbeat(heartbeat_request(id, lease))).await?;
+                Ack {
+                    lease_expires_at: Some(r.lease_expires_at),
+                    ..Ack::default()
+                }
+            }
+            Call::Progress(data) => {
+                let r = unary("Progress", c.progress(progress_request(id, lease, data))).await?;
+                Ack {
+                    lease_expires_at: Some(r.lease_expires_at),
+                    seq: Some(r.seq),
+                    ..Ack::default()
+                }
+            }
+        })
     }
 }
 
@@ -603,7 +607,7 @@ impl GrpcStream {
 
     /// Sends `action` and takes its answer, on the stream (opened on the
     /// default queue if no poll opened it yet).
-    async fn act(
+    async fn send_action(
         &mut self,
         what: &str,
         action: pb::work_request::Action,
@@ -634,57 +638,27 @@ impl WorkerTransport for GrpcStream {
         j.map(grpc_handout)
     }
 
-    async fn complete(
-        &mut self,
-        id: &str,
-        lease: Option<&str>,
-        result: &[u8],
-    ) -> Result<(), Refusal> {
-        let a = self
-            .act(
-                "complete",
-                pb::work_request::Action::Complete(job_result(id, lease, result)),
-            )
-            .await?;
-        assert_eq!(a.status, "completed");
-        Ok(())
-    }
-
-    async fn fail(
-        &mut self,
-        id: &str,
-        lease: Option<&str>,
-        error: &str,
-        retry: Option<bool>,
-    ) -> Result<String, Refusal> {
-        self.act(
-            "fail",
-            pb::work_request::Action::Fail(fail_request(id, lease, error, retry)),
-        )
-        .await
-        .map(|a| a.status)
-    }
-
-    async fn heartbeat(&mut self, id: &str, lease: Option<&str>) -> Result<String, Refusal> {
-        self.act(
-            "heartbeat",
-            pb::work_request::Action::Heartbeat(heartbeat_request(id, lease)),
-        )
-        .await
-        .map(|a| a.lease_expires_at)
-    }
-
-    async fn progress(
-        &mut self,
-        id: &str,
-        lease: Option<&str>,
-        data: &[u8],
-    ) -> Result<(u64, String), Refusal> {
-        self.act(
-            "progress",
-            pb::work_request::Action::Progress(progress_request(id, lease, data)),
-        )
-        .await
-        .map(|a| (a.progress_seq, a.lease_expires_at))
+    async fn act(&mut self, id: &str, lease: Option<&str>, call: Call<'_>) -> Result<Ack, Refusal> {
+        use pb::work_request::Action;
+        let (what, action) = match call {
+            Call::Complete(result) => ("complete", Action::Complete(job_result(id, lease, result))),
+            Call::Fail { error, retry } => {
+                ("fail", Action::Fail(fail_request(id, lease, error, retry)))
+            }
+            Call::Heartbeat => ("heartbeat", Action::Heartbeat(heartbeat_request(id, lease))),
+            Call::Progress(data) => (
+                "progress",
+                Action::Progress(progress_request(id, lease, data)),
+            ),
+        };
+        let a = self.send_action(what, action).await?;
+        if let Call::Complete(_) = call {
+            assert_eq!(a.status, "completed");
+        }
+        Ok(Ack {
+            status: Some(a.status),
+            lease_expires_at: Some(a.lease_expires_at),
+            seq: Some(a.progress_seq),
+        })
     }
 }

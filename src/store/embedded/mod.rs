@@ -549,22 +549,14 @@ fn row_to_ended(
     r: &rusqlite::Row<'_>,
     queues: &mut std::collections::HashMap<String, Queue>,
 ) -> rusqlite::Result<Job> {
+    let id = uuid_col(Some(r.get(0)?))?.ok_or_else(|| bad_data("no id"))?;
+    let queue = row_queue(r, queues)?;
+    let status = row_status(r)?;
+    let created_at = Timestamp(r.get(5)?);
     Ok(Job {
-        id: uuid_col(Some(r.get(0)?))?.ok_or_else(|| bad_data("no id"))?,
-        queue: row_queue(r, queues)?,
-        priority: 0,
-        status: row_status(r)?,
-        attempts: 0,
-        created_at: Timestamp(r.get(5)?),
-        started_at: None,
         ended_at: r.get::<_, Option<i64>>(7)?.map(Timestamp),
-        lease_id: None,
-        lease_expires_at: None,
-        payload: Bytes::new(),
-        headers: Bytes::new(),
-        result: None,
-        error: None,
         idempotency: row_idempotency(r)?,
+        ..Job::bare(id, queue, status, created_at)
     })
 }
 
