@@ -49,6 +49,21 @@ async fn nodes_starting_together_migrate_once() {
             .await,
         known
     );
+    // Schema 3: keys are unique through a partial index (jobs without a key
+    // take no entry in it), not the column's full unique constraint.
+    assert_eq!(
+        db.scalar(
+            "select count(*) from pg_indexes where tablename = 'jobq_jobs' \
+             and indexname = 'jobq_jobs_idem_key' and indexdef like '%WHERE (idem_key IS NOT NULL)'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        db.scalar("select count(*) from pg_constraint where conname = 'jobq_jobs_idem_key_key'")
+            .await,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

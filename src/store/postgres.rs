@@ -84,6 +84,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "progress",
         include_str!("../../migrations/postgres/0002_progress.sql"),
     ),
+    (
+        3,
+        "partial idempotency key index",
+        include_str!("../../migrations/postgres/0003_partial_idem_index.sql"),
+    ),
 ];
 
 /// Progress events kept per job: the newest this many (the broker's
@@ -684,7 +689,7 @@ async fn insert_rows<'a>(pool: &'a Pool, rows: &'a [InsertRow]) -> RowsResult<Op
         "from unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::int4[], $6::int8[], ",
         "$7::text[], $8::bytea[]) ",
         "as v(v_id, v_queue, v_payload, v_headers, v_priority, v_created, v_key, v_fp) ",
-        "on conflict (idem_key) do nothing returning ",
+        "on conflict (idem_key) where idem_key is not null do nothing returning ",
         cols!(),
         ") select ins.* from ins"
     );
