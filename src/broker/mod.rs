@@ -289,6 +289,16 @@ pub enum StreamEnd {
 /// A job's event stream.
 pub type JobStream = Pin<Box<dyn futures_util::Stream<Item = StreamItem> + Send>>;
 
+/// How soon a submit's insert must be durable.
+#[derive(Clone, Copy)]
+enum Durability {
+    /// Its client is answered once it is stored.
+    Now,
+    /// Its client is answered with the job's result (or a 202 after its
+    /// wait), which [`Store::insert_for_result`] makes durable in time.
+    WithResult,
+}
+
 /// A staged sync submit: the job, its client's registration (`None` when
 /// it had already ended) and the guard that cancels it if the client leaves.
 struct Staged {
@@ -602,13 +612,15 @@ impl Broker {
         req: SubmitRequest,
         wait: WaitFor,
     ) -> Result<SyncOutcome> {
-        let staged = self.stage(req).await?;
+        // Its client is answered with the job's result, which is durable
+        // only after the job: the insert need not have an fsync of its own.
+        let staged = self.stage(req, Durability::WithResult).await?;
         self.finish_submit(staged, wait).await
     }
 
     /// A sync submit's first half: the job is stored (or, by its
     /// idempotency key, found) and its client registered to wait for it.
-    async fn stage(&self, req: SubmitRequest) -> Result<Staged> {
+    async fn stage(&self, req: SubmitRequest, durability: Durability) -> Result<Staged> {
         self.check_accepting()?;
         let job = self.new_job(req)?;
         let id = job.id;
@@ -620,7 +632,7 @@ impl Broker {
             waiter: Some(self.inner.waiters.register_submitter(id)),
             inserting: None,
         };
-        let inserted = self.insert_drop_safe(job, &mut guard).await?;
+        let inserted = self.insert_drop_safe(job, durability, &mut guard).await?;
         let (job, waiter) = match inserted {
             Inserted::Created(job) => {
                 metrics::submitted(&job.queue);
@@ -692,7 +704,11 @@ impl Broker {
         wait: WaitFor,
     ) -> Result<(Job, JobStream)> {
         let (began, queue) = (Instant::now(), req.queue.clone());
-        let staged = self.stage(req).await.inspect_err(|e| refused(&queue, e))?;
+        // Answered (its head, then events) once stored: at once.
+        let staged = self
+            .stage(req, Durability::Now)
+            .await
+            .inspect_err(|e| refused(&queue, e))?;
         let job = staged.job.clone();
         let sub = self.inner.events.subscribe(job.id, 0);
         let broker = self.clone();
@@ -902,12 +918,20 @@ impl Broker {
     /// requests have queued their changes, shrinking the group commit).
     /// The future is held by `guard` until it finishes: a caller dropped
     /// meanwhile hands it to a task, and its job is cancelled once stored.
-    async fn insert_drop_safe(&self, job: NewJob, guard: &mut AbandonOnDrop) -> Result<Inserted> {
+    async fn insert_drop_safe(
+        &self,
+        job: NewJob,
+        durability: Durability,
+        guard: &mut AbandonOnDrop,
+    ) -> Result<Inserted> {
         let store = self.inner.store.clone();
         let max = self.inner.cfg.max_queued;
-        let insert = guard
-            .inserting
-            .insert(Box::pin(async move { store.insert(job, max).await }));
+        let insert = guard.inserting.insert(Box::pin(async move {
+            match durability {
+                Durability::Now => store.insert(job, max).await,
+                Durability::WithResult => store.insert_for_result(job, max).await,
+            }
+        }));
         let r = insert.await;
         guard.inserting = None;
         Ok(r?)

@@ -182,6 +182,17 @@ pub trait Store: Send + Sync + 'static {
     /// before this returns and before any worker can claim it.
     async fn insert(&self, job: NewJob, max_pending: u64) -> Result<Inserted>;
 
+    /// As [`Store::insert`], for a submit whose client is answered only
+    /// with the job's result (a sync submit): a backend whose durability is
+    /// an fsync may let this insert wait for the next fsync that another
+    /// change asks for (the job's complete, usually, which the write order
+    /// makes durable only after the insert), within a bound of its own.
+    /// It still returns only once the job is durable, and the job is
+    /// claimable as soon as `insert` would make it so.
+    async fn insert_for_result(&self, job: NewJob, max_pending: u64) -> Result<Inserted> {
+        self.insert(job, max_pending).await
+    }
+
     /// Hands out the best pending job of the first non-empty queue
     /// (highest priority, then oldest), or `None`.
     async fn claim(&self, p: &ClaimParams) -> Result<Option<Claimed>>;

@@ -76,11 +76,14 @@ pub(super) type Done = oneshot::Sender<Result<(), String>>;
 pub(super) type Durable = oneshot::Receiver<Result<(), String>>;
 
 /// Ops to write in order; `done` (if any) hears when they are durable,
-/// `committed` (if any) when they are in the WAL.
+/// `committed` (if any) when they are in the WAL. `urgent`: the batch that
+/// carries them is synced at once; otherwise `done` may wait for the next
+/// fsync another change asks for, or [`SYNC_INTERVAL`].
 struct Cmd {
     ops: Vec<Op>,
     done: Option<Done>,
     committed: Option<Done>,
+    urgent: bool,
 }
 
 /// What is waiting to be written.
@@ -318,20 +321,22 @@ impl Log {
         } else {
             (None, None)
         };
-        self.push_cmd(ops, done, None);
+        self.push_cmd(ops, done, None, true);
         rx
     }
 
-    /// As [`Log::push`], also telling when the ops are committed (in the
-    /// WAL, safe from `kill -9`), which comes first: (committed, durable).
-    pub(super) fn push_tracked(&self, ops: Vec<Op>) -> (Durable, Durable) {
+    /// As [`Log::push`] with `durable`, also telling when the ops are
+    /// committed (in the WAL, safe from `kill -9`), which comes first:
+    /// (committed, durable). Without `urgent`, durable may wait for the next
+    /// fsync that another change asks for, or [`SYNC_INTERVAL`] at most.
+    pub(super) fn push_tracked(&self, ops: Vec<Op>, urgent: bool) -> (Durable, Durable) {
         let (done, durable) = oneshot::channel();
         let (committed, in_wal) = oneshot::channel();
-        self.push_cmd(ops, Some(done), Some(committed));
+        self.push_cmd(ops, Some(done), Some(committed), urgent);
         (in_wal, durable)
     }
 
-    fn push_cmd(&self, ops: Vec<Op>, done: Option<Done>, committed: Option<Done>) {
+    fn push_cmd(&self, ops: Vec<Op>, done: Option<Done>, committed: Option<Done>, urgent: bool) {
         let durable = done.is_some();
         let mut q = self.queue.lock();
         if self.closed.load(Ordering::Acquire) {
@@ -361,6 +366,7 @@ impl Log {
             ops,
             done,
             committed,
+            urgent,
         });
         drop(q);
         if lazy {
@@ -463,12 +469,14 @@ impl Log {
                 }
                 let mut done = Vec::with_capacity(batch.cmds.len());
                 let mut committed = Vec::new();
+                let mut urgent = false;
                 for c in batch.cmds {
+                    urgent |= c.urgent && c.done.is_some();
                     done.extend(c.done);
                     committed.extend(c.committed);
                 }
                 answer(committed, || Ok(()));
-                self.syncer.written(done);
+                self.syncer.written(done, urgent);
                 if self.since_checkpoint.fetch_add(1, Ordering::Relaxed) + 1 == CHECKPOINT_EVERY {
                     self.background.checkpoint();
                 }
@@ -760,10 +768,18 @@ struct SyncState {
     written: u64,
     /// The last batch that a sync already begun covers.
     started: u64,
+    /// The last batch that asked to be synced at once.
+    urgent: u64,
+    /// When the oldest batch written since the last sync began that did
+    /// not ask to be synced at once was written: it is synced at the latest
+    /// [`SYNC_INTERVAL`] after that.
+    lazy_since: Option<Instant>,
     /// Acknowledgements of written batches, oldest first, by batch number.
     waiting: VecDeque<(u64, Vec<Done>)>,
-    /// The thread waits for a write (rather than syncing or pausing).
+    /// The thread waits for a write, without a deadline.
     idle: bool,
+    /// The thread waits for an urgent write or a lazy batch's deadline.
+    pausing: bool,
     stopping: bool,
 }
 
@@ -789,8 +805,12 @@ impl Syncer {
     }
 
     /// A batch is in the WAL; `done` hear once it is durable (as the
-    /// policy defines it).
-    fn written(&self, done: Vec<Done>) {
+    /// policy defines it). Without `urgent` (nobody waits for it, or only
+    /// a sync submit's insert, whose client waits for the job's result,
+    /// which is durable only after it) the batch is synced with the next
+    /// urgent one, or [`SYNC_INTERVAL`] after it at the latest: one fsync
+    /// fewer on a job's path when its complete follows soon.
+    fn written(&self, done: Vec<Done>, urgent: bool) {
         let mut st = self.shared.state.lock();
         // Checked under the lock the syncer sets it under, so a batch is
         // either answered here or drained there.
@@ -800,6 +820,13 @@ impl Syncer {
         }
         st.written += 1;
         let n = st.written;
+        // `--sync normal` syncs every write, at most every SYNC_INTERVAL.
+        let urgent = urgent || self.shared.policy == SyncMode::Normal;
+        if urgent {
+            st.urgent = n;
+        } else if st.lazy_since.is_none() {
+            st.lazy_since = Some(Instant::now());
+        }
         let done = match self.shared.policy {
             SyncMode::Full if !done.is_empty() => {
                 st.waiting.push_back((n, done));
@@ -807,9 +834,11 @@ impl Syncer {
             }
             _ => done,
         };
-        let idle = std::mem::take(&mut st.idle);
+        // A thread pausing for a lazy batch's deadline needs no wake-up
+        // for another lazy one.
+        let wake = std::mem::take(&mut st.idle) || (urgent && std::mem::take(&mut st.pausing));
         drop(st);
-        if idle {
+        if wake {
             self.shared.cv.notify_one();
         }
         answer(done, || Ok(()));
@@ -829,9 +858,14 @@ impl SyncShared {
     fn run(&self) {
         let mut st = self.state.lock();
         loop {
-            if st.written > st.started && self.health.sync_failed.get().is_none() {
+            let unsynced = st.written > st.started && self.health.sync_failed.get().is_none();
+            let due = st.urgent > st.started
+                || st.stopping
+                || st.lazy_since.is_some_and(|t| t.elapsed() >= SYNC_INTERVAL);
+            if unsynced && due {
                 let target = st.written;
                 st.started = target;
+                st.lazy_since = None;
                 drop(st);
                 let began = Instant::now();
                 let r = self.wal.sync_data();
@@ -868,8 +902,17 @@ impl SyncShared {
             if st.stopping {
                 return;
             }
-            st.idle = true;
-            self.cv.wait(&mut st);
+            match st.lazy_since {
+                Some(since) if unsynced => {
+                    st.pausing = true;
+                    let _ = self.cv.wait_until(&mut st, since + SYNC_INTERVAL);
+                    st.pausing = false;
+                }
+                _ => {
+                    st.idle = true;
+                    self.cv.wait(&mut st);
+                }
+            }
         }
     }
 }

@@ -584,9 +584,10 @@ fn row_to_job(
     })
 }
 
-#[async_trait]
-impl Store for EmbeddedStore {
-    async fn insert(&self, job: NewJob, max_pending: u64) -> Result<Inserted> {
+impl EmbeddedStore {
+    /// [`Store::insert`]; `urgent`: its durability is asked for at once
+    /// (else it may wait for the next fsync, see [`Log::push_tracked`]).
+    async fn insert_as(&self, job: NewJob, max_pending: u64, urgent: bool) -> Result<Inserted> {
         let (inserted, committed, durable) = loop {
             let attach = {
                 let mut index = self.index();
@@ -596,8 +597,9 @@ impl Store for EmbeddedStore {
                     None => match index.insert(job, max_pending, false)? {
                         Inserted::Created(job) => {
                             let seq = Self::seq(&index, job.id)?;
-                            let (committed, durable) =
-                                self.log.push_tracked(vec![Op::Insert(seq, job.clone())]);
+                            let (committed, durable) = self
+                                .log
+                                .push_tracked(vec![Op::Insert(seq, job.clone())], urgent);
                             break (Inserted::Created(job), committed, durable);
                         }
                         existing => return Ok(existing),
@@ -640,6 +642,17 @@ impl Store for EmbeddedStore {
                 Err(e)
             }
         }
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn insert(&self, job: NewJob, max_pending: u64) -> Result<Inserted> {
+        self.insert_as(job, max_pending, true).await
+    }
+
+    async fn insert_for_result(&self, job: NewJob, max_pending: u64) -> Result<Inserted> {
+        self.insert_as(job, max_pending, false).await
     }
 
     async fn claim(&self, p: &ClaimParams) -> Result<Option<Claimed>> {
@@ -1036,6 +1049,29 @@ mod tests {
         };
         assert!(same(&attached, &full));
         store.close().await.unwrap();
+    }
+
+    /// A sync submit's insert (`insert_for_result`) asks for no fsync of
+    /// its own: alone, it is made durable by the syncer's deadline — not
+    /// sooner, and not never.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_insert_for_a_result_is_synced_by_the_deadline_when_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), SyncMode::Full, 3).unwrap();
+        let began = std::time::Instant::now();
+        let inserted = tokio::time::timeout(
+            Duration::from_secs(10),
+            store.insert_for_result(new_job(1), u64::MAX),
+        )
+        .await
+        .expect("durable within the bound");
+        assert!(matches!(inserted, Ok(Inserted::Created(_))));
+        assert!(began.elapsed() >= log::SYNC_INTERVAL);
+        // A plain insert asks for its fsync at once.
+        tokio::time::timeout(Duration::from_secs(10), store.insert(new_job(2), u64::MAX))
+            .await
+            .expect("durable")
+            .unwrap();
     }
 
     /// SQLite's automatic checkpoint is off (it would run on whichever
