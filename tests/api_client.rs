@@ -133,6 +133,17 @@ async fn prefer_wait_answers_202_and_timeout_wins(kind: Kind) {
     );
     let id2 = assert_accepted(&r);
     assert_ne!(id, id2);
+    // A wait preference jobq cannot read is refused, not ignored.
+    for bad in ["wait", "wait=soon", "respond-async, wait=-1"] {
+        let rb = s
+            .http
+            .post(s.url("/api/submit"))
+            .header("Prefer", bad)
+            .body("z");
+        TestServer::join(TestServer::spawn_send(rb))
+            .await
+            .assert_error(400);
+    }
     s.stop().await;
 }
 
