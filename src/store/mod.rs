@@ -178,8 +178,10 @@ pub enum StoreEvent {
 pub trait Store: Send + Sync + 'static {
     /// Stores a new pending job, unless its idempotency key is already taken
     /// (then returns that job) or `max_pending` jobs are pending.
-    /// The job must be durable, as far as the backend promises durability,
-    /// before this returns and before any worker can claim it.
+    /// The job must be stored before any worker can claim it (the embedded
+    /// store: committed to its WAL), and durable, as far as the backend
+    /// promises durability, before this returns; so must the job an
+    /// idempotency key attaches to, as it stands when returned.
     async fn insert(&self, job: NewJob, max_pending: u64) -> Result<Inserted>;
 
     /// As [`Store::insert`], for a submit whose client is answered only

@@ -30,7 +30,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use rusqlite::{params, Connection, Statement};
+use rusqlite::{params, Connection, PrepFlags, Statement};
 use tokio::sync::oneshot;
 
 use crate::job::{Job, JobId};
@@ -39,6 +39,13 @@ use crate::store::SyncMode;
 /// With `--sync normal`, the longest a commit waits for its fdatasync: a
 /// power loss loses at most about this much acknowledged work.
 pub(super) const SYNC_INTERVAL: Duration = Duration::from_millis(50);
+
+/// With `--sync full`, the longest a commit that asked for no fsync of its
+/// own (a sync submit's insert, a deferred hand-out) waits for one: long
+/// enough for the job's complete to come and share it, short enough that
+/// nothing else waits noticeably (a sync submit's `202`, the cancel of a
+/// job whose client left while it was being stored).
+pub(super) const LAZY_SYNC_WITHIN: Duration = Duration::from_millis(2);
 
 /// Inputs (payload and headers) up to this size are kept in the job row;
 /// larger ones in a table of their own, so that start-up does not read them.
@@ -78,7 +85,7 @@ pub(super) type Durable = oneshot::Receiver<Result<(), String>>;
 /// Ops to write in order; `done` (if any) hears when they are durable,
 /// `committed` (if any) when they are in the WAL. `urgent`: the batch that
 /// carries them is synced at once; otherwise `done` may wait for the next
-/// fsync another change asks for, or [`SYNC_INTERVAL`].
+/// fsync another change asks for, or [`LAZY_SYNC_WITHIN`].
 struct Cmd {
     ops: Vec<Op>,
     done: Option<Done>,
@@ -213,28 +220,44 @@ struct Writes<'c> {
     insert: Statement<'c>,
     insert_input: Statement<'c>,
     update: Statement<'c>,
+    /// A large value (an input over [`INLINE_MAX`], a result) is bound:
+    /// SQLite keeps its copy until the statement is bound again, so the
+    /// bindings are cleared after the batch.
+    holding: bool,
 }
 
 impl<'c> Writes<'c> {
     fn prepare(c: &'c Connection) -> rusqlite::Result<Writes<'c>> {
+        // SQLite's hint for statements kept long (rusqlite's cache gives it too).
+        let prepare = |sql| c.prepare_with_flags(sql, PrepFlags::SQLITE_PREPARE_PERSISTENT);
         Ok(Writes {
-            begin: c.prepare("BEGIN IMMEDIATE")?,
-            commit: c.prepare("COMMIT")?,
-            insert: c.prepare(
+            begin: prepare("BEGIN IMMEDIATE")?,
+            commit: prepare("COMMIT")?,
+            insert: prepare(
                 "INSERT INTO jobs (seq, id, queue, priority, status, attempts, created_at, idem_key, \
                  idem_fp, payload, headers) VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?7, ?8, ?9)",
             )?,
-            insert_input: c.prepare("INSERT INTO inputs (seq, payload, headers) VALUES (?1, ?2, ?3)")?,
+            insert_input: prepare("INSERT INTO inputs (seq, payload, headers) VALUES (?1, ?2, ?3)")?,
             // An ended job's inline input is emptied with the same write.
-            update: c.prepare(
+            update: prepare(
                 "UPDATE jobs SET status = ?2, attempts = ?3, started_at = ?4, ended_at = ?5, \
                  lease_id = ?6, result = ?7, error = ?8, payload = iif(?9, NULL, payload), \
                  headers = iif(?9, NULL, headers) WHERE seq = ?1",
             )?,
+            holding: false,
         })
     }
 
+    /// Drops SQLite's copies of large values this batch bound.
+    fn release(&mut self) {
+        if std::mem::take(&mut self.holding) {
+            self.insert_input.clear_bindings();
+            self.update.clear_bindings();
+        }
+    }
+
     fn update(&mut self, seq: u64, j: &Job) -> rusqlite::Result<usize> {
+        self.holding |= j.result.as_ref().is_some_and(|r| r.len() > INLINE_MAX);
         self.update.execute(params![
             seq as i64,
             j.status.as_str(),
@@ -263,6 +286,7 @@ impl<'c> Writes<'c> {
             inline.then_some(&j.headers[..]),
         ])?;
         if !inline {
+            self.holding = true;
             self.insert_input
                 .execute(params![seq as i64, &j.payload[..], &j.headers[..]])?;
         }
@@ -328,7 +352,7 @@ impl Log {
     /// As [`Log::push`] with `durable`, also telling when the ops are
     /// committed (in the WAL, safe from `kill -9`), which comes first:
     /// (committed, durable). Without `urgent`, durable may wait for the next
-    /// fsync that another change asks for, or [`SYNC_INTERVAL`] at most.
+    /// fsync that another change asks for, or [`LAZY_SYNC_WITHIN`] at most.
     pub(super) fn push_tracked(&self, ops: Vec<Op>, urgent: bool) -> (Durable, Durable) {
         let (done, durable) = oneshot::channel();
         let (committed, in_wal) = oneshot::channel();
@@ -677,6 +701,7 @@ fn background(log: Weak<Log>, signal: Arc<Signal>, health: Arc<Health>) {
 fn write_batch(conn: &Connection, w: &mut Writes<'_>, batch: &Batch) -> rusqlite::Result<()> {
     w.begin.execute([])?;
     let written = write_rows(conn, w, batch).and_then(|()| w.commit.execute([]).map(drop));
+    w.release();
     if written.is_err() && !conn.is_autocommit() {
         // As a dropped `Transaction` would; the caller reports the error.
         let _ = conn.execute_batch("ROLLBACK");
@@ -772,7 +797,7 @@ struct SyncState {
     urgent: u64,
     /// When the oldest batch written since the last sync began that did
     /// not ask to be synced at once was written: it is synced at the latest
-    /// [`SYNC_INTERVAL`] after that.
+    /// [`LAZY_SYNC_WITHIN`] after that.
     lazy_since: Option<Instant>,
     /// Acknowledgements of written batches, oldest first, by batch number.
     waiting: VecDeque<(u64, Vec<Done>)>,
@@ -808,8 +833,8 @@ impl Syncer {
     /// policy defines it). Without `urgent` (nobody waits for it, or only
     /// a sync submit's insert, whose client waits for the job's result,
     /// which is durable only after it) the batch is synced with the next
-    /// urgent one, or [`SYNC_INTERVAL`] after it at the latest: one fsync
-    /// fewer on a job's path when its complete follows soon.
+    /// urgent one, or [`LAZY_SYNC_WITHIN`] after it at the latest: one fsync
+    /// fewer per job when its complete follows soon.
     fn written(&self, done: Vec<Done>, urgent: bool) {
         let mut st = self.shared.state.lock();
         // Checked under the lock the syncer sets it under, so a batch is
@@ -861,7 +886,9 @@ impl SyncShared {
             let unsynced = st.written > st.started && self.health.sync_failed.get().is_none();
             let due = st.urgent > st.started
                 || st.stopping
-                || st.lazy_since.is_some_and(|t| t.elapsed() >= SYNC_INTERVAL);
+                || st
+                    .lazy_since
+                    .is_some_and(|t| t.elapsed() >= LAZY_SYNC_WITHIN);
             if unsynced && due {
                 let target = st.written;
                 st.started = target;
@@ -905,7 +932,7 @@ impl SyncShared {
             match st.lazy_since {
                 Some(since) if unsynced => {
                     st.pausing = true;
-                    let _ = self.cv.wait_until(&mut st, since + SYNC_INTERVAL);
+                    let _ = self.cv.wait_until(&mut st, since + LAZY_SYNC_WITHIN);
                     st.pausing = false;
                 }
                 _ => {

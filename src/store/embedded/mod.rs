@@ -588,7 +588,7 @@ impl EmbeddedStore {
     /// [`Store::insert`]; `urgent`: its durability is asked for at once
     /// (else it may wait for the next fsync, see [`Log::push_tracked`]).
     async fn insert_as(&self, job: NewJob, max_pending: u64, urgent: bool) -> Result<Inserted> {
-        let (inserted, committed, durable) = loop {
+        let stored = loop {
             let attach = {
                 let mut index = self.index();
                 self.check_writable()?;
@@ -600,9 +600,9 @@ impl EmbeddedStore {
                             let (committed, durable) = self
                                 .log
                                 .push_tracked(vec![Op::Insert(seq, job.clone())], urgent);
-                            break (Inserted::Created(job), committed, durable);
+                            break Ok((Inserted::Created(job), committed, durable));
                         }
-                        existing => return Ok(existing),
+                        existing => break Err((existing, self.send(Vec::new(), true))),
                     },
                 }
             };
@@ -613,6 +613,16 @@ impl EmbeddedStore {
                 if self.index().attach_on_disk(job.idempotency.as_ref()) == Some(attach) {
                     return Ok(Inserted::Existing(found));
                 }
+            }
+        };
+        let (inserted, committed, durable) = match stored {
+            Ok(created) => created,
+            Err((existing, rx)) => {
+                // Attached by its key to a job held in memory, whose insert
+                // or latest change may still wait for its fsync: answered
+                // once that is durable, as its own submitter is.
+                self.durable(rx).await?;
+                return Ok(existing);
             }
         };
         let Inserted::Created(job) = &inserted else {
@@ -927,6 +937,11 @@ mod tests {
 
     /// The admin list and an idempotent `resubmit` both give `full`.
     async fn list_and_attach_give(store: &EmbeddedStore, resubmit: NewJob, full: &Job) {
+        assert_listed_first(store, full).await;
+        assert_attached(store.insert(resubmit, u64::MAX).await, full);
+    }
+
+    async fn assert_listed_first(store: &EmbeddedStore, full: &Job) {
         let listed = store
             .list(&ListFilter {
                 limit: 5,
@@ -935,14 +950,18 @@ mod tests {
             .await
             .unwrap();
         assert!(same(&listed[0], full));
-        let Inserted::Existing(attached) = store.insert(resubmit, u64::MAX).await.unwrap() else {
+    }
+
+    fn assert_attached(inserted: Result<Inserted>, full: &Job) {
+        let Inserted::Existing(attached) = inserted.unwrap() else {
             panic!("not attached");
         };
         assert!(same(&attached, full));
     }
 
     /// Until a job's final write is committed, the index holds it in full
-    /// and every read answers from memory; once committed, the index keeps
+    /// and every read answers from memory (an idempotent attach once that
+    /// write is durable, as it answers no earlier state); once committed, the index keeps
     /// a compact record and reads take the job from its row: the same job
     /// either way, also after a restart.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -999,18 +1018,26 @@ mod tests {
         let full = store.get(id).await.unwrap().unwrap().job;
         assert_eq!(full.result.as_deref(), Some(&b"{\"r\":1}"[..]));
         assert_eq!((full.attempts, full.ended_at), (1, Some(Timestamp(20))));
-        list_and_attach_give(&store, resubmit(), &full).await;
+        assert_listed_first(&store, &full).await;
+        let attaching = {
+            let (store, r) = (store.clone(), resubmit());
+            tokio::spawn(async move { store.insert(r, u64::MAX).await })
+        };
+        // Time to answer, were it to answer from memory.
+        tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(
             store.index.lock().on_disk(id).is_none(),
             "moved before its commit"
         );
         assert!(!completing.is_finished(), "answered before its commit");
+        assert!(!attaching.is_finished(), "attached before its commit");
 
         let_go.send(()).unwrap();
         holder.join().unwrap();
         let (job, how) = completing.await.unwrap().unwrap();
         assert_eq!(how, Completion::Completed);
         assert!(same(&job, &full));
+        assert_attached(attaching.await.unwrap(), &full);
         // Committed: still held in full until the maintenance pass (which
         // purges nothing here) moves it to disk.
         assert!(same(&store.get(id).await.unwrap().unwrap().job, &full));
@@ -1066,7 +1093,7 @@ mod tests {
         .await
         .expect("durable within the bound");
         assert!(matches!(inserted, Ok(Inserted::Created(_))));
-        assert!(began.elapsed() >= log::SYNC_INTERVAL);
+        assert!(began.elapsed() >= log::LAZY_SYNC_WITHIN);
         // A plain insert asks for its fsync at once.
         tokio::time::timeout(Duration::from_secs(10), store.insert(new_job(2), u64::MAX))
             .await
