@@ -62,10 +62,9 @@ async fn stats_keys_and_counts(kind: Kind) {
     assert_counts(&st, [0; 5]);
 
     // One job in each status.
-    let done = s.submit_async("", "c").await;
-    let failed = s.submit_async("", "f").await;
-    let running = s.submit_async("", "r").await;
-    let cancelled = s.submit_async("", "x").await;
+    let [done, failed, running, cancelled] = s
+        .submit_each([("", "c"), ("", "f"), ("", "r"), ("", "x")])
+        .await;
     assert_eq!(id_of(&s.take("").await), done);
     s.complete(&done, "", "ok").await;
     assert_eq!(id_of(&s.take("").await), failed);
@@ -203,12 +202,11 @@ async fn admin_jobs_filters_newest_first(kind: Kind) {
 async fn clear_answers_waiting_clients_410_at_once(kind: Kind) {
     let s = TestServer::start(kind).await;
     // A completed job, a running one and two pending ones, each with a client.
-    let done = s.spawn_submit("?timeout=30", "done");
-    let done_id = id_of(&s.take("").await);
-    s.complete(&done_id, "", "r").await;
-    assert_eq!(TestServer::join(done).await.status, 200);
-    let running = s.spawn_submit("?timeout=30", "running");
-    let running_job = s.take("").await;
+    let (done, done_job) = s.submit_and_take("?timeout=30", "done").await;
+    let done_id = id_of(&done_job);
+    s.complete_ok(&done_id, "", "r").await;
+    TestServer::join_result(done, "r").await;
+    let (running, running_job) = s.submit_and_take("?timeout=30", "running").await;
     let running_id = id_of(&running_job);
     let pending: Vec<_> = (0..2)
         .map(|i| s.spawn_submit("?timeout=30&queue=other", format!("p{i}")))
@@ -250,17 +248,14 @@ async fn clear_answers_waiting_clients_410_at_once(kind: Kind) {
         .assert_error(409);
     s.complete(&running_id, "", "late").await.assert_error(409);
     assert!(s.poll("?queue=other").await.is_none());
-    let st = s.stats().await;
-    assert_eq!(st["cancelled"], 3);
-    assert_eq!(st["total"], 3);
-    assert_eq!(st["waiting_clients"], 0);
+    s.assert_stats(&[("cancelled", 3), ("total", 3), ("waiting_clients", 0)])
+        .await;
     s.stop().await;
 }
 
 async fn clear_one_queue(kind: Kind) {
     let s = TestServer::start(kind).await;
-    let a = s.submit_async("?queue=a", "a").await;
-    let b = s.submit_async("?queue=b", "b").await;
+    let [a, b] = s.submit_each([("?queue=a", "a"), ("?queue=b", "b")]).await;
     let r = s.delete("/api/admin/clear?queue=a").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["cancelled"], 1);
@@ -270,6 +265,6 @@ async fn clear_one_queue(kind: Kind) {
     // Clearing an empty queue cancels nothing.
     let r = s.delete("/api/admin/clear?queue=nothing").await;
     assert_eq!(r.body["cancelled"], 0);
-    assert_eq!(s.complete(&b, "", "").await.status, 200);
+    s.complete_ok(&b, "", "").await;
     s.stop().await;
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_has_keys, id_of, keys, within, Kind, Reply, TestServer, BOUND};
+use common::{assert_has_keys, id_of, keys, lease_of, within, Kind, Reply, TestServer, BOUND};
 use serde_json::{json, Value};
 
 backend_tests!(
@@ -52,10 +52,16 @@ fn assert_uuid_v4(s: &str) {
         .all(|c| c == '-' || c.is_ascii_digit() || ('a'..='f').contains(&c)));
 }
 
+/// Waits until one client waits and its job is stored (waiters register
+/// before the insert).
+async fn wait_one_waiting_and_stored(s: &TestServer) {
+    s.wait_stat("waiting_clients", 1).await;
+    s.wait_stat("pending", 1).await;
+}
+
 async fn sync_submit_answers_with_the_workers_result(kind: Kind) {
     let s = TestServer::start(kind).await;
-    let client = s.spawn_submit("?timeout=10", r#"{"n":1}"#);
-    let job = s.take("").await;
+    let (client, job) = s.submit_and_take("?timeout=10", r#"{"n":1}"#).await;
     assert_eq!(job["payload"], json!({"n": 1}));
     let id = id_of(&job);
     assert_uuid_v4(&id);
@@ -102,7 +108,7 @@ async fn timeout_answers_202_with_location(kind: Kind) {
     // The job goes on: a worker still gets it and its result is kept.
     let job = s.take("").await;
     assert_eq!(job["job_id"], id);
-    assert_eq!(s.complete(&id, "", "done").await.status, 200);
+    s.complete_ok(&id, "", "done").await;
     let v = s.get(r.header("location")).await;
     assert_eq!(v.status, 200);
     assert_eq!(v.body["status"], "completed");
@@ -161,15 +167,9 @@ async fn wait_timeout_flag_and_timeout_zero(kind: Kind) {
     s.take("").await;
     let job = s.take("").await;
     assert_eq!(job["payload"], "forever");
-    assert_eq!(
-        s.complete(job["job_id"].as_str().unwrap(), "", "at last")
-            .await
-            .status,
-        200
-    );
-    let r = TestServer::join(client).await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.body["payload"], "at last");
+    s.complete_ok(job["job_id"].as_str().unwrap(), "", "at last")
+        .await;
+    TestServer::join_result(client, "at last").await;
     s.delete("/api/admin/clear").await;
     s.stop().await;
 }
@@ -230,7 +230,7 @@ async fn async_submit_then_get_with_wait(kind: Kind) {
     assert_rfc3339(&v.body["started_at"]);
     assert!(v.body.get("position").is_none() || v.body["position"].is_null());
     let t0 = Instant::now();
-    assert_eq!(s.complete(&id, "", r#"[1,2,3]"#).await.status, 200);
+    s.complete_ok(&id, "", r#"[1,2,3]"#).await;
     let v = TestServer::join(waiting).await;
     assert!(t0.elapsed() < Duration::from_secs(2));
     assert_eq!(v.status, 200);
@@ -238,7 +238,7 @@ async fn async_submit_then_get_with_wait(kind: Kind) {
     assert_eq!(v.body["status"], "completed");
     assert_eq!(v.body["payload"], json!([1, 2, 3]));
     assert_rfc3339(&v.body["completed_at"]);
-    assert_eq!(s.complete(&first, "", "").await.status, 200);
+    s.complete_ok(&first, "", "").await;
     s.stop().await;
 }
 
@@ -259,9 +259,7 @@ async fn get_unknown_or_malformed_id(kind: Kind) {
 async fn cancel_pending_job_answers_waiting_client_410(kind: Kind) {
     let s = TestServer::start(kind).await;
     let client = s.spawn_submit("?timeout=10", "to cancel");
-    s.wait_stat("waiting_clients", 1).await;
-    // Waiters register before the insert: wait until the job is stored too.
-    s.wait_stat("pending", 1).await;
+    wait_one_waiting_and_stored(&s).await;
     let id = s.get("/api/admin/jobs").await.body["jobs"][0]["job_id"]
         .as_str()
         .unwrap()
@@ -293,20 +291,18 @@ async fn cancel_pending_job_answers_waiting_client_410(kind: Kind) {
 
 async fn cancel_running_job_fences_its_worker(kind: Kind) {
     let s = TestServer::start(kind).await;
-    let client = s.spawn_submit("?timeout=10", "running");
-    let job = s.take("").await;
+    let (client, job) = s.submit_and_take("?timeout=10", "running").await;
     let id = job["job_id"].as_str().unwrap();
     let r = s.delete(&format!("/api/jobs/{id}")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["status"], "cancelled");
     TestServer::join(client).await.assert_error(410);
     // The worker learns it should stop, and its result is refused.
-    let hb = s.post(&format!("/api/worker/heartbeat/{id}"), "").await;
-    hb.assert_error(409);
+    s.heartbeat(id, "").await.assert_error(409);
     let c = s.complete(id, "", "late result").await;
     c.assert_error(409);
     assert_eq!(c.header("x-job-id"), id);
-    let lease = job["lease_id"].as_str().unwrap();
+    let lease = lease_of(&job);
     s.complete(id, &format!("?lease={lease}"), "late")
         .await
         .assert_error(409);
@@ -323,9 +319,7 @@ async fn idempotency_key_attaches_to_the_first_job(kind: Kind) {
             .body(r#"{"task":"once"}"#)
     };
     let first = TestServer::spawn_send(submit("k-1"));
-    s.wait_stat("waiting_clients", 1).await;
-    // Waiters register before the insert: wait until the job is stored too.
-    s.wait_stat("pending", 1).await;
+    wait_one_waiting_and_stored(&s).await;
     let second = TestServer::spawn_send(submit("k-1"));
     s.wait_stat("waiting_clients", 2).await;
     // The async endpoint shares the key namespace.
@@ -343,7 +337,7 @@ async fn idempotency_key_attaches_to_the_first_job(kind: Kind) {
     let id = id_of(&job);
     assert_eq!(id_async, id);
     assert!(s.poll("").await.is_none(), "a second job was created");
-    assert_eq!(s.complete(&id, "", r#"{"answer":42}"#).await.status, 200);
+    s.complete_ok(&id, "", r#"{"answer":42}"#).await;
     for h in [first, second] {
         let r = TestServer::join(h).await;
         assert_eq!(r.status, 200, "{r:?}");
@@ -405,13 +399,12 @@ async fn payload_encodings(kind: Kind) {
         (vec![0xff, 0x00, 0x10], json!("/wAQ"), Some("base64")),
     ];
     for (bytes, want, enc) in cases {
-        let client = s.spawn_submit("?timeout=10", bytes.clone());
-        let job = s.take("").await;
+        let (client, job) = s.submit_and_take("?timeout=10", bytes.clone()).await;
         assert_eq!(job["payload"], want, "hand-out of {bytes:?}");
         assert_eq!(job.get("payload_encoding").and_then(Value::as_str), enc);
         let id = id_of(&job);
         // The worker echoes the bytes back as its result.
-        assert_eq!(s.complete(&id, "", bytes.clone()).await.status, 200);
+        s.complete_ok(&id, "", bytes.clone()).await;
         let r = TestServer::join(client).await;
         assert_eq!(r.status, 200);
         assert_eq!(r.body["payload"], want, "result of {bytes:?}");
@@ -421,11 +414,10 @@ async fn payload_encodings(kind: Kind) {
         assert_eq!(v.body.get("payload_encoding").and_then(Value::as_str), enc);
     }
     // An empty result is stored as `{}`.
-    let client = s.spawn_submit("?timeout=10", "");
-    let job = s.take("").await;
+    let (client, job) = s.submit_and_take("?timeout=10", "").await;
     assert_eq!(job["payload"], "");
     let id = job["job_id"].as_str().unwrap();
-    assert_eq!(s.complete(id, "", "").await.status, 200);
+    s.complete_ok(id, "", "").await;
     let r = TestServer::join(client).await;
     assert_eq!(r.body["payload"], json!({}));
     s.stop().await;
@@ -505,7 +497,7 @@ async fn max_body_is_413(kind: Kind) {
     .assert_error(413);
     assert_eq!(s.job(&id).await.body["status"], "running");
     assert_eq!(s.stats().await["total"], 1);
-    assert_eq!(s.complete(&id, "", "ok").await.status, 200);
+    s.complete_ok(&id, "", "ok").await;
     s.stop().await;
 }
 
@@ -563,9 +555,7 @@ async fn malformed_query_values_are_400(kind: Kind) {
         r.assert_error(400);
     }
     // Nothing was created or taken by the refused requests.
-    let st = s.stats().await;
-    assert_eq!(st["total"], 1);
-    assert_eq!(st["pending"], 1);
+    s.assert_stats(&[("total", 1), ("pending", 1)]).await;
     s.stop().await;
 }
 
@@ -647,6 +637,15 @@ async fn unparsable_requests_get_json_errors() {
     s.stop().await;
 }
 
+/// Joins the request of an [`impatient_client`], which must have given up.
+async fn assert_gave_up(h: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>) {
+    let r = within(BOUND, "impatient client", h).await.unwrap();
+    assert!(
+        r.is_err_and(|e| e.is_timeout()),
+        "expected a client timeout"
+    );
+}
+
 /// A client that gives up (closes its connection) after `ms` milliseconds.
 fn impatient_client(ms: u64) -> reqwest::Client {
     reqwest::Client::builder()
@@ -664,19 +663,13 @@ async fn client_disconnect_cancels_pending_job(kind: Kind) {
             .body("never mind")
             .send(),
     );
-    s.wait_stat("waiting_clients", 1).await;
-    // Waiters register before the insert: wait until the job is stored too.
-    s.wait_stat("pending", 1).await;
+    wait_one_waiting_and_stored(&s).await;
     let list = s.get("/api/admin/jobs").await;
     let id = id_of(&list.body["jobs"][0]);
     // Someone watching the job does not keep it alive.
     let watcher = TestServer::spawn_send(s.http.get(s.url(&format!("/api/jobs/{id}?wait=10"))));
     s.wait_stat("waiting_clients", 2).await;
-    let r = within(BOUND, "impatient client", client).await.unwrap();
-    assert!(
-        r.is_err_and(|e| e.is_timeout()),
-        "expected a client timeout"
-    );
+    assert_gave_up(client).await;
     let v = s
         .wait_status(&id, "cancelled", Duration::from_secs(5))
         .await;
@@ -698,15 +691,11 @@ async fn client_disconnect_leaves_running_job(kind: Kind) {
     let client = tokio::spawn(rb.send());
     let job = s.take("").await;
     let id = id_of(&job);
-    let r = within(BOUND, "impatient client", client).await.unwrap();
-    assert!(
-        r.is_err_and(|e| e.is_timeout()),
-        "expected a client timeout"
-    );
+    assert_gave_up(client).await;
     // Give a (wrong) cancellation every chance to land before checking.
     s.wait_stat("waiting_clients", 0).await;
     assert_eq!(s.job(&id).await.body["status"], "running");
-    assert_eq!(s.complete(&id, "", "kept").await.status, 200);
+    s.complete_ok(&id, "", "kept").await;
     let v = s.job(&id).await;
     assert_eq!(v.body["status"], "completed");
     assert_eq!(v.body["payload"], "kept");
@@ -725,7 +714,7 @@ async fn result_ttl_forgets_ended_jobs(kind: Kind) {
     let pending = s.submit_async("?queue=slow", "b").await;
     let job = s.take("").await;
     assert_eq!(job["job_id"], done);
-    assert_eq!(s.complete(&done, "", "r").await.status, 200);
+    s.complete_ok(&done, "", "r").await;
     assert_eq!(s.job(&done).await.status, 200);
     s.wait_gone(&done, Duration::from_secs(5)).await;
     s.job(&done).await.assert_error(404);
@@ -748,9 +737,7 @@ async fn disconnect_keeps_job_others_wait_for(kind: Kind) {
             .body("work")
             .send(),
     );
-    s.wait_stat("waiting_clients", 1).await;
-    // Waiters register before the insert: wait until the job is stored too.
-    s.wait_stat("pending", 1).await;
+    wait_one_waiting_and_stored(&s).await;
     let second = TestServer::spawn_send(
         s.http
             .post(s.url("/api/submit?timeout=10"))
@@ -758,18 +745,12 @@ async fn disconnect_keeps_job_others_wait_for(kind: Kind) {
             .body("work"),
     );
     s.wait_stat("waiting_clients", 2).await;
-    let r = within(BOUND, "impatient client", first).await.unwrap();
-    assert!(
-        r.is_err_and(|e| e.is_timeout()),
-        "expected a client timeout"
-    );
+    assert_gave_up(first).await;
     s.wait_stat("waiting_clients", 1).await;
     // The job the second client still waits for is not cancelled.
     let job = s.take("").await;
     let id = job["job_id"].as_str().unwrap();
-    assert_eq!(s.complete(id, "", "for the second").await.status, 200);
-    let r = TestServer::join(second).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.body["payload"], "for the second");
+    s.complete_ok(id, "", "for the second").await;
+    TestServer::join_result(second, "for the second").await;
     s.stop().await;
 }

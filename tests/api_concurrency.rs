@@ -87,17 +87,18 @@ async fn many_sync_clients_many_workers(kind: Kind) {
         assert!(ids.insert(id.to_owned()), "two clients share job {id}");
     }
     assert_eq!(seen.lock().unwrap().len(), CLIENTS);
-    let st = s.stats().await;
-    assert_eq!(st["completed"], CLIENTS as u64);
-    assert_eq!(st["total"], CLIENTS as u64);
-    assert_eq!(st["waiting_clients"], 0);
+    s.assert_stats(&[
+        ("completed", CLIENTS as u64),
+        ("total", CLIENTS as u64),
+        ("waiting_clients", 0),
+    ])
+    .await;
     s.stop().await;
 }
 
 async fn shutdown_lets_running_job_finish(kind: Kind) {
     let s = TestServer::start_with(kind, &["--shutdown-grace", "10"]).await;
-    let client = s.spawn_submit("?timeout=30", "in flight");
-    let job = s.take("").await;
+    let (client, job) = s.submit_and_take("?timeout=30", "in flight").await;
     let id = id_of(&job);
     let (http, base) = (s.http.clone(), s.base.clone());
     let stopping = tokio::spawn(s.stop());
@@ -125,9 +126,7 @@ async fn shutdown_lets_running_job_finish(kind: Kind) {
     )
     .await;
     assert_eq!(r.status, 200, "{r:?}");
-    let r = TestServer::join(client).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.body["payload"], "finished during the grace");
+    TestServer::join_result(client, "finished during the grace").await;
     within(Duration::from_secs(10), "server stops", stopping)
         .await
         .expect("stop");
@@ -135,8 +134,8 @@ async fn shutdown_lets_running_job_finish(kind: Kind) {
 
 async fn shutdown_grace_over_answers_503(kind: Kind) {
     let s = TestServer::start_with(kind, &["--shutdown-grace", "0.5"]).await;
-    let client = s.spawn_submit("?timeout=30", "never finished");
-    let id = id_of(&s.take("").await);
+    let (client, job) = s.submit_and_take("?timeout=30", "never finished").await;
+    let id = id_of(&job);
     let stopping = tokio::spawn(s.stop());
     let r = TestServer::join(client).await;
     r.assert_error(503);

@@ -5,7 +5,8 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{id_of, keys, Kind, TestServer};
+use common::{id_of, keys, lease_of, Kind, Reply, TestServer};
+use serde_json::Value;
 
 /// The keys of a poll body.
 const POLL_KEYS: &[&str] = &[
@@ -20,19 +21,21 @@ const POLL_KEYS: &[&str] = &[
     "created_at",
 ];
 
+/// Completes the hand-out `job` under its lease with `?next=1` and `extra`
+/// parameters (`&max=5`, say).
+async fn complete_next(srv: &TestServer, job: &Value, extra: &str, body: &str) -> Reply {
+    let query = format!("?next=1{extra}&lease={}", lease_of(job));
+    srv.complete(&id_of(job), &query, body.to_owned()).await
+}
+
 async fn complete_with_next_answers_the_next_job(kind: Kind) {
     let srv = TestServer::start(kind).await;
-    let a = srv.submit_async("", "{\"n\":1}").await;
-    let b = srv.submit_async("", "{\"n\":2}").await;
+    let [a, b] = srv
+        .submit_each([("", "{\"n\":1}"), ("", "{\"n\":2}")])
+        .await;
     let first = srv.take("").await;
     assert_eq!(id_of(&first), a);
-    let lease = first["lease_id"].as_str().unwrap();
-    let r = srv
-        .post(
-            &format!("/api/worker/complete/{a}?next=1&lease={lease}"),
-            "done",
-        )
-        .await;
+    let r = complete_next(&srv, &first, "", "done").await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.keys(), keys(POLL_KEYS));
     assert_eq!(id_of(&r.body), b);
@@ -42,13 +45,7 @@ async fn complete_with_next_answers_the_next_job(kind: Kind) {
     assert_eq!(srv.job(&b).await.body["status"], "running");
 
     // Nothing left: 204 once the wait is over (0 by default: at once).
-    let lease = r.body["lease_id"].as_str().unwrap().to_owned();
-    let r = srv
-        .post(
-            &format!("/api/worker/complete/{b}?next=1&lease={lease}"),
-            "",
-        )
-        .await;
+    let r = complete_next(&srv, &r.body, "", "").await;
     assert_eq!(r.status, 204, "{r:?}");
     assert!(r.raw.is_empty());
     assert_eq!(srv.job(&b).await.body["payload"], serde_json::json!({}));
@@ -56,7 +53,7 @@ async fn complete_with_next_answers_the_next_job(kind: Kind) {
     // With a wait, a job submitted meanwhile arrives on the same request.
     let c = srv.submit_async("", "{\"n\":3}").await;
     let third = srv.take("").await;
-    let lease = third["lease_id"].as_str().unwrap().to_owned();
+    let lease = lease_of(&third);
     let fused = TestServer::spawn_send(
         srv.http
             .post(srv.url(&format!(
@@ -77,28 +74,17 @@ async fn a_refused_complete_takes_no_job(kind: Kind) {
     srv.take("").await;
     let b = srv.submit_async("", "b").await;
     let stale = uuid::Uuid::new_v4();
-    let r = srv
-        .post(
-            &format!("/api/worker/complete/{a}?next=1&lease={stale}"),
-            "x",
-        )
-        .await;
-    r.assert_error(409);
-    let r = srv
-        .post(
-            &format!("/api/worker/complete/{}?next=1", uuid::Uuid::new_v4()),
-            "x",
-        )
-        .await;
-    r.assert_error(404);
-    let r = srv
-        .post(&format!("/api/worker/complete/{a}?next=maybe"), "x")
-        .await;
-    r.assert_error(400);
-    let r = srv
-        .post(&format!("/api/worker/complete/{a}?next=1&max=0"), "x")
-        .await;
-    r.assert_error(400);
+    let unknown = uuid::Uuid::new_v4().to_string();
+    for (id, query, status) in [
+        (&a, format!("?next=1&lease={stale}"), 409),
+        (&unknown, "?next=1".to_owned(), 404),
+        (&a, "?next=maybe".to_owned(), 400),
+        (&a, "?next=1&max=0".to_owned(), 400),
+    ] {
+        let r = srv.complete(id, &query, "x").await;
+        assert_eq!(r.status, status, "complete {id}{query}: {r:?}");
+        r.assert_error(status);
+    }
     assert_eq!(
         srv.job(&a).await.body["status"],
         "running",
@@ -115,13 +101,10 @@ async fn fail_with_next_answers_the_next_job(kind: Kind) {
     let srv = TestServer::start(kind).await;
     let a = srv.submit_async("", "a").await;
     let job = srv.take("").await;
-    let lease = job["lease_id"].as_str().unwrap();
+    let next = format!("?next=1&lease={}", lease_of(&job));
     let b = srv.submit_async("", "b").await;
     let r = srv
-        .post(
-            &format!("/api/worker/fail/{a}?next=1&lease={lease}"),
-            "{\"error\":\"bad input\",\"retry\":false}",
-        )
+        .fail(&a, &next, "{\"error\":\"bad input\",\"retry\":false}")
         .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(id_of(&r.body), b);
@@ -129,10 +112,7 @@ async fn fail_with_next_answers_the_next_job(kind: Kind) {
     assert_eq!(v["status"], "failed");
     assert_eq!(v["error"], "bad input");
     // A stale fail takes nothing either.
-    let r = srv
-        .post(&format!("/api/worker/fail/{a}?next=1&lease={lease}"), "{}")
-        .await;
-    r.assert_error(409);
+    srv.fail(&a, &next, "{}").await.assert_error(409);
 }
 
 async fn batch_poll_hands_out_up_to_max(kind: Kind) {
@@ -174,13 +154,7 @@ async fn batch_poll_hands_out_up_to_max(kind: Kind) {
     for i in 0..2 {
         srv.submit_async("", format!("{{\"more\":{i}}}")).await;
     }
-    let lease = one["lease_id"].as_str().unwrap();
-    let r = srv
-        .post(
-            &format!("/api/worker/complete/{e}?next=1&max=5&lease={lease}"),
-            "ok",
-        )
-        .await;
+    let r = complete_next(&srv, &one, "&max=5", "ok").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["jobs"].as_array().unwrap().len(), 2);
 }

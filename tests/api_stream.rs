@@ -301,8 +301,7 @@ async fn a_client_leaving_a_running_stream_leaves_the_job_running(kind: Kind) {
 
 async fn a_plain_submit_is_unchanged(kind: Kind) {
     let srv = TestServer::start(kind).await;
-    let client = srv.spawn_submit("", "plain");
-    let job = srv.take("").await;
+    let (client, job) = srv.submit_and_take("", "plain").await;
     assert_eq!(progress(&srv, &job, "ignored").await.status, 200);
     let lease = job["lease_id"].as_str().unwrap();
     srv.complete(&id_of(&job), &format!("?lease={lease}"), "R")

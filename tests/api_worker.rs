@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_has_keys, id_of, keys, Kind, TestServer};
+use common::{assert_has_keys, id_of, keys, lease_of, Kind, TestServer};
 use serde_json::json;
 
 backend_tests!(
@@ -78,7 +78,7 @@ async fn poll_hands_out_a_job(kind: Kind) {
     assert!(v["started_at"].is_string());
     // Not handed out twice while the lease holds.
     assert!(s.poll("").await.is_none());
-    assert_eq!(s.complete(&id, "", "").await.status, 200);
+    s.complete_ok(&id, "", "").await;
     s.stop().await;
 }
 
@@ -91,19 +91,15 @@ async fn head_poll_takes_nothing(kind: Kind) {
     assert_eq!(v["status"], "pending");
     assert_eq!(v["attempts"], 0);
     assert_eq!(id_of(&s.take("").await), id);
-    assert_eq!(s.complete(&id, "", "").await.status, 200);
+    s.complete_ok(&id, "", "").await;
     s.stop().await;
 }
 
 /// `fail` and `heartbeat` on job `id` are refused with 409: it is not
 /// running.
 async fn fail_and_heartbeat_refused(s: &TestServer, id: &str) {
-    s.post(&format!("/api/worker/fail/{id}"), "{}")
-        .await
-        .assert_error(409);
-    s.post(&format!("/api/worker/heartbeat/{id}"), "")
-        .await
-        .assert_error(409);
+    s.fail(id, "", "{}").await.assert_error(409);
+    s.heartbeat(id, "").await.assert_error(409);
 }
 
 async fn complete_errors(kind: Kind) {
@@ -111,16 +107,10 @@ async fn complete_errors(kind: Kind) {
     let r = s.complete(UNKNOWN, "", "x").await;
     r.assert_error(404);
     s.complete("not-a-uuid", "", "x").await.assert_error(400);
-    s.post(&format!("/api/worker/fail/{UNKNOWN}"), "{}")
-        .await
-        .assert_error(404);
-    s.post("/api/worker/fail/zzz", "{}").await.assert_error(400);
-    s.post(&format!("/api/worker/heartbeat/{UNKNOWN}"), "")
-        .await
-        .assert_error(404);
-    s.post("/api/worker/heartbeat/12", "")
-        .await
-        .assert_error(400);
+    s.fail(UNKNOWN, "", "{}").await.assert_error(404);
+    s.fail("zzz", "", "{}").await.assert_error(400);
+    s.heartbeat(UNKNOWN, "").await.assert_error(404);
+    s.heartbeat("12", "").await.assert_error(400);
 
     // A pending job is not running: 409 for all three.
     let id = s.submit_async("", "p").await;
@@ -145,14 +135,10 @@ async fn complete_errors(kind: Kind) {
 
 async fn fail_with_retry_goes_back_to_pending(kind: Kind) {
     let s = TestServer::start(kind).await;
-    let client = s.spawn_submit("?timeout=10", "try me");
-    let job = s.take("").await;
+    let (client, job) = s.submit_and_take("?timeout=10", "try me").await;
     let id = id_of(&job);
     let r = s
-        .post(
-            &format!("/api/worker/fail/{id}"),
-            r#"{"error":"transient","retry":true}"#,
-        )
+        .fail(&id, "", r#"{"error":"transient","retry":true}"#)
         .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.body["job_id"], id);
@@ -164,21 +150,23 @@ async fn fail_with_retry_goes_back_to_pending(kind: Kind) {
     assert_eq!(id_of(&again), id);
     assert_eq!(again["attempt"], 2);
     assert_ne!(again["lease_id"], job["lease_id"]);
-    let r = s
-        .post(&format!("/api/worker/fail/{id}"), r#"{"error":"again"}"#)
-        .await;
+    let r = s.fail(&id, "", r#"{"error":"again"}"#).await;
     assert_eq!(r.body["status"], "pending");
     let third = s.take("").await;
     assert_eq!(third["attempt"], 3);
-    assert_eq!(s.complete(&id, "", "finally").await.status, 200);
-    let r = TestServer::join(client).await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.body["payload"], "finally");
+    s.complete_ok(&id, "", "finally").await;
+    TestServer::join_result(client, "finally").await;
     s.stop().await;
 }
 
-/// Checks the `502` of a failed job.
-fn assert_failed(r: &common::Reply, id: &str, attempts: u64, error: Option<&str>) {
+/// Joins the sync submit `client`, which must get the `502` of a failed job.
+async fn assert_failed(
+    client: tokio::task::JoinHandle<common::Reply>,
+    id: &str,
+    attempts: u64,
+    error: Option<&str>,
+) {
+    let r = TestServer::join(client).await;
     r.assert_error(502);
     assert_eq!(r.keys(), keys(&["error", "job_id", "attempts"]));
     assert_eq!(r.body["job_id"], id);
@@ -191,22 +179,14 @@ fn assert_failed(r: &common::Reply, id: &str, attempts: u64, error: Option<&str>
 
 async fn fail_without_retry_answers_client_502(kind: Kind) {
     let s = TestServer::start(kind).await;
-    let client = s.spawn_submit("?timeout=10", "bad input");
-    let id = id_of(&s.take("").await);
+    let (client, job) = s.submit_and_take("?timeout=10", "bad input").await;
+    let id = id_of(&job);
     let r = s
-        .post(
-            &format!("/api/worker/fail/{id}"),
-            r#"{"error":"cannot parse input","retry":false}"#,
-        )
+        .fail(&id, "", r#"{"error":"cannot parse input","retry":false}"#)
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["status"], "failed");
-    assert_failed(
-        &TestServer::join(client).await,
-        &id,
-        1,
-        Some("cannot parse input"),
-    );
+    assert_failed(client, &id, 1, Some("cannot parse input")).await;
     let v = s.job(&id).await.body;
     assert_eq!(v["status"], "failed");
     assert_eq!(v["error"], "cannot parse input");
@@ -218,35 +198,25 @@ async fn fail_without_retry_answers_client_502(kind: Kind) {
 
 async fn fail_at_max_attempts_answers_client_502(kind: Kind) {
     let s = TestServer::start_with(kind, &["--max-attempts", "2"]).await;
-    let client = s.spawn_submit("?timeout=10", "flaky");
-    let id = id_of(&s.take("").await);
-    let r = s
-        .post(&format!("/api/worker/fail/{id}"), r#"{"error":"one"}"#)
-        .await;
+    let (client, job) = s.submit_and_take("?timeout=10", "flaky").await;
+    let id = id_of(&job);
+    let r = s.fail(&id, "", r#"{"error":"one"}"#).await;
     assert_eq!(r.body["status"], "pending");
     assert_eq!(s.take("").await["attempt"], 2);
-    let r = s
-        .post(
-            &format!("/api/worker/fail/{id}"),
-            r#"{"error":"two","retry":true}"#,
-        )
-        .await;
+    let r = s.fail(&id, "", r#"{"error":"two","retry":true}"#).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["status"], "failed");
-    assert_failed(&TestServer::join(client).await, &id, 2, Some("two"));
+    assert_failed(client, &id, 2, Some("two")).await;
     assert!(s.poll("").await.is_none());
-    let st = s.stats().await;
-    assert_eq!(st["failed"], 1);
-    assert_eq!(st["pending"], 0);
+    s.assert_stats(&[("failed", 1), ("pending", 0)]).await;
     s.stop().await;
 }
 
 async fn heartbeat_extends_the_lease(kind: Kind) {
     let s = TestServer::start_with(kind, &["--lease", "1"]).await;
-    let client = s.spawn_submit("?timeout=10", "long task");
-    let job = s.take("").await;
+    let (client, job) = s.submit_and_take("?timeout=10", "long task").await;
     let id = id_of(&job);
-    let lease = job["lease_id"].as_str().unwrap().to_owned();
+    let lease = lease_of(&job).to_owned();
     let mut last = job["lease_expires_at"].as_str().unwrap().to_owned();
     // Work for 2 s (twice the lease), heartbeating every 300 ms.
     let t0 = Instant::now();
@@ -254,8 +224,7 @@ async fn heartbeat_extends_the_lease(kind: Kind) {
     while t0.elapsed() < Duration::from_secs(2) {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let hb = if n % 2 == 0 {
-            s.post(&format!("/api/worker/heartbeat/{id}?lease={lease}"), "")
-                .await
+            s.heartbeat(&id, &format!("?lease={lease}")).await
         } else {
             s.send(
                 s.http
@@ -278,29 +247,18 @@ async fn heartbeat_extends_the_lease(kind: Kind) {
         );
     }
     // Without a lease id the heartbeat applies to the current lease.
-    assert_eq!(
-        s.post(&format!("/api/worker/heartbeat/{id}"), "")
-            .await
-            .status,
-        200
-    );
+    assert_eq!(s.heartbeat(&id, "").await.status, 200);
     let v = s.job(&id).await.body;
     assert_eq!(v["status"], "running");
     assert_eq!(v["attempts"], 1);
-    assert_eq!(
-        s.complete(&id, &format!("?lease={lease}"), "done")
-            .await
-            .status,
-        200
-    );
-    assert_eq!(TestServer::join(client).await.status, 200);
+    s.complete_ok(&id, &format!("?lease={lease}"), "done").await;
+    TestServer::join_result(client, "done").await;
     s.stop().await;
 }
 
 async fn expired_lease_is_redelivered(kind: Kind) {
     let s = TestServer::start_with(kind, &["--lease", "1"]).await;
-    let client = s.spawn_submit("?timeout=10", "redo");
-    let first = s.take("").await;
+    let (client, first) = s.submit_and_take("?timeout=10", "redo").await;
     let id = id_of(&first);
     let t0 = Instant::now();
     // The first worker vanishes; a second one long-polls and gets the job
@@ -323,26 +281,19 @@ async fn expired_lease_is_redelivered(kind: Kind) {
     assert_eq!(second["attempt"], 2);
     assert_ne!(second["lease_id"], first["lease_id"]);
     assert_eq!(second["payload"], "redo");
-    let lease = second["lease_id"].as_str().unwrap();
-    assert_eq!(
-        s.complete(&id, &format!("?lease={lease}"), "second")
-            .await
-            .status,
-        200
-    );
-    let r = TestServer::join(client).await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.body["payload"], "second");
+    let lease = lease_of(&second);
+    s.complete_ok(&id, &format!("?lease={lease}"), "second")
+        .await;
+    TestServer::join_result(client, "second").await;
     s.stop().await;
 }
 
 async fn expired_leases_at_max_attempts_fail_the_job(kind: Kind) {
     let s = TestServer::start_with(kind, &["--lease", "0.5", "--max-attempts", "2"]).await;
-    let client = s.spawn_submit("?timeout=10", "abandoned");
-    let id = id_of(&s.take("").await);
+    let (client, job) = s.submit_and_take("?timeout=10", "abandoned").await;
+    let id = id_of(&job);
     assert_eq!(s.take("").await["attempt"], 2);
-    let r = TestServer::join(client).await;
-    assert_failed(&r, &id, 2, None);
+    assert_failed(client, &id, 2, None).await;
     let v = s.job(&id).await.body;
     assert_eq!(v["status"], "failed");
     assert!(v["error"].is_string());
@@ -351,20 +302,14 @@ async fn expired_leases_at_max_attempts_fail_the_job(kind: Kind) {
 
 async fn fencing_by_lease_id(kind: Kind) {
     let s = TestServer::start_with(kind, &["--lease", "1"]).await;
-    let client = s.spawn_submit("?timeout=10", "fenced");
-    let stale = s.take("").await;
+    let (client, stale) = s.submit_and_take("?timeout=10", "fenced").await;
     let id = id_of(&stale);
-    let l1 = stale["lease_id"].as_str().unwrap().to_owned();
+    let l1 = lease_of(&stale).to_owned();
     let current = s.take("").await; // after the first lease ran out
     assert_eq!(id_of(&current), id);
-    let l2 = current["lease_id"].as_str().unwrap().to_owned();
+    let l2 = lease_of(&current).to_owned();
     // Keep the current lease alive while the stale worker tries its luck.
-    assert_eq!(
-        s.post(&format!("/api/worker/heartbeat/{id}?lease={l2}"), "")
-            .await
-            .status,
-        200
-    );
+    assert_eq!(s.heartbeat(&id, &format!("?lease={l2}")).await.status, 200);
     let with_header = |path: String, lease: &str| {
         s.http
             .post(s.url(&path))
@@ -377,7 +322,7 @@ async fn fencing_by_lease_id(kind: Kind) {
     s.send(with_header(format!("/api/worker/complete/{id}"), &l1))
         .await
         .assert_error(409);
-    s.post(&format!("/api/worker/heartbeat/{id}?lease={l1}"), "")
+    s.heartbeat(&id, &format!("?lease={l1}"))
         .await
         .assert_error(409);
     s.send(with_header(format!("/api/worker/fail/{id}"), &l1).body(r#"{"error":"stale"}"#))
@@ -412,15 +357,13 @@ async fn fencing_by_lease_id(kind: Kind) {
         .await;
     assert_eq!(again.status, 200);
     // Without a lease: the same bytes are a repeat, other bytes a conflict.
-    assert_eq!(s.complete(&id, "", "fresh result").await.status, 200);
+    s.complete_ok(&id, "", "fresh result").await;
     s.complete(&id, "", "other result").await.assert_error(409);
     s.complete(&id, &format!("?lease={l1}"), "fresh result")
         .await
         .assert_error(409);
 
-    let r = TestServer::join(client).await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.body["payload"], "fresh result");
+    TestServer::join_result(client, "fresh result").await;
     let v = s.job(&id).await.body;
     assert_eq!(v["payload"], "fresh result");
     assert_eq!(v["attempts"], 2);
@@ -429,11 +372,15 @@ async fn fencing_by_lease_id(kind: Kind) {
 
 async fn priorities_higher_first(kind: Kind) {
     let s = TestServer::start(kind).await;
-    let low = s.submit_async("?priority=-1", "low").await;
-    let normal = s.submit_async("", "normal").await;
-    let high_a = s.submit_async("?priority=5", "high a").await;
-    let high_b = s.submit_async("?priority=5", "high b").await;
-    let urgent = s.submit_async("?priority=100", "urgent").await;
+    let [low, normal, high_a, high_b, urgent] = s
+        .submit_each([
+            ("?priority=-1", "low"),
+            ("", "normal"),
+            ("?priority=5", "high a"),
+            ("?priority=5", "high b"),
+            ("?priority=100", "urgent"),
+        ])
+        .await;
     assert_eq!(s.job(&low).await.body["position"], 4);
     assert_eq!(s.job(&urgent).await.body["position"], 0);
     let mut order = Vec::new();
@@ -449,10 +396,14 @@ async fn priorities_higher_first(kind: Kind) {
 
 async fn named_queues_first_non_empty_wins(kind: Kind) {
     let s = TestServer::start(kind).await;
-    let b1 = s.submit_async("?queue=b", "b1").await;
-    let b2 = s.submit_async("?queue=b", "b2").await;
-    let c1 = s.submit_async("?queue=c&priority=9", "c1").await;
-    let d1 = s.submit_async("", "d1").await;
+    let [b1, b2, c1, d1] = s
+        .submit_each([
+            ("?queue=b", "b1"),
+            ("?queue=b", "b2"),
+            ("?queue=c&priority=9", "c1"),
+            ("", "d1"),
+        ])
+        .await;
     // `a` is empty, so `b` wins even though `c` holds a higher priority.
     let j = s.poll("?queue=a,b,c").await.expect("a job");
     assert_eq!(id_of(&j), b1);
@@ -528,9 +479,7 @@ async fn long_poll_wakes_up_promptly(kind: Kind) {
     let worker = TestServer::spawn_send(s.http.get(s.url("/api/worker/poll?wait=10&queue=retry")));
     s.wait_stat("polling_workers", 1).await;
     let t0 = Instant::now();
-    let r = s
-        .post(&format!("/api/worker/fail/{id}"), r#"{"error":"retry me"}"#)
-        .await;
+    let r = s.fail(&id, "", r#"{"error":"retry me"}"#).await;
     assert_eq!(r.body["status"], "pending");
     let r = TestServer::join(worker).await;
     assert!(

@@ -133,7 +133,7 @@ async fn job_detail_shows_input_headers_and_formats() {
     // Completed: the result and its format; an ended job's input is gone.
     let job = s.take("detail").await;
     assert_eq!(job["job_id"], id.as_str());
-    assert_eq!(s.complete(&id, "", r#"{"ok":1}"#).await.status, 200);
+    s.complete_ok(&id, "", r#"{"ok":1}"#).await;
     let d = s.get(&format!("/api/admin/jobs/{id}")).await;
     assert_eq!(d.body["status"], "completed");
     assert_eq!(d.body["payload"]["ok"], 1);

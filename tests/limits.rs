@@ -121,7 +121,7 @@ async fn waiting_clients_are_capped() {
     // One answer frees one place.
     let job = s.take("w").await;
     let id_a = job["job_id"].as_str().unwrap().to_owned();
-    assert_eq!(s.complete(&id_a, "", "done").await.status, 200);
+    s.complete_ok(&id_a, "", "done").await;
     let first = TestServer::join(if job["payload"] == "a" { a } else { b }).await;
     assert_eq!(first.status, 200, "{first:?}");
     let c = once_a_place_frees_up(|| {
@@ -150,7 +150,7 @@ async fn long_polling_workers_are_capped() {
     let got = TestServer::join(first).await;
     assert_eq!(got.status, 200, "{got:?}");
     let id = got.body["job_id"].as_str().unwrap();
-    assert_eq!(s.complete(id, "", "done").await.status, 200);
+    s.complete_ok(id, "", "done").await;
     let again = once_a_place_frees_up(|| s.get("/api/worker/poll?queue=p&wait=0.1")).await;
     assert_eq!(again.status, 204, "{again:?}");
     healthy(&s).await;

@@ -292,6 +292,11 @@ pub fn id_of(job: &Value) -> String {
     job["job_id"].as_str().expect("job_id").to_owned()
 }
 
+/// The `lease_id` of a hand-out.
+pub fn lease_of(job: &Value) -> &str {
+    job["lease_id"].as_str().expect("lease_id")
+}
+
 /// Asserts that the JSON object `v` (a `what`) has every key of `keys`.
 pub fn assert_has_keys(v: &Value, keys: &[&str], what: &str) {
     for k in keys {
@@ -330,6 +335,15 @@ impl TestServer {
         r.body["job_id"].as_str().expect("job_id").to_owned()
     }
 
+    /// [`TestServer::submit_async`] of each `(query, body)`, in order; their ids.
+    pub async fn submit_each<const N: usize>(&self, jobs: [(&str, &str); N]) -> [String; N] {
+        let mut ids = Vec::with_capacity(N);
+        for (query, body) in jobs {
+            ids.push(self.submit_async(query, body.to_owned()).await);
+        }
+        ids.try_into().expect("one id per job")
+    }
+
     /// Starts a sync submit (`POST /api/submit{query}`) in the background.
     pub fn spawn_submit(&self, query: &str, body: impl Into<reqwest::Body>) -> JoinHandle<Reply> {
         let rb = self
@@ -337,6 +351,17 @@ impl TestServer {
             .post(self.url(&format!("/api/submit{query}")))
             .body(body);
         Self::spawn_send(rb)
+    }
+
+    /// A sync submit (`POST /api/submit{query}`) in the background, and its
+    /// job as a poll of the default queue hands it out.
+    pub async fn submit_and_take(
+        &self,
+        query: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (JoinHandle<Reply>, Value) {
+        let client = self.spawn_submit(query, body);
+        (client, self.take("").await)
     }
 
     /// Sends `rb` in the background (the caller bounds the join).
@@ -378,6 +403,33 @@ impl TestServer {
             .await
     }
 
+    /// [`TestServer::complete`], which must be accepted (200).
+    pub async fn complete_ok(&self, id: &str, query: &str, body: impl Into<reqwest::Body>) {
+        let r = self.complete(id, query, body).await;
+        assert_eq!(r.status, 200, "complete {id}{query}: {r:?}");
+    }
+
+    /// `POST /api/worker/fail/{id}{query}` with the JSON `body`.
+    pub async fn fail(&self, id: &str, query: &str, body: &str) -> Reply {
+        self.post(&format!("/api/worker/fail/{id}{query}"), body.to_owned())
+            .await
+    }
+
+    /// `POST /api/worker/heartbeat/{id}{query}`.
+    pub async fn heartbeat(&self, id: &str, query: &str) -> Reply {
+        self.post(&format!("/api/worker/heartbeat/{id}{query}"), "")
+            .await
+    }
+
+    /// Joins a sync submit (bounded), which must be answered 200 with the
+    /// result `payload`; returns the answer.
+    pub async fn join_result(h: JoinHandle<Reply>, payload: &str) -> Reply {
+        let r = Self::join(h).await;
+        assert_eq!(r.status, 200, "sync submit: {r:?}");
+        assert_eq!(r.body["payload"], payload, "sync submit's result: {r:?}");
+        r
+    }
+
     /// `GET /api/jobs/{id}`.
     pub async fn job(&self, id: &str) -> Reply {
         self.get(&format!("/api/jobs/{id}")).await
@@ -388,6 +440,14 @@ impl TestServer {
         let r = self.get("/api/admin/stats").await;
         assert_eq!(r.status, 200, "stats: {r:?}");
         r.body
+    }
+
+    /// Asserts the figures `want` of one `/api/admin/stats` answer.
+    pub async fn assert_stats(&self, want: &[(&str, u64)]) {
+        let st = self.stats().await;
+        for (key, n) in want {
+            assert_eq!(st[key], *n, "stats {key} in {st}");
+        }
     }
 
     /// Waits (bounded) until `/api/admin/stats` has `key == want`.
