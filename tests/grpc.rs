@@ -504,19 +504,18 @@ async fn grpc_port_taken_is_one_clear_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_worker_over_the_stream_runs_commands() {
     let s = server(&[]).await;
-    let mut w = std::process::Command::new(env!("CARGO_BIN_EXE_jobq"))
-        .args(["worker", "--grpc", "--grpc-url", &s.grpc_url(), "--concurrency", "2"])
-        .args(["--exec", r#"p=$(cat); if [ "$JOBQ_ATTEMPT" = 1 ] && [ "$p" = "fail once" ]; then echo broken >&2; exit 3; fi; printf %s "$p" | tr a-z A-Z"#])
-        .args(["--url", "http://127.0.0.1:9"]) // unused with --grpc
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut w = common::binary::grpc_worker(
+        &s.grpc_url(),
+        &[
+            "--concurrency",
+            "2",
+            "--exec",
+            r#"p=$(cat); if [ "$JOBQ_ATTEMPT" = 1 ] && [ "$p" = "fail once" ]; then echo broken >&2; exit 3; fi; printf %s "$p" | tr a-z A-Z"#,
+        ],
+        std::process::Stdio::piped(),
+    );
     let ok = s.spawn_submit("", "hello grpc");
-    let r = TestServer::join(ok).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.body["payload"], "HELLO GRPC");
+    TestServer::join_result(ok, "HELLO GRPC").await;
     // A failed first attempt is retried (retry allowed), and the retry succeeds.
     let r = TestServer::join(s.spawn_submit("", "fail once")).await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -555,30 +554,36 @@ async fn worker_token_is_required_as_bearer_metadata() {
     ])
     .await;
     let mut c = grpc_client(&s).await;
-    let e = c.request_job(pb::JobRequest::default()).await.unwrap_err();
-    assert_eq!(e.code(), Code::Unauthenticated, "no token: {e:?}");
-    let e = c
-        .request_job(with_token(
-            pb::JobRequest::default(),
-            "nobody-knows-this-one",
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::Unauthenticated, "unknown token: {e:?}");
-    let e = c
-        .request_job(with_token(
-            pb::JobRequest::default(),
-            "client-secret-123456",
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied, "a client's token: {e:?}");
-    for ok in ["worker-secret-123456", "admin-secret-1234567"] {
-        let e = c
-            .request_job(with_token(pb::JobRequest::default(), ok))
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), Code::NotFound, "{ok} passes: {e:?}");
+    // A token that passes finds no job: NOT_FOUND.
+    for (what, token, code) in [
+        ("no token", None, Code::Unauthenticated),
+        (
+            "unknown token",
+            Some("nobody-knows-this-one"),
+            Code::Unauthenticated,
+        ),
+        (
+            "a client's token",
+            Some("client-secret-123456"),
+            Code::PermissionDenied,
+        ),
+        (
+            "the worker token",
+            Some("worker-secret-123456"),
+            Code::NotFound,
+        ),
+        (
+            "the admin token",
+            Some("admin-secret-1234567"),
+            Code::NotFound,
+        ),
+    ] {
+        let req = match token {
+            None => tonic::Request::new(pb::JobRequest::default()),
+            Some(t) => with_token(pb::JobRequest::default(), t),
+        };
+        let e = c.request_job(req).await.unwrap_err();
+        assert_eq!(e.code(), code, "{what}: {e:?}");
     }
     // The stream too.
     let (_tx, rx) = tokio::sync::mpsc::channel::<pb::WorkRequest>(1);
@@ -624,6 +629,5 @@ async fn worker_token_is_required_as_bearer_metadata() {
     ))
     .await
     .unwrap();
-    let r = TestServer::join(client).await;
-    assert_eq!((r.status, r.body["payload"].as_str()), (200, Some("done")));
+    TestServer::join_result(client, "done").await;
 }

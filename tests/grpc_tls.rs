@@ -161,17 +161,12 @@ async fn cli_worker_runs_a_job_over_grpc_tls() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path(), "a");
     let s = start(&pki).await;
-    let mut w = std::process::Command::new(env!("CARGO_BIN_EXE_jobq"))
-        .args(["worker", "--grpc", "--grpc-url", &https_url(&s)])
-        .arg("--ca-cert")
-        .arg(&pki.ca)
-        .args(["--exec", "tr a-z A-Z"])
-        .args(["--url", "http://127.0.0.1:9"]) // unused with --grpc
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let ca = pki.ca.display().to_string();
+    let mut w = common::binary::grpc_worker(
+        &https_url(&s),
+        &["--ca-cert", &ca, "--exec", "tr a-z A-Z"],
+        std::process::Stdio::inherit(),
+    );
     let c = https_client(&s, &pki.ca);
     let done = within(
         BOUND,

@@ -223,6 +223,20 @@ pub fn grpc_off_unless_named(flags: &[&str]) -> &'static [&'static str] {
     }
 }
 
+/// Spawns `jobq worker --grpc --grpc-url GRPC_URL ARGS...`, logging
+/// warnings to `stderr`.
+pub fn grpc_worker(grpc_url: &str, args: &[&str], stderr: Stdio) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_jobq"))
+        .args(["worker", "--grpc", "--grpc-url", grpc_url])
+        .args(args)
+        .args(["--url", "http://127.0.0.1:9"]) // required, unused with --grpc
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn jobq worker")
+}
+
 /// Runs `jobq serve` expecting a start-up failure (with `--grpc-listen off`
 /// unless `args` name it); returns (exit code, stderr).
 pub fn start_fails(args: &[&str]) -> (Option<i32>, String) {
