@@ -44,9 +44,7 @@ async fn handout_and_complete<T: WorkerTransport>(s: TestServer, mut w: T) {
     w.complete(&h.id, Some(&h.lease_id), b"general kenobi")
         .await
         .unwrap();
-    let r = TestServer::join(client).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.body["payload"], "general kenobi");
+    let r = TestServer::join_result(client, "general kenobi").await;
     assert_eq!(r.body["job_id"], h.id.as_str());
     // Repeating the same complete is idempotent; another result is refused.
     w.complete(&h.id, Some(&h.lease_id), b"general kenobi")
@@ -67,9 +65,7 @@ async fn binary_payload_and_result<T: WorkerTransport>(s: TestServer, mut w: T) 
     w.complete(&h.id, Some(&h.lease_id), &[0xfe, 0x01])
         .await
         .unwrap();
-    let r = TestServer::join(client).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.body["payload"], "/gE=");
+    let r = TestServer::join_result(client, "/gE=").await;
     assert_eq!(r.body["payload_encoding"], "base64");
 }
 
@@ -204,41 +200,35 @@ async fn empty_poll_gets_nothing<T: WorkerTransport>(s: TestServer, mut w: T) {
     assert_eq!(s.stats().await["running"], 0);
 }
 
+/// The suite's tests on one transport, in module `$module`: each case gets
+/// a server of its own (with its flags) and a worker made by `$connect`.
+macro_rules! suite_on {
+    ($module:ident, $connect:path; $($name:ident $(($flags:expr))?),* $(,)?) => {
+        mod $module {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let s = server(&[$($flags)?]).await;
+                    let w = $connect(&s).await;
+                    super::$name(s, w).await
+                }
+            )*
+        }
+    };
+}
+
+/// [`Http::new`], async like the gRPC transports' `new`, for [`suite_on!`].
+async fn http_worker(s: &TestServer) -> Http {
+    Http::new(s)
+}
+
+/// The suite on every transport.
 macro_rules! suite {
-    ($($name:ident $(($flags:expr))?),* $(,)?) => {
-        mod http {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let s = server(&[$($flags)?]).await;
-                    let w = Http::new(&s);
-                    super::$name(s, w).await
-                }
-            )*
-        }
-        mod grpc {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let s = server(&[$($flags)?]).await;
-                    let w = GrpcUnary::new(&s).await;
-                    super::$name(s, w).await
-                }
-            )*
-        }
-        mod stream {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let s = server(&[$($flags)?]).await;
-                    let w = GrpcStream::new(&s).await;
-                    super::$name(s, w).await
-                }
-            )*
-        }
+    ($($cases:tt)*) => {
+        suite_on!(http, http_worker; $($cases)*);
+        suite_on!(grpc, GrpcUnary::new; $($cases)*);
+        suite_on!(stream, GrpcStream::new; $($cases)*);
     };
 }
 
