@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::binary::{free_port, start_fails, Proc};
-use common::http::{enqueue, enqueue_keyed, get_json, spawn_post};
-use common::id_of;
+use common::http::{enqueue, enqueue_keyed, get_json, json_of, spawn_post, status_of};
+use common::{id_of, lease_of};
 use serde_json::Value;
 
 /// Every job, from the admin list of the server at `base`.
@@ -31,8 +31,43 @@ async fn resubmit(http: &reqwest::Client, base: &str, key: &str, body: String) -
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
+    json_of(r, 200).await
+}
+
+/// Completes job `id` (no lease) with `body`; the answer's status.
+async fn complete(http: &reqwest::Client, p: &Proc, id: &str, body: String) -> u16 {
+    status_of(
+        http.post(p.url(&format!("/api/worker/complete/{id}")))
+            .body(body),
+    )
+    .await
+}
+
+/// Submits a small job (`POST /api/jobs`) every `every_ms` until the answer
+/// is `want`, and returns that answer; the answers before it must be
+/// `meanwhile`; `what` names the change when 10 s pass first.
+async fn enqueue_until(
+    http: &reqwest::Client,
+    p: &Proc,
+    (meanwhile, want): (u16, u16),
+    every_ms: u64,
+    what: &str,
+) -> reqwest::Response {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http
+            .post(p.url("/api/jobs"))
+            .body("\"small\"")
+            .send()
+            .await
+            .unwrap();
+        if r.status() == want {
+            return r;
+        }
+        assert_eq!(r.status(), meanwhile, "before: {what}");
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(every_ms)).await;
+    }
 }
 
 /// A server started with `flags` on a new data dir (`data` in the returned
@@ -51,11 +86,7 @@ async fn poll(http: &reqwest::Client, p: &Proc) -> Option<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_mid_submit_burst_loses_no_acknowledged_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let port = free_port();
-    let mut p = Proc::start(&data, port, &[]).await;
-    let http = reqwest::Client::new();
+    let (_dir, data, mut p, http) = start_fresh(&[]).await;
 
     // 400 async submits from 16 concurrent senders; kill -9 once 100 are acknowledged.
     let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
@@ -141,6 +172,22 @@ async fn submit_and_take(
     (client, job)
 }
 
+/// Submits `n` jobs, `{"i":0}` to `{"i":n-1}`, each acknowledged.
+async fn enqueue_numbered(http: &reqwest::Client, p: &Proc, n: usize) {
+    for i in 0..n {
+        enqueue(http, &p.base, format!("{{\"i\":{i}}}")).await;
+    }
+}
+
+/// Takes `n` jobs of the default queue (they must be there); their ids.
+async fn take_ids(http: &reqwest::Client, p: &Proc, n: usize) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    for _ in 0..n {
+        ids.insert(id_of(&poll(http, p).await.expect("a job")));
+    }
+    ids
+}
+
 fn body_of(key: &str) -> String {
     let mut it = key.trim_start_matches("k-").split('-');
     let (s, n) = (it.next().unwrap(), it.next().unwrap());
@@ -150,14 +197,8 @@ fn body_of(key: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_with_jobs_running_returns_them_to_pending() {
     let (_dir, data, mut p, http) = start_fresh(&[]).await;
-    for i in 0..20 {
-        enqueue(&http, &p.base, format!("{{\"i\":{i}}}")).await;
-    }
-    let mut running = HashSet::new();
-    for _ in 0..5 {
-        let j = poll(&http, &p).await.expect("a job");
-        running.insert(id_of(&j));
-    }
+    enqueue_numbered(&http, &p, 20).await;
+    let running = take_ids(&http, &p, 5).await;
     // Hand-outs are written within 100 ms (docs/storage.md); then a
     // durable write puts them in front of it in the log.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -220,27 +261,16 @@ async fn kill9_with_a_job_out_of_attempts_fails_it_at_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_after_deferred_writes_keeps_completions_and_attempts() {
     let (_dir, data, mut p, http) = start_fresh(&[]).await;
-    for i in 0..10 {
-        enqueue(&http, &p.base, format!("{{\"i\":{i}}}")).await;
-    }
+    enqueue_numbered(&http, &p, 10).await;
     let mut completed = HashSet::new();
     for _ in 0..5 {
         let j = poll(&http, &p).await.expect("a job");
         let id = id_of(&j);
-        let r = http
-            .post(p.url(&format!("/api/worker/complete/{id}")))
-            .body(format!("{{\"done\":\"{id}\"}}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let r = complete(&http, &p, &id, format!("{{\"done\":\"{id}\"}}")).await;
+        assert_eq!(r, 200);
         completed.insert(id);
     }
-    let mut running = HashSet::new();
-    for _ in 0..3 {
-        let j = poll(&http, &p).await.expect("a job");
-        running.insert(id_of(&j));
-    }
+    let running = take_ids(&http, &p, 3).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     p.kill9();
 
@@ -277,13 +307,8 @@ async fn kill9_right_after_completes_keeps_every_result() {
     while let Some(j) = poll(&http, &p).await {
         let id = id_of(&j);
         let i = j["payload"]["i"].as_u64().unwrap();
-        let r = http
-            .post(p.url(&format!("/api/worker/complete/{id}")))
-            .body(format!("{{\"result\":{}}}", i * 10))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let r = complete(&http, &p, &id, format!("{{\"result\":{}}}", i * 10)).await;
+        assert_eq!(r, 200);
         done.insert(id, i);
     }
     assert_eq!(done.len(), 50);
@@ -318,38 +343,15 @@ async fn sigterm_lets_the_running_job_finish_and_exits_zero() {
     let id = id_of(&job);
     p.term();
     // New submits are refused while the running job drains.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = http
-            .post(p.url("/api/jobs"))
-            .body("x")
-            .send()
-            .await
-            .unwrap();
-        if r.status() == 503 {
-            assert!(r.headers().contains_key("retry-after"));
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "submits still accepted after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let r = http
-        .post(p.url(&format!("/api/worker/complete/{id}")))
-        .body("\"done\"")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let what = "submits still accepted after SIGTERM";
+    let r = enqueue_until(&http, &p, (202, 503), 10, what).await;
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(complete(&http, &p, &id, "\"done\"".into()).await, 200);
     let resp = tokio::time::timeout(Duration::from_secs(10), client)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(resp.status(), 200);
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["payload"], "done");
+    assert_eq!(json_of(resp, 200).await["payload"], "done");
     let st = p.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(st.code(), Some(0), "{}", p.log_text());
 
@@ -368,8 +370,7 @@ async fn grace_over_answers_waiting_clients_503_and_keeps_their_jobs() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(resp.status(), 503);
-    let v: Value = resp.json().await.unwrap();
+    let v = json_of(resp, 503).await;
     assert_eq!(v["job_id"], job["job_id"]);
     assert!(v["error"].is_string());
     assert_eq!(p.wait_exit(Duration::from_secs(15)).await.code(), Some(0));
@@ -499,56 +500,19 @@ async fn disk_full_answers_503_then_recovers_without_loss() {
     assert!(refused, "the file size limit was never hit");
     assert!(!acked.is_empty());
     // Reads go on; health says the store is unusable; writes are refused.
-    let r = http
-        .get(p.url(&format!("/api/jobs/{}", acked[0])))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let read = http.get(p.url(&format!("/api/jobs/{}", acked[0])));
+    assert_eq!(status_of(read).await, 200);
+    assert_eq!(status_of(http.get(p.url("/health"))).await, 503);
     assert_eq!(
-        http.get(p.url("/health")).send().await.unwrap().status(),
-        503
-    );
-    assert_eq!(
-        http.post(p.url("/api/jobs"))
-            .body("small")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(http.post(p.url("/api/jobs")).body("small")).await,
         503
     );
 
     // Space returns: writes are taken again within a few retries.
     p.unlimit_files();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = http
-            .post(p.url("/api/jobs"))
-            .body("\"after\"")
-            .send()
-            .await
-            .unwrap();
-        if r.status() == 202 {
-            acked.push(
-                r.json::<Value>().await.unwrap()["job_id"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned(),
-            );
-            break;
-        }
-        assert_eq!(r.status(), 503);
-        assert!(
-            std::time::Instant::now() < deadline,
-            "store did not recover"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        http.get(p.url("/health")).send().await.unwrap().status(),
-        200
-    );
+    let r = enqueue_until(&http, &p, (503, 202), 100, "store did not recover").await;
+    acked.push(id_of(&json_of(r, 202).await));
+    assert_eq!(status_of(http.get(p.url("/health"))).await, 200);
     p.kill9();
 
     let p = Proc::start(&data, free_port(), &[]).await;
@@ -610,14 +574,11 @@ async fn restored_jobs_are_served_while_new_writes_commit() {
                 let Some(j) = common::http::poll(&http, &base, "?wait=1").await else {
                     continue;
                 };
-                let id = j["job_id"].as_str().unwrap();
+                let id = id_of(&j);
                 let r = http
                     .post(format!("{base}/api/worker/complete/{id}"))
-                    .body(j["payload"].to_string())
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
+                    .body(j["payload"].to_string());
+                assert_eq!(status_of(r).await, 200);
                 done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         }));
@@ -630,8 +591,7 @@ async fn restored_jobs_are_served_while_new_writes_commit() {
             for n in 0..25 {
                 let body = format!("{{\"c\":{c},\"n\":{n}}}");
                 let r = http.post(&url).body(body.clone()).send().await.unwrap();
-                assert_eq!(r.status(), 200);
-                let v: Value = r.json().await.unwrap();
+                let v = json_of(r, 200).await;
                 assert_eq!(v["payload"], serde_json::from_str::<Value>(&body).unwrap());
             }
         }));
@@ -688,21 +648,14 @@ async fn kill9_keeps_ended_jobs_whole_for_every_read() {
         assert_eq!(id_of(&job), failed);
         let r = http
             .post(p.url(&format!("/api/worker/fail/{failed}")))
-            .header("x-lease-id", job["lease_id"].as_str().unwrap())
-            .json(&serde_json::json!({ "error": error, "retry": retry }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+            .header("x-lease-id", lease_of(&job))
+            .json(&serde_json::json!({ "error": error, "retry": retry }));
+        assert_eq!(status_of(r).await, 200);
     }
     let cancelled = enqueue(&http, &p.base, "{\"c\":1}").await;
     poll(&http, &p).await.expect("a job");
-    let r = http
-        .delete(p.url(&format!("/api/jobs/{cancelled}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let cancel = http.delete(p.url(&format!("/api/jobs/{cancelled}")));
+    assert_eq!(status_of(cancel).await, 200);
 
     // A sync submit: its client is answered from the completion in memory.
     let (client, job) = submit_and_take(&http, &p, "{\"sync\":1}").await;
@@ -711,13 +664,11 @@ async fn kill9_keeps_ended_jobs_whole_for_every_read() {
         common::http::complete(&http, &p.base, &job, "{\"s\":1}").await,
         200
     );
-    let answered: Value = tokio::time::timeout(Duration::from_secs(10), client)
+    let answered = tokio::time::timeout(Duration::from_secs(10), client)
         .await
         .unwrap()
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    let answered = json_of(answered, 200).await;
 
     let get = |p: &Proc, id: &str| get_json_of(&http, p.url(&format!("/api/jobs/{id}")));
     let mut ids: Vec<String> = completed.iter().map(|(_, j, _)| id_of(j)).collect();
@@ -798,7 +749,5 @@ async fn kill9_keeps_ended_jobs_whole_for_every_read() {
 
 /// `GET url`'s body as JSON, which must be a `200`.
 async fn get_json_of(http: &reqwest::Client, url: String) -> Value {
-    let r = http.get(&url).send().await.unwrap();
-    assert_eq!(r.status(), 200, "GET {url}");
-    r.json().await.unwrap()
+    json_of(http.get(&url).send().await.unwrap(), 200).await
 }

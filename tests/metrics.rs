@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::binary::{free_port, Proc};
+use common::http::{acknowledged, status_of};
 use serde_json::Value;
 
 /// Samples of one scrape, by `name{label="value",...}` with labels sorted.
@@ -114,43 +115,24 @@ fn promtool_check(text: &str) {
     );
 }
 
-/// Sends `rb`; the answer's status.
-async fn status_of(rb: reqwest::RequestBuilder) -> u16 {
-    rb.send().await.unwrap().status().as_u16()
-}
-
+/// An async submit to `queue`; its job id.
 async fn enqueue(http: &reqwest::Client, p: &Proc, queue: &str, body: &str) -> String {
-    let r = http
-        .post(p.url(&format!("/api/jobs?queue={queue}")))
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    r.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    acknowledged(
+        http.post(p.url(&format!("/api/jobs?queue={queue}")))
+            .body(body.to_owned()),
+    )
+    .await
 }
 
+/// The next job of `queue` (a long-poll of up to 5 s; it must come).
 async fn poll(http: &reqwest::Client, p: &Proc, queue: &str) -> Value {
-    let r = http
-        .get(p.url(&format!("/api/worker/poll?queue={queue}&wait=5")))
-        .send()
+    common::http::poll(http, &p.base, &format!("?queue={queue}&wait=5"))
         .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
+        .unwrap_or_else(|| panic!("no job in {queue} within 5 s"))
 }
 
 async fn post(http: &reqwest::Client, p: &Proc, path: &str, body: &str) -> u16 {
-    http.post(p.url(path))
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    status_of(http.post(p.url(path)).body(body.to_owned())).await
 }
 
 #[tokio::test]

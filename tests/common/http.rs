@@ -32,12 +32,21 @@ pub async fn enqueue_keyed(
     acknowledged(rb).await
 }
 
-/// The job id of an async submit, which must be acknowledged (202).
-async fn acknowledged(rb: reqwest::RequestBuilder) -> String {
-    let r = rb.send().await.unwrap();
-    assert_eq!(r.status(), 202);
-    let v: Value = r.json().await.unwrap();
-    super::id_of(&v)
+/// The job id of an async submit `rb`, which must be acknowledged (202).
+pub async fn acknowledged(rb: reqwest::RequestBuilder) -> String {
+    super::id_of(&json_of(rb.send().await.unwrap(), 202).await)
+}
+
+/// Sends `rb`; the answer's status.
+pub async fn status_of(rb: reqwest::RequestBuilder) -> u16 {
+    rb.send().await.unwrap().status().as_u16()
+}
+
+/// The body of `r`, which must have answered `status`, as JSON.
+pub async fn json_of(r: reqwest::Response, status: u16) -> Value {
+    let url = r.url().clone();
+    assert_eq!(r.status(), status, "{url}");
+    r.json().await.unwrap()
 }
 
 /// One poll, `GET {base}/api/worker/poll{query}`: the hand-out on 200,
@@ -63,15 +72,12 @@ pub async fn complete(
     job: &Value,
     body: impl Into<reqwest::Body>,
 ) -> u16 {
-    let id = job["job_id"].as_str().unwrap();
-    let lease = job["lease_id"].as_str().unwrap();
-    http.post(format!("{base}/api/worker/complete/{id}?lease={lease}"))
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    let (id, lease) = (super::id_of(job), super::lease_of(job));
+    status_of(
+        http.post(format!("{base}/api/worker/complete/{id}?lease={lease}"))
+            .body(body),
+    )
+    .await
 }
 
 /// `POST url` with `body` in the background (a sync submit, usually); the
