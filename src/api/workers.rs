@@ -5,6 +5,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use serde::Deserialize;
+use std::time::{Duration, Instant};
 
 use super::{
     encode, header_str, job_json, openapi, ApiError, ApiResult, AppState, Body, Params, PathId,
@@ -38,20 +39,28 @@ pub(super) fn wants_next(params: &Params) -> ApiResult<bool> {
     }
 }
 
+/// How long after its request a hand-out must come to be checked for a
+/// closed connection first. One that comes sooner was taken on a request
+/// that has just arrived on that connection: a peer that closes right after
+/// sending is as likely to do so after the check as before it, and the check
+/// is a syscall in the path of every busy worker.
+const CHECK_PEER_AFTER: Duration = Duration::from_millis(1);
+
 /// Answers as a poll does: `204` for no job, else the job (or with a batch,
 /// `{"jobs": [...]}`). A worker that went away while it waited would leave
 /// the jobs leased to nobody until their leases run out: they are handed
-/// back instead.
+/// back instead. `asked` is when the request arrived.
 async fn handout(
     st: &AppState,
     peer: Option<Extension<Peer>>,
     jobs: Vec<Job>,
     batch: bool,
+    asked: Instant,
 ) -> ApiResult<Response> {
     if jobs.is_empty() {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    if peer.is_some_and(|Extension(p)| p.is_closed()) {
+    if asked.elapsed() >= CHECK_PEER_AFTER && peer.is_some_and(|Extension(p)| p.is_closed()) {
         tracing::debug!(jobs = jobs.len(), "poller went away; hand-out undone");
         st.broker.release_all(&jobs).await?;
         return Err(ApiError::BadRequest("the connection closed".into()));
@@ -98,12 +107,13 @@ pub async fn poll(
     peer: Option<Extension<Peer>>,
     params: Params,
 ) -> ApiResult<Response> {
+    let asked = Instant::now();
     let (req, max) = poll_request(&params)?;
     let jobs = match max {
         None => st.broker.poll(req).await?.into_iter().collect(),
         Some(max) => st.broker.poll_many(req, max).await?,
     };
-    handout(&st, peer, jobs, max.is_some()).await
+    handout(&st, peer, jobs, max.is_some(), asked).await
 }
 
 /// The fencing token: `?lease=` or `X-Lease-Id`.
@@ -145,6 +155,7 @@ pub async fn complete(
     headers: HeaderMap,
     Body(body): Body,
 ) -> ApiResult<Response> {
+    let asked = Instant::now();
     let done = CompleteRequest {
         id,
         lease: lease(&params, &headers)?,
@@ -158,7 +169,7 @@ pub async fn complete(
             .broker
             .finish_and_next(Finish::Complete(done), next, max.unwrap_or(1))
             .await?;
-        return handout(&st, peer, jobs, max.is_some()).await;
+        return handout(&st, peer, jobs, max.is_some(), asked).await;
     }
     st.broker.complete(done).await?;
     let body = encode::Obj::with_capacity(80)
@@ -202,6 +213,7 @@ pub async fn fail(
     headers: HeaderMap,
     Body(body): Body,
 ) -> ApiResult<Response> {
+    let asked = Instant::now();
     let lease = lease(&params, &headers)?;
     drop(headers);
     let parsed: FailBody = if body.iter().all(u8::is_ascii_whitespace) {
@@ -233,7 +245,7 @@ pub async fn fail(
             .broker
             .finish_and_next(Finish::Fail(failed), next, max.unwrap_or(1))
             .await?;
-        return handout(&st, peer, jobs, max.is_some()).await;
+        return handout(&st, peer, jobs, max.is_some(), asked).await;
     }
     let job = st.broker.fail(failed).await?;
     let body = encode::Obj::with_capacity(80)

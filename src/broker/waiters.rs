@@ -155,7 +155,7 @@ impl Drop for Waiter {
 /// One [`Notify`] per queue, for long-polling workers.
 #[derive(Debug, Default)]
 pub struct QueueSignals {
-    map: Mutex<HashMap<Queue, Arc<Notify>>>,
+    map: Mutex<HashMap<Queue, Arc<Notify>, foldhash::fast::RandomState>>,
     polling: AtomicUsize,
 }
 

@@ -200,13 +200,15 @@ pub struct Index {
     jobs: JobMap,
     /// Ended jobs moved to disk (none in a store without a disk).
     on_disk: ShardedMap<JobId, Ended>,
-    pending: HashMap<Queue, BTreeMap<PendingKey, JobId>>,
+    /// (Queue maps use foldhash, as every other map on a job's path does:
+    /// SipHash of the queue name was a few hundred instructions per job.)
+    pending: HashMap<Queue, BTreeMap<PendingKey, JobId>, foldhash::fast::RandomState>,
     leases: BTreeSet<(Timestamp, JobId)>,
     /// Ended jobs in the order they ended, for purging after `--result-ttl`.
     ended: ChunkedQueue<(Timestamp, JobId)>,
     idempotency: ShardedMap<String, JobId>,
     total: StatusCounts,
-    per_queue: HashMap<Queue, StatusCounts>,
+    per_queue: HashMap<Queue, StatusCounts, foldhash::fast::RandomState>,
     next_seq: u64,
 }
 
