@@ -838,45 +838,36 @@ mod tests {
         );
     }
 
-    #[test]
-    fn expired_lease_returns_to_pending_then_fails_at_max_attempts() {
+    /// What a lease running out and a restart share: a running job goes
+    /// back to pending (the lost hand-out still counted), a pending one is
+    /// left alone, and losing the last allowed hand-out fails the job with
+    /// an error that says `why`.
+    fn lost_lease_returns_to_pending_then_fails(
+        lose: fn(&mut Job, Timestamp, u32) -> Option<Status>,
+        why: &str,
+    ) {
         let (mut j, _) = running();
-        assert_eq!(j.expire_lease(Timestamp(99), 2), None, "lease still holds");
-        assert_eq!(j.expire_lease(Timestamp(100), 2), Some(Status::Pending));
-        assert_eq!(
-            j.expire_lease(Timestamp(200), 2),
-            None,
-            "pending jobs do not expire"
-        );
+        assert_eq!(lose(&mut j, Timestamp(100), 2), Some(Status::Pending));
+        assert_eq!(j.attempts, 1, "the lost hand-out stays counted");
+        assert_eq!(j.lease_expires_at, None);
+        assert_eq!(lose(&mut j, Timestamp(200), 2), None, "pending stays");
         j.claim(LeaseId::new(), Timestamp(200), Timestamp(300))
             .unwrap();
-        assert_eq!(j.expire_lease(Timestamp(300), 2), Some(Status::Failed));
-        assert!(j.error.as_deref().unwrap().contains("2 attempt"));
+        assert_eq!(lose(&mut j, Timestamp(300), 2), Some(Status::Failed));
+        assert!(j.error.as_deref().unwrap().contains(why));
         assert_eq!(j.ended_at, Some(Timestamp(300)));
     }
 
     #[test]
-    fn restart_returns_running_jobs_to_pending_until_max_attempts() {
+    fn expired_lease_returns_to_pending_then_fails_at_max_attempts() {
         let (mut j, _) = running();
-        assert_eq!(
-            j.recover_after_restart(Timestamp(50), 2),
-            Some(Status::Pending)
-        );
-        assert_eq!(j.attempts, 1, "the lost hand-out stays counted");
-        assert_eq!(j.lease_expires_at, None);
-        assert_eq!(
-            j.recover_after_restart(Timestamp(60), 2),
-            None,
-            "pending stays"
-        );
-        j.claim(LeaseId::new(), Timestamp(70), Timestamp(80))
-            .unwrap();
-        assert_eq!(
-            j.recover_after_restart(Timestamp(75), 2),
-            Some(Status::Failed)
-        );
-        assert!(j.error.as_deref().unwrap().contains("restarted"));
-        assert_eq!(j.ended_at, Some(Timestamp(75)));
+        assert_eq!(j.expire_lease(Timestamp(99), 2), None, "lease still holds");
+        lost_lease_returns_to_pending_then_fails(Job::expire_lease, "2 attempt");
+    }
+
+    #[test]
+    fn restart_returns_running_jobs_to_pending_until_max_attempts() {
+        lost_lease_returns_to_pending_then_fails(Job::recover_after_restart, "restarted");
     }
 
     #[test]

@@ -194,16 +194,22 @@ pub struct JobFailedError {
     attempts: u32,
 }
 
-/// A job's status.
-#[derive(ToSchema)]
-#[schema(rename_all = "lowercase")]
-pub enum Status {
-    Pending,
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
+/// A job's status: the wire names of [`crate::job::Status::ALL`], so that
+/// the document lists every status the server writes.
+pub struct Status;
+
+impl utoipa::PartialSchema for Status {
+    fn schema() -> RefOr<utoipa::openapi::Schema> {
+        use crate::job::Status;
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(Status::ALL.map(Status::as_str)))
+            .description(Some("A job's status."))
+            .into()
+    }
 }
+
+impl ToSchema for Status {}
 
 /// The kind of one event of a job's stream.
 #[derive(ToSchema)]

@@ -134,6 +134,24 @@ fn print_json(v: &Value) -> ExitCode {
     ExitCode::from(exit::OK)
 }
 
+/// Prints a call's answer: as `as_json` makes it with `--json`, else as
+/// `text` writes it; an error as [`report`] does.
+fn answer<T>(
+    result: crate::client::Result<T>,
+    json: bool,
+    as_json: impl FnOnce(&T) -> Value,
+    text: impl FnOnce(T),
+) -> ExitCode {
+    match result {
+        Ok(v) if json => print_json(&as_json(&v)),
+        Ok(v) => {
+            text(v);
+            ExitCode::from(exit::OK)
+        }
+        Err(e) => report(&e),
+    }
+}
+
 /// Left-aligned columns, two spaces apart.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -267,14 +285,9 @@ pub async fn stats(a: StatsArgs) -> ExitCode {
     if a.watch {
         return watch(&c, a.json).await;
     }
-    match c.stats().await {
-        Ok(s) if a.json => print_json(&s),
-        Ok(s) => {
-            print!("{}", stats_table(&s));
-            ExitCode::from(exit::OK)
-        }
-        Err(e) => report(&e),
-    }
+    answer(c.stats().await, a.json, Value::clone, |s| {
+        print!("{}", stats_table(&s));
+    })
 }
 
 /// `jobq stats --watch`: follows `GET /api/admin/events`.
@@ -457,23 +470,21 @@ pub async fn jobs(a: JobsArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match c
+    let list = c
         .jobs(a.status.as_deref(), a.queue.as_deref(), a.limit)
-        .await
-    {
-        Ok(list) if a.json => {
-            print_json(&json!({ "jobs": list.iter().map(view_json).collect::<Vec<_>>() }))
-        }
-        Ok(list) if list.is_empty() => {
-            println!("no jobs");
-            ExitCode::from(exit::OK)
-        }
-        Ok(list) => {
-            print!("{}", jobs_table(&list));
-            ExitCode::from(exit::OK)
-        }
-        Err(e) => report(&e),
-    }
+        .await;
+    answer(
+        list,
+        a.json,
+        |list| json!({ "jobs": list.iter().map(view_json).collect::<Vec<_>>() }),
+        |list| {
+            if list.is_empty() {
+                println!("no jobs");
+            } else {
+                print!("{}", jobs_table(&list));
+            }
+        },
+    )
 }
 
 /// `jobq cancel ID`.
@@ -482,14 +493,9 @@ pub async fn cancel(a: CancelArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match c.cancel(&a.id).await {
-        Ok(v) if a.json => print_json(&view_json(&v)),
-        Ok(v) => {
-            println!("cancelled job {}", v.job_id);
-            ExitCode::from(exit::OK)
-        }
-        Err(e) => report(&e),
-    }
+    answer(c.cancel(&a.id).await, a.json, view_json, |v| {
+        println!("cancelled job {}", v.job_id);
+    })
 }
 
 /// `jobq clear`.
@@ -498,17 +504,15 @@ pub async fn clear(a: ClearArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match c.clear(a.queue.as_deref()).await {
-        Ok(n) if a.json => print_json(&json!({ "cancelled": n })),
-        Ok(n) => {
-            match &a.queue {
-                Some(q) => println!("cleared queue {q}: {n} job(s) cancelled"),
-                None => println!("cleared every queue: {n} job(s) cancelled"),
-            }
-            ExitCode::from(exit::OK)
-        }
-        Err(e) => report(&e),
-    }
+    answer(
+        c.clear(a.queue.as_deref()).await,
+        a.json,
+        |n| json!({ "cancelled": n }),
+        |n| match &a.queue {
+            Some(q) => println!("cleared queue {q}: {n} job(s) cancelled"),
+            None => println!("cleared every queue: {n} job(s) cancelled"),
+        },
+    )
 }
 
 #[cfg(test)]

@@ -50,8 +50,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 pub(crate) use worker::{
-    finish_jobs_in_hand, heartbeat_interval, progress_channel, run_handler, Backoff, BACKOFF_MAX,
-    POST_RETRY_WINDOW,
+    finish_jobs_in_hand, heartbeat_interval, progress_channel, run_handler, Backoff, NotSent,
+    ProgressTarget, BACKOFF_MAX, POST_RETRY_WINDOW,
 };
 pub use worker::{Job, Outcome, ProgressSink, RunOptions, Worker, LONG_POLL_DEFAULT};
 

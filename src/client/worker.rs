@@ -96,16 +96,39 @@ impl std::fmt::Debug for ProgressSink {
     }
 }
 
-/// Runs a job's progress events through `send`, one at a time and in
+/// Why a job's progress event did not go out.
+pub(crate) enum NotSent {
+    /// The job is no longer this worker's (a stale lease, an unknown job).
+    Lost(String),
+    /// Any other failure: the event is skipped and the job goes on.
+    Failed(String),
+}
+
+/// The job a sink's events belong to, and how they are sent: `send(ctx,
+/// event)`, for the HTTP and the gRPC worker alike.
+pub(crate) struct ProgressTarget<C, S> {
+    /// The job's id, for the log.
+    pub job_id: String,
+    /// Cancelled when the job turns out to be no longer ours: its handler
+    /// is stopped.
+    pub lost: CancellationToken,
+    /// What `send` needs besides the event (a client, the job).
+    pub ctx: C,
+    /// Sends one event.
+    pub send: S,
+}
+
+/// Runs a job's progress events through `to.send`, one at a time and in
 /// order, until the sink is gone or `finish` is cancelled (then what is
-/// queued still goes), or `send` says to stop (false: the job is lost).
-pub(crate) async fn forward_progress<S, F>(
+/// queued still goes), or the job is lost.
+async fn forward_progress<C, S, F>(
     mut rx: mpsc::UnboundedReceiver<Bytes>,
     finish: CancellationToken,
-    mut send: S,
+    to: ProgressTarget<C, S>,
 ) where
-    S: FnMut(Bytes) -> F,
-    F: Future<Output = bool>,
+    C: Clone,
+    S: Fn(C, Bytes) -> F,
+    F: Future<Output = std::result::Result<(), NotSent>>,
 {
     loop {
         let next = tokio::select! {
@@ -113,29 +136,34 @@ pub(crate) async fn forward_progress<S, F>(
             d = rx.recv() => d,
             _ = finish.cancelled() => rx.try_recv().ok(),
         };
-        match next {
-            Some(d) => {
-                if !send(d).await {
-                    return;
-                }
+        let Some(d) = next else { return };
+        match (to.send)(to.ctx.clone(), d).await {
+            Ok(()) => {}
+            Err(NotSent::Lost(e)) => {
+                tracing::warn!(job.id = %to.job_id, error = %e, "job is no longer ours; stopping it");
+                to.lost.cancel();
+                return;
             }
-            None => return,
+            Err(NotSent::Failed(e)) => {
+                tracing::debug!(job.id = %to.job_id, error = %e, "progress event not sent");
+            }
         }
     }
 }
 
-/// A sink for `job` and the forwarder task that sends its events through
-/// `send`; cancel the token once the handler is done, then await the task.
-pub(crate) fn progress_channel<S, F>(
-    send: S,
+/// A sink for a job and the forwarder task that sends its events to `to`;
+/// cancel the token once the handler is done, then await the task.
+pub(crate) fn progress_channel<C, S, F>(
+    to: ProgressTarget<C, S>,
 ) -> (ProgressSink, CancellationToken, tokio::task::JoinHandle<()>)
 where
-    S: FnMut(Bytes) -> F + Send + 'static,
-    F: Future<Output = bool> + Send + 'static,
+    C: Clone + Send + 'static,
+    S: Fn(C, Bytes) -> F + Send + 'static,
+    F: Future<Output = std::result::Result<(), NotSent>> + Send + 'static,
 {
     let (tx, rx) = mpsc::unbounded_channel();
     let finish = CancellationToken::new();
-    let task = tokio::spawn(forward_progress(rx, finish.clone(), send));
+    let task = tokio::spawn(forward_progress(rx, finish.clone(), to));
     (ProgressSink(Some(tx)), finish, task)
 }
 
@@ -676,28 +704,20 @@ impl Worker {
         let span = tracing::info_span!("job", job.id = %job.id, attempt = job.attempt);
         tracing::debug!(parent: &span, "running");
         let lost = CancellationToken::new();
-        let progress = {
-            let (me, job, lost) = (self.clone(), job.clone(), lost.clone());
-            progress_channel(move |data| {
-                let (me, job, lost) = (me.clone(), job.clone(), lost.clone());
-                async move {
-                    match me.progress(&job, data).await {
-                        Ok(_) => true,
-                        Err(
-                            e @ (Error::LeaseLost { .. } | Error::Rejected { status: 404, .. }),
-                        ) => {
-                            tracing::warn!(job.id = %job.id, error = %e, "job is no longer ours; stopping it");
-                            lost.cancel();
-                            false
-                        }
-                        Err(e) => {
-                            tracing::debug!(job.id = %job.id, error = %e, "progress event not sent");
-                            true
-                        }
+        let progress = progress_channel(ProgressTarget {
+            job_id: job.id.clone(),
+            lost: lost.clone(),
+            ctx: (self.clone(), job.clone()),
+            send: |(me, job): (Self, Job), data| async move {
+                match me.progress(&job, data).await {
+                    Ok(_) => Ok(()),
+                    Err(e @ (Error::LeaseLost { .. } | Error::Rejected { status: 404, .. })) => {
+                        Err(NotSent::Lost(e.to_string()))
                     }
+                    Err(e) => Err(NotSent::Failed(e.to_string())),
                 }
-            })
-        };
+            },
+        });
         let heartbeats = self.keep_alive(&job, &span);
         let mut outcome = run_handler(handler, &job, progress, &lost, heartbeats).await?;
         let deadline = Instant::now() + POST_RETRY_WINDOW;

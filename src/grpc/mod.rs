@@ -132,15 +132,7 @@ fn tls_incoming(
     tokio::spawn(async move {
         loop {
             let (stream, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Usually EMFILE: back off instead of spinning.
-                        tracing::warn!(error = %e, "gRPC accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                accepted = crate::server::accept(&listener, "gRPC accept failed") => accepted,
                 _ = stop.cancelled() => return,
                 // The server has stopped taking connections.
                 _ = tx.closed() => return,

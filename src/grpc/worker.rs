@@ -26,8 +26,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
 use crate::client::{
-    finish_jobs_in_hand, heartbeat_interval, progress_channel, run_handler, Backoff, Job, Outcome,
-    ProgressSink, RunOptions, BACKOFF_MAX, POST_RETRY_WINDOW,
+    finish_jobs_in_hand, heartbeat_interval, progress_channel, run_handler, Backoff, Job, NotSent,
+    Outcome, ProgressSink, ProgressTarget, RunOptions, BACKOFF_MAX, POST_RETRY_WINDOW,
 };
 use crate::grpc::pb;
 use crate::grpc::pb::work_response::Event;
@@ -477,39 +477,30 @@ where
     F: Future<Output = Outcome>,
 {
     let lost = CancellationToken::new();
-    let progress = {
-        let (shared, job, lost) = (shared.clone(), job.clone(), lost.clone());
-        // Each event waits for its ack before the next goes: they stay in order.
-        progress_channel(move |data| {
-            let (shared, job, lost) = (shared.clone(), job.clone(), lost.clone());
-            async move {
-                let action = pb::work_request::Action::Progress(pb::ProgressRequest {
-                    job_id: job.id.clone(),
-                    lease_id: job.lease_id.clone(),
-                    data,
-                });
-                match shared.call(action, false).await {
-                    Ok((Event::Error(e), _))
-                        if e.code == Code::FailedPrecondition as i32
-                            || e.code == Code::NotFound as i32 =>
-                    {
-                        tracing::warn!(job.id = %job.id, error = %e.message, "job is no longer ours; stopping it");
-                        lost.cancel();
-                        false
-                    }
-                    Ok((Event::Error(e), _)) => {
-                        tracing::debug!(job.id = %job.id, error = %e.message, "progress event not sent");
-                        true
-                    }
-                    Ok(_) => true,
-                    Err(s) => {
-                        tracing::debug!(job.id = %job.id, error = %s.message(), "progress event not sent");
-                        true
-                    }
+    // Each event waits for its ack before the next goes: they stay in order.
+    let progress = progress_channel(ProgressTarget {
+        job_id: job.id.clone(),
+        lost: lost.clone(),
+        ctx: (shared.clone(), job.clone()),
+        send: |(shared, job): (Arc<Shared>, Job), data| async move {
+            let action = pb::work_request::Action::Progress(pb::ProgressRequest {
+                job_id: job.id.clone(),
+                lease_id: job.lease_id.clone(),
+                data,
+            });
+            match shared.call(action, false).await {
+                Ok((Event::Error(e), _))
+                    if e.code == Code::FailedPrecondition as i32
+                        || e.code == Code::NotFound as i32 =>
+                {
+                    Err(NotSent::Lost(e.message))
                 }
+                Ok((Event::Error(e), _)) => Err(NotSent::Failed(e.message)),
+                Ok(_) => Ok(()),
+                Err(s) => Err(NotSent::Failed(s.message().to_owned())),
             }
-        })
-    };
+        },
+    });
     let heartbeats = keep_alive(&shared, &job);
     let Some(outcome) = run_handler(handler, &job, progress, &lost, heartbeats).await else {
         return Done { credited: None };

@@ -23,7 +23,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::{Metric, Registry, Unit};
 
 use crate::job::{Job, Queue, Status, Timestamp};
 
@@ -244,46 +244,88 @@ pub fn bucket_upper_us(i: usize) -> f64 {
     10.0 * 2f64.powf(i as f64 / 4.0)
 }
 
-/// Every family, registered once.
-struct Metrics {
-    registry: Registry,
-    submitted: Family<QueueLabels, Counter>,
-    completed: Family<QueueLabels, Counter>,
-    failed: Family<QueueLabels, Counter>,
-    cancelled: Family<ReasonLabels, Counter>,
-    retried: Family<QueueLabels, Counter>,
-    rescued: Family<RescueLabels, Counter>,
-    stale_refused: Family<OpLabels, Counter>,
-    attached: Family<QueueLabels, Counter>,
-    progress: Family<QueueLabels, Counter>,
-    refused: Family<ReasonLabels, Counter>,
-    pending: Family<QueueLabels, Gauge>,
-    running: Family<QueueLabels, Gauge>,
-    oldest_pending: Family<QueueLabels, Gauge<f64, AtomicU64>>,
-    waiting_clients: Gauge,
-    polling_workers: Gauge,
-    queue_wait: Family<QueueLabels, Histogram, fn() -> Histogram>,
-    run_time: Family<QueueLabels, Histogram, fn() -> Histogram>,
-    sync_latency: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
-    http_duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
+/// Declares [`Metrics`] from one table: each family's field, type,
+/// constructor, name, help text and unit are written once, so a family
+/// cannot be declared and left unregistered (`/metrics` lists them in table
+/// order); the fields after `;;` are not families.
+macro_rules! metrics {
+    (
+        $($family:ident: $fty:ty = $fnew:expr, $name:literal, $help:literal, $unit:expr;)*
+        ;;
+        $($(#[$doc:meta])* $field:ident: $ty:ty = $new:expr,)*
+    ) => {
+        /// Every family, registered once.
+        struct Metrics {
+            registry: Registry,
+            $($family: $fty,)*
+            $($(#[$doc])* $field: $ty,)*
+        }
+
+        impl Metrics {
+            fn new() -> Self {
+                let mut registry = Registry::with_prefix("jobq");
+                $(let $family: $fty = $fnew;
+                register(&mut registry, $name, $help, $unit, $family.clone());)*
+                Metrics {
+                    registry,
+                    $($family,)*
+                    $($field: $new,)*
+                }
+            }
+        }
+    };
+}
+
+/// Registers `metric`, with its unit when it has one.
+fn register(r: &mut Registry, name: &str, help: &str, unit: Option<Unit>, metric: impl Metric) {
+    match unit {
+        Some(unit) => r.register_with_unit(name, help, unit, metric),
+        None => r.register(name, help, metric),
+    }
+}
+
+metrics! {
+    submitted: Family<QueueLabels, Counter> = Family::default(), "jobs_submitted", "Jobs created by a submit", None;
+    completed: Family<QueueLabels, Counter> = Family::default(), "jobs_completed", "Jobs completed by a worker", None;
+    failed: Family<QueueLabels, Counter> = Family::default(), "jobs_failed", "Jobs failed by a worker or out of attempts", None;
+    cancelled: Family<ReasonLabels, Counter> = Family::default(), "jobs_cancelled", "Jobs cancelled, by reason", None;
+    retried: Family<QueueLabels, Counter> = Family::default(), "jobs_retried", "Worker failures sent back to pending for another attempt", None;
+    rescued: Family<RescueLabels, Counter> = Family::default(), "lease_expiries_rescued", "Expired leases taken back, by what became of the job", None;
+    stale_refused: Family<OpLabels, Counter> = Family::default(), "stale_worker_calls_refused", "Worker calls refused with 409 because the lease was stale or the job not running", None;
+    attached: Family<QueueLabels, Counter> = Family::default(), "idempotent_attaches", "Submits that attached to an existing job by Idempotency-Key", None;
+    progress: Family<QueueLabels, Counter> = Family::default(), "progress_events", "Progress events accepted from workers", None;
+    refused: Family<ReasonLabels, Counter> = Family::default(), "submits_refused", "Submits answered 503, by reason", None;
+    pending: Family<QueueLabels, Gauge> = Family::default(), "jobs_pending", "Pending jobs", None;
+    running: Family<QueueLabels, Gauge> = Family::default(), "jobs_running", "Running jobs", None;
+    oldest_pending: Family<QueueLabels, Gauge<f64, AtomicU64>> = Family::default(), "oldest_pending_age", "Age of the oldest pending job", Some(Unit::Seconds);
+    waiting_clients: Gauge = Gauge::default(), "waiting_clients", "Clients waiting for a job to end", None;
+    polling_workers: Gauge = Gauge::default(), "polling_workers", "Workers in a long-poll", None;
+    queue_wait: HistogramFamily<QueueLabels> = Family::new_with_constructor(seconds_histogram), "queue_wait", "Time from submit to first hand-out", Some(Unit::Seconds);
+    run_time: HistogramFamily<QueueLabels> = Family::new_with_constructor(seconds_histogram), "run_time", "Time from hand-out to the job's end", Some(Unit::Seconds);
+    sync_latency: HistogramFamily<OutcomeLabels> = Family::new_with_constructor(seconds_histogram), "sync_submit_latency", "Time a sync submit was held, by outcome", Some(Unit::Seconds);
+    http_duration: HistogramFamily<HttpLabels> = Family::new_with_constructor(seconds_histogram), "http_request_duration", "HTTP request duration, by route template and status", Some(Unit::Seconds);
+    commit_latency: HistogramFamily<BackendLabels> = Family::new_with_constructor(seconds_histogram), "store_commit_latency", "Store commit latency (embedded: one group commit; postgres: one statement)", Some(Unit::Seconds);
+    commit_batch: HistogramFamily<BackendLabels> = Family::new_with_constructor(batch_histogram), "store_commit_batch_size", "Changes per store commit", None;
+    store_sync: HistogramFamily<BackendLabels> = Family::new_with_constructor(seconds_histogram), "store_sync_latency", "Store fsync latency (embedded: one fdatasync of the WAL, covering every commit before it)", Some(Unit::Seconds);
+    ;;
     /// `http_duration`'s histograms by the addresses of their (interned,
     /// `'static`) method and route and by status: the family's own map
     /// hashes both strings with SipHash, three times per job.
     http_by_addr:
-        parking_lot::RwLock<HashMap<(usize, usize, u16), Histogram, foldhash::fast::RandomState>>,
-    commit_latency: Family<BackendLabels, Histogram, fn() -> Histogram>,
-    commit_batch: Family<BackendLabels, Histogram, fn() -> Histogram>,
-    store_sync: Family<BackendLabels, Histogram, fn() -> Histogram>,
+        parking_lot::RwLock<HashMap<(usize, usize, u16), Histogram, foldhash::fast::RandomState>> = Default::default(),
     /// The series of the families above that every job touches, by queue
     /// (handles to the same counters): a family's lookup builds a label
     /// set and hashes it with SipHash, four times per job otherwise.
-    by_queue: parking_lot::RwLock<HashMap<Queue, QueueSeries, foldhash::fast::RandomState>>,
+    by_queue: parking_lot::RwLock<HashMap<Queue, QueueSeries, foldhash::fast::RandomState>> = Default::default(),
     /// `sync_latency`'s histograms by [`SyncOutcome`], made on first use.
-    sync_by_outcome: [std::sync::OnceLock<Histogram>; 5],
-    totals: Totals,
-    queue_wait_buckets: LogBuckets,
-    run_time_buckets: LogBuckets,
+    sync_by_outcome: [std::sync::OnceLock<Histogram>; 5] = Default::default(),
+    totals: Totals = Totals::default(),
+    queue_wait_buckets: LogBuckets = LogBuckets::new(),
+    run_time_buckets: LogBuckets = LogBuckets::new(),
 }
+
+/// A family of histograms whose constructor sets their buckets.
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// One queue's series of the families every job touches.
 struct QueueSeries {
@@ -319,158 +361,6 @@ fn seconds_histogram() -> Histogram {
 /// Batch sizes 1 to 4096, doubling.
 fn batch_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 2.0, 13))
-}
-
-impl Metrics {
-    fn new() -> Self {
-        let hs: fn() -> Histogram = seconds_histogram;
-        let m = Metrics {
-            registry: Registry::with_prefix("jobq"),
-            submitted: Family::default(),
-            completed: Family::default(),
-            failed: Family::default(),
-            cancelled: Family::default(),
-            retried: Family::default(),
-            rescued: Family::default(),
-            stale_refused: Family::default(),
-            attached: Family::default(),
-            progress: Family::default(),
-            refused: Family::default(),
-            pending: Family::default(),
-            running: Family::default(),
-            oldest_pending: Family::default(),
-            waiting_clients: Gauge::default(),
-            polling_workers: Gauge::default(),
-            queue_wait: Family::new_with_constructor(hs),
-            run_time: Family::new_with_constructor(hs),
-            sync_latency: Family::new_with_constructor(hs),
-            http_duration: Family::new_with_constructor(hs),
-            http_by_addr: Default::default(),
-            commit_latency: Family::new_with_constructor(hs),
-            commit_batch: Family::new_with_constructor(batch_histogram),
-            store_sync: Family::new_with_constructor(hs),
-            by_queue: Default::default(),
-            sync_by_outcome: Default::default(),
-            totals: Totals::default(),
-            queue_wait_buckets: LogBuckets::new(),
-            run_time_buckets: LogBuckets::new(),
-        };
-        m.register()
-    }
-
-    fn register(mut self) -> Self {
-        let r = &mut self.registry;
-        r.register(
-            "jobs_submitted",
-            "Jobs created by a submit",
-            self.submitted.clone(),
-        );
-        r.register(
-            "jobs_completed",
-            "Jobs completed by a worker",
-            self.completed.clone(),
-        );
-        r.register(
-            "jobs_failed",
-            "Jobs failed by a worker or out of attempts",
-            self.failed.clone(),
-        );
-        r.register(
-            "jobs_cancelled",
-            "Jobs cancelled, by reason",
-            self.cancelled.clone(),
-        );
-        r.register(
-            "jobs_retried",
-            "Worker failures sent back to pending for another attempt",
-            self.retried.clone(),
-        );
-        r.register(
-            "lease_expiries_rescued",
-            "Expired leases taken back, by what became of the job",
-            self.rescued.clone(),
-        );
-        r.register(
-            "stale_worker_calls_refused",
-            "Worker calls refused with 409 because the lease was stale or the job not running",
-            self.stale_refused.clone(),
-        );
-        r.register(
-            "idempotent_attaches",
-            "Submits that attached to an existing job by Idempotency-Key",
-            self.attached.clone(),
-        );
-        r.register(
-            "progress_events",
-            "Progress events accepted from workers",
-            self.progress.clone(),
-        );
-        r.register(
-            "submits_refused",
-            "Submits answered 503, by reason",
-            self.refused.clone(),
-        );
-        r.register("jobs_pending", "Pending jobs", self.pending.clone());
-        r.register("jobs_running", "Running jobs", self.running.clone());
-        r.register_with_unit(
-            "oldest_pending_age",
-            "Age of the oldest pending job",
-            Unit::Seconds,
-            self.oldest_pending.clone(),
-        );
-        r.register(
-            "waiting_clients",
-            "Clients waiting for a job to end",
-            self.waiting_clients.clone(),
-        );
-        r.register(
-            "polling_workers",
-            "Workers in a long-poll",
-            self.polling_workers.clone(),
-        );
-        r.register_with_unit(
-            "queue_wait",
-            "Time from submit to first hand-out",
-            Unit::Seconds,
-            self.queue_wait.clone(),
-        );
-        r.register_with_unit(
-            "run_time",
-            "Time from hand-out to the job's end",
-            Unit::Seconds,
-            self.run_time.clone(),
-        );
-        r.register_with_unit(
-            "sync_submit_latency",
-            "Time a sync submit was held, by outcome",
-            Unit::Seconds,
-            self.sync_latency.clone(),
-        );
-        r.register_with_unit(
-            "http_request_duration",
-            "HTTP request duration, by route template and status",
-            Unit::Seconds,
-            self.http_duration.clone(),
-        );
-        r.register_with_unit(
-            "store_commit_latency",
-            "Store commit latency (embedded: one group commit; postgres: one statement)",
-            Unit::Seconds,
-            self.commit_latency.clone(),
-        );
-        r.register(
-            "store_commit_batch_size",
-            "Changes per store commit",
-            self.commit_batch.clone(),
-        );
-        r.register_with_unit(
-            "store_sync_latency",
-            "Store fsync latency (embedded: one fdatasync of the WAL, covering every commit before it)",
-            Unit::Seconds,
-            self.store_sync.clone(),
-        );
-        self
-    }
 }
 
 /// The microseconds from `from` to `to` (0 if the clock went back).

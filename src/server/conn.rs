@@ -222,17 +222,20 @@ mod tests {
         assert_eq!(a.deadline(D), Some(Instant::now() + D.idle));
     }
 
+    /// A task that ends when `a` expires, with the time it did.
+    fn expiry(a: &Arc<Activity>) -> tokio::task::JoinHandle<Instant> {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.expired(D).await;
+            Instant::now()
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn expiry_follows_the_earliest_deadline() {
         let a = Activity::new();
         let t0 = Instant::now();
-        let waiter = {
-            let a = a.clone();
-            tokio::spawn(async move {
-                a.expired(D).await;
-                Instant::now()
-            })
-        };
+        let waiter = expiry(&a);
         tokio::time::advance(Duration::from_secs(1)).await;
         a.on_read(); // A slow-loris starts a head at t0+1.
         let at = waiter.await.unwrap();
@@ -241,13 +244,7 @@ mod tests {
         // A request in flight never expires; its end starts the idle clock.
         let a = Activity::new();
         let req = a.request_started();
-        let waiter = {
-            let a = a.clone();
-            tokio::spawn(async move {
-                a.expired(D).await;
-                Instant::now()
-            })
-        };
+        let waiter = expiry(&a);
         tokio::time::advance(Duration::from_secs(1000)).await;
         let ended = Instant::now();
         drop(req);

@@ -77,6 +77,23 @@ pub struct ServerConfig {
     pub sse_keepalive: Duration,
 }
 
+/// The next connection on `listener`. A failed accept (usually EMFILE) is
+/// logged with `what` and retried after a pause instead of spinning.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    what: &'static str,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "{what}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 fn is_known_method(m: &Method) -> bool {
     matches!(
         *m,
@@ -262,15 +279,7 @@ pub async fn run_with_grpc(
 
     loop {
         let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener, "accept failed") => accepted,
             _ = drained.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);

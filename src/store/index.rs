@@ -856,12 +856,7 @@ mod tests {
         assert_eq!((a.pending, a.running), (5, 0));
         assert_eq!(a.oldest_pending, Some(Timestamp(10)));
         // Handing out takes the highest priority first; the oldest stays.
-        let claim = ClaimParams {
-            queues: vec![q.clone()],
-            lease_id: JobId::new(),
-            now: Timestamp(60),
-            expires_at: Timestamp(100),
-        };
+        let claim = ClaimParams::default_queue(JobId::new(), Timestamp(60), Timestamp(100));
         index.claim(&claim).unwrap().unwrap();
         let a = &index.activity()[q.as_str()];
         assert_eq!((a.pending, a.running), (4, 1));
@@ -918,15 +913,8 @@ mod tests {
             unreachable!()
         };
         let now = Timestamp(2);
-        let claimed = index
-            .claim(&ClaimParams {
-                queues: vec![Queue::default_queue()],
-                lease_id: LeaseId::new(),
-                now,
-                expires_at: Timestamp(3),
-            })
-            .unwrap()
-            .unwrap();
+        let claim = ClaimParams::default_queue(LeaseId::new(), now, Timestamp(3));
+        let claimed = index.claim(&claim).unwrap().unwrap();
         assert_eq!(
             &claimed.job.payload[..],
             b"{}",
@@ -986,12 +974,7 @@ mod tests {
             })
             .collect();
         let lease = LeaseId::new();
-        let claim = ClaimParams {
-            queues: vec![Queue::default_queue()],
-            lease_id: lease,
-            now: Timestamp(5),
-            expires_at: Timestamp(50),
-        };
+        let claim = ClaimParams::default_queue(lease, Timestamp(5), Timestamp(50));
         index.claim(&claim).unwrap().unwrap();
         let done = CompleteParams {
             id: ids[0],

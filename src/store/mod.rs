@@ -67,6 +67,19 @@ pub struct ClaimParams {
     pub expires_at: Timestamp,
 }
 
+#[cfg(test)]
+impl ClaimParams {
+    /// A hand-out from the `default` queue, for the stores' unit tests.
+    pub(crate) fn default_queue(lease_id: LeaseId, now: Timestamp, expires_at: Timestamp) -> Self {
+        ClaimParams {
+            queues: vec![Queue::default_queue()],
+            lease_id,
+            now,
+            expires_at,
+        }
+    }
+}
+
 /// A hand-out.
 #[derive(Debug, Clone)]
 pub struct Claimed {

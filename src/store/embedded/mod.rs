@@ -980,12 +980,7 @@ mod tests {
         let id = new.id;
         store.insert(new.clone(), u64::MAX).await.unwrap();
         let lease = LeaseId::new();
-        let claim = ClaimParams {
-            queues: vec![Queue::default_queue()],
-            lease_id: lease,
-            now: Timestamp(10),
-            expires_at: Timestamp(1000),
-        };
+        let claim = ClaimParams::default_queue(lease, Timestamp(10), Timestamp(1000));
         store.claim(&claim).await.unwrap().unwrap();
 
         // Hold the connection: nothing is committed until it is let go.
