@@ -23,7 +23,9 @@ use common::stores::{
 use jobq::job::{
     Completion, Idempotency, Job, JobId, LeaseId, NewJob, Status, Timestamp, TransitionError,
 };
-use jobq::store::{CompleteParams, Error, FailParams, Inserted, ListFilter, ProgressParams, Store};
+use jobq::store::{
+    CompleteParams, Error, FailParams, HeartbeatParams, Inserted, ListFilter, ProgressParams, Store,
+};
 
 /// One `#[tokio::test]` per rule and backend: modules `memory`, `embedded`
 /// and `postgres`, each calling `async fn rule(&dyn Store)` on a fresh
@@ -252,7 +254,11 @@ impl<'s> Twin<'s> {
         let want = next.heartbeat(lease.as_ref(), Timestamp(expires));
         let got = self
             .s
-            .heartbeat(self.id(), lease, Timestamp(expires))
+            .heartbeat(&HeartbeatParams {
+                id: self.id(),
+                lease_id: lease,
+                expires_at: Timestamp(expires),
+            })
             .await
             .map(|j| (j, ()));
         self.settle("heartbeat", next, want, got).await
@@ -704,7 +710,12 @@ async fn fail_refuses_jobs_that_are_not_running(s: &dyn Store) {
 
 async fn heartbeat_extends_a_running_lease_only(s: &dyn Store) {
     assert!(matches!(
-        s.heartbeat(JobId::new(), None, Timestamp(5)).await,
+        s.heartbeat(&HeartbeatParams {
+            id: JobId::new(),
+            lease_id: None,
+            expires_at: Timestamp(5)
+        })
+        .await,
         Err(Error::NotFound)
     ));
     let mut t = Twin::new(s, "default", 0, 1).await;

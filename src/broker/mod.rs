@@ -30,8 +30,8 @@ use crate::job::{
 };
 use crate::metrics::{self, CancelReason};
 use crate::store::{
-    self, ClaimParams, Claimed, CompleteParams, FailParams, Inserted, ListFilter, ProgressParams,
-    Store, StoreEvent,
+    self, ClaimParams, Claimed, CompleteParams, FailParams, HeartbeatParams, Inserted, ListFilter,
+    ProgressParams, Store, StoreEvent,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 use events::{EventHub, Subscription};
@@ -1385,7 +1385,11 @@ impl Broker {
     pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<Job> {
         let expires = self.now() + self.inner.cfg.lease;
         self.store()
-            .heartbeat(req.id, req.lease, expires)
+            .heartbeat(&HeartbeatParams {
+                id: req.id,
+                lease_id: req.lease,
+                expires_at: expires,
+            })
             .await
             .map_err(Error::about(req.id))
             .inspect_err(|e| stale(e, "heartbeat"))
@@ -1713,13 +1717,8 @@ mod tests {
         async fn fail(&self, p: &FailParams) -> store::Result<Job> {
             self.0.fail(p).await
         }
-        async fn heartbeat(
-            &self,
-            id: JobId,
-            l: Option<LeaseId>,
-            t: Timestamp,
-        ) -> store::Result<Job> {
-            self.0.heartbeat(id, l, t).await
+        async fn heartbeat(&self, p: &HeartbeatParams) -> store::Result<Job> {
+            self.0.heartbeat(p).await
         }
         async fn release(&self, id: JobId, l: LeaseId) -> store::Result<Job> {
             self.0.release(id, l).await

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use super::collections::{ChunkedQueue, ShardedMap};
 use super::{
-    ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, Inserted, JobRecord,
-    ListFilter, QueueActivity, Result, StatusCounts,
+    ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, HeartbeatParams, Inserted,
+    JobRecord, ListFilter, QueueActivity, Result, StatusCounts,
 };
 use crate::job::{Completion, Idempotency, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp};
 
@@ -577,13 +577,8 @@ impl Index {
     }
 
     /// See [`Store::heartbeat`].
-    pub fn heartbeat(
-        &mut self,
-        id: JobId,
-        lease_id: Option<LeaseId>,
-        expires_at: Timestamp,
-    ) -> Result<Job> {
-        let (_, job) = self.transition(id, |j| j.heartbeat(lease_id.as_ref(), expires_at))?;
+    pub fn heartbeat(&mut self, p: &HeartbeatParams) -> Result<Job> {
+        let (_, job) = self.transition(p.id, |j| p.apply(j))?;
         Ok(job.clone())
     }
 
@@ -1044,7 +1039,11 @@ mod tests {
             Err(Error::Transition(T::AlreadyEnded(Status::Completed)))
         ));
         assert!(matches!(
-            index.heartbeat(ids[1], None, Timestamp(9)),
+            index.heartbeat(&HeartbeatParams {
+                id: ids[1],
+                lease_id: None,
+                expires_at: Timestamp(9)
+            }),
             Err(Error::Transition(T::NotRunning(Status::Cancelled)))
         ));
         assert!(matches!(index.complete(&done), Err(Error::Unavailable(_))));

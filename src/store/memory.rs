@@ -9,8 +9,8 @@ use parking_lot::Mutex;
 
 use super::index::Index;
 use super::{
-    ClaimParams, Claimed, CompleteParams, Counts, FailParams, Inserted, JobRecord, ListFilter,
-    QueueActivity, Result, Store,
+    ClaimParams, Claimed, CompleteParams, Counts, FailParams, HeartbeatParams, Inserted, JobRecord,
+    ListFilter, QueueActivity, Result, Store,
 };
 use crate::job::{Completion, Job, JobId, LeaseId, NewJob, Queue, Timestamp};
 
@@ -44,13 +44,8 @@ impl Store for MemoryStore {
     async fn fail(&self, p: &FailParams) -> Result<Job> {
         self.index.lock().fail(p)
     }
-    async fn heartbeat(
-        &self,
-        id: JobId,
-        lease_id: Option<LeaseId>,
-        expires_at: Timestamp,
-    ) -> Result<Job> {
-        self.index.lock().heartbeat(id, lease_id, expires_at)
+    async fn heartbeat(&self, p: &HeartbeatParams) -> Result<Job> {
+        self.index.lock().heartbeat(p)
     }
     async fn release(&self, id: JobId, lease_id: LeaseId) -> Result<Job> {
         self.index.lock().release(id, lease_id)

@@ -133,6 +133,24 @@ impl FailParams {
     }
 }
 
+/// Parameters of a worker's heartbeat.
+#[derive(Debug, Clone, Copy)]
+pub struct HeartbeatParams {
+    /// The job.
+    pub id: JobId,
+    /// The worker's lease, if sent.
+    pub lease_id: Option<LeaseId>,
+    /// The lease's new end.
+    pub expires_at: Timestamp,
+}
+
+impl HeartbeatParams {
+    /// This heartbeat applied to `job` (see [`Job::heartbeat`]).
+    pub fn apply(&self, job: &mut Job) -> Result<(), TransitionError> {
+        job.heartbeat(self.lease_id.as_ref(), self.expires_at)
+    }
+}
+
 /// Parameters of a worker's progress event.
 #[derive(Debug, Clone)]
 pub struct ProgressParams {
@@ -144,6 +162,17 @@ pub struct ProgressParams {
     pub expires_at: Timestamp,
     /// The event's bytes.
     pub data: Bytes,
+}
+
+impl ProgressParams {
+    /// The heartbeat every progress event also is.
+    pub fn beat(&self) -> HeartbeatParams {
+        HeartbeatParams {
+            id: self.id,
+            lease_id: self.lease_id,
+            expires_at: self.expires_at,
+        }
+    }
 }
 
 /// Filter for [`Store::list`].
@@ -243,12 +272,7 @@ pub trait Store: Send + Sync + 'static {
     async fn fail(&self, p: &FailParams) -> Result<Job>;
 
     /// Applies [`Job::heartbeat`]. Returns the job as it now stands.
-    async fn heartbeat(
-        &self,
-        id: JobId,
-        lease_id: Option<LeaseId>,
-        expires_at: Timestamp,
-    ) -> Result<Job>;
+    async fn heartbeat(&self, p: &HeartbeatParams) -> Result<Job>;
 
     /// A progress event of a running job: applies [`Job::heartbeat`]
     /// (fenced like it, extending the lease) and, on a store shared by
@@ -256,7 +280,7 @@ pub trait Store: Send + Sync + 'static {
     /// Returns the job as it now stands and the event's number (`None`:
     /// this store does not number events; the broker does).
     async fn progress(&self, p: &ProgressParams) -> Result<(Job, Option<u64>)> {
-        let job = self.heartbeat(p.id, p.lease_id, p.expires_at).await?;
+        let job = self.heartbeat(&p.beat()).await?;
         Ok((job, None))
     }
 

@@ -51,8 +51,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, Inserted, JobRecord,
-    ListFilter, OpenError, ProgressParams, QueueActivity, Result, Store, StoreEvent,
+    ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, HeartbeatParams, Inserted,
+    JobRecord, ListFilter, OpenError, ProgressParams, QueueActivity, Result, Store, StoreEvent,
 };
 use batch::Batcher;
 
@@ -1377,29 +1377,21 @@ impl Store for PostgresStore {
         Err(Error::Unavailable("job kept changing; retry".into()))
     }
 
-    async fn heartbeat(
-        &self,
-        id: JobId,
-        lease_id: Option<LeaseId>,
-        expires_at: Timestamp,
-    ) -> Result<Job> {
+    async fn heartbeat(&self, p: &HeartbeatParams) -> Result<Job> {
         const SQL: &str = concat!(
             "update jobq_jobs set lease_expires_at = $3 ",
             "where id = $1 and status = 'running' and ($2::uuid is null or lease_id = $2) ",
             "returning ",
             cols!()
         );
-        let lease = lease_id.map(|l| l.0);
+        let lease = p.lease_id.map(|l| l.0);
         for _ in 0..RACE_RETRIES {
-            let rows = self.query(SQL, &[&id.0, &lease, &expires_at.0]).await?;
+            let rows = self.query(SQL, &[&p.id.0, &lease, &p.expires_at.0]).await?;
             if let Some(row) = rows.first() {
                 return job_from_row(row);
             }
-            self.refusal(id, |j| {
-                j.heartbeat(lease_id.as_ref(), expires_at)
-                    .map(|_| None::<()>)
-            })
-            .await?;
+            self.refusal(p.id, |j| p.apply(j).map(|_| None::<()>))
+                .await?;
         }
         Err(Error::Unavailable("job kept changing; retry".into()))
     }
@@ -1434,11 +1426,8 @@ impl Store for PostgresStore {
                 }
                 return Ok((job, Some(seq)));
             }
-            self.refusal(p.id, |j| {
-                j.heartbeat(p.lease_id.as_ref(), p.expires_at)
-                    .map(|_| None::<()>)
-            })
-            .await?;
+            self.refusal(p.id, |j| p.beat().apply(j).map(|_| None::<()>))
+                .await?;
         }
         Err(Error::Unavailable("job kept changing; retry".into()))
     }

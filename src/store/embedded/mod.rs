@@ -50,8 +50,8 @@ use log::{Durable, Log, Op};
 
 use super::index::{Held, Index, OnDisk, MAX_DISK_SEQ};
 use super::{
-    ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, Inserted, JobRecord,
-    ListFilter, OpenError, Result, Store, StoreEvent, SyncMode,
+    ClaimParams, Claimed, CompleteParams, Counts, Error, FailParams, HeartbeatParams, Inserted,
+    JobRecord, ListFilter, OpenError, Result, Store, StoreEvent, SyncMode,
 };
 use crate::job::{Completion, Idempotency, Job, JobId, LeaseId, NewJob, Queue, Status, Timestamp};
 
@@ -745,14 +745,9 @@ impl Store for EmbeddedStore {
         Ok(self.write_one(|i| Ok((i.fail(p)?, ()))).await?.0)
     }
 
-    async fn heartbeat(
-        &self,
-        id: JobId,
-        lease_id: Option<LeaseId>,
-        expires_at: Timestamp,
-    ) -> Result<Job> {
+    async fn heartbeat(&self, p: &HeartbeatParams) -> Result<Job> {
         // Leases are not stored: a restart returns running jobs to pending.
-        self.index().heartbeat(id, lease_id, expires_at)
+        self.index().heartbeat(p)
     }
 
     async fn release(&self, id: JobId, lease_id: LeaseId) -> Result<Job> {
