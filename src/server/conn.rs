@@ -15,14 +15,10 @@
 //! driver at each phase change (twice per request) would poll the whole
 //! connection again and re-arm a timer each time.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 /// The two timeouts of a connection.
@@ -65,7 +61,8 @@ impl Activity {
         })
     }
 
-    fn on_read(&self) {
+    /// Bytes of the connection arrived (its I/O wrapper calls this).
+    pub(super) fn on_read(&self) {
         let mut s = self.state.lock();
         if s.in_flight == 0 && !s.reading_head {
             s.reading_head = true;
@@ -127,67 +124,6 @@ impl Drop for InFlight {
         if s.in_flight == 0 {
             s.since = Instant::now();
         }
-    }
-}
-
-/// A connection's I/O, reporting reads to its [`Activity`].
-pub struct Watched<T> {
-    /// The stream.
-    io: T,
-    /// Whose reads they are.
-    activity: Arc<Activity>,
-}
-
-impl<T> Watched<T> {
-    /// Wraps `io`.
-    pub fn new(io: T, activity: Arc<Activity>) -> Self {
-        Watched { io, activity }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
-        if buf.filled().len() > before {
-            this.activity.on_read();
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

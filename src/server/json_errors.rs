@@ -1,4 +1,7 @@
-//! Gives hyper's own error answers a JSON body.
+//! A connection's I/O, as the server sees it: hyper's own error answers
+//! get a JSON body, and every read is reported to the connection's
+//! deadlines ([`Activity`]). One wrapper does both, as every read and write
+//! of every connection goes through it.
 //!
 //! hyper answers a request it cannot parse (a malformed request line or
 //! header, an unsupported HTTP version, headers too large) itself, before
@@ -13,16 +16,22 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::conn::Activity;
+
 /// Longest request line kept (enough to name the version of any sane one).
 const LINE_MAX: usize = 256;
 
-/// A connection whose hyper-made error answers get a JSON body.
+/// A connection whose hyper-made error answers get a JSON body, and whose
+/// reads its [`Activity`] hears of.
 pub struct JsonErrors<T> {
     io: T,
+    /// The connection's deadlines.
+    activity: Arc<Activity>,
     /// The start of the request line being read (until its newline).
     line: Vec<u8>,
     /// The line is complete (or too long to keep more of).
@@ -32,9 +41,10 @@ pub struct JsonErrors<T> {
 }
 
 impl<T> JsonErrors<T> {
-    pub fn new(io: T) -> Self {
+    pub fn new(io: T, activity: Arc<Activity>) -> Self {
         JsonErrors {
             io,
+            activity,
             line: Vec::new(),
             line_done: false,
             pending: None,
@@ -174,7 +184,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for JsonErrors<T> {
         let this = self.get_mut();
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
-        this.saw_read(&buf.filled()[before..]);
+        if buf.filled().len() > before {
+            this.activity.on_read();
+            this.saw_read(&buf.filled()[before..]);
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -283,7 +296,7 @@ mod tests {
 
     #[test]
     fn the_request_line_is_kept_across_reads() {
-        let mut c = JsonErrors::new(());
+        let mut c = JsonErrors::new((), Activity::new());
         c.saw_read(b"\r\nGET /he");
         c.saw_read(b"alth HTTP/9.9\r\nhost: x\r\n");
         c.saw_read(b"more: y\r\n");

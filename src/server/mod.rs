@@ -321,10 +321,7 @@ pub async fn run_with_grpc(
         let (http, closing) = (http.clone(), closing.clone());
         match &tls {
             None => {
-                let io = TokioIo::new(json_errors::JsonErrors::new(conn::Watched::new(
-                    stream,
-                    activity.clone(),
-                )));
+                let io = TokioIo::new(json_errors::JsonErrors::new(stream, activity.clone()));
                 connections.spawn(drive(
                     http.serve_connection(io, svc),
                     activity,
@@ -341,10 +338,7 @@ pub async fn run_with_grpc(
                     else {
                         return;
                     };
-                    let io = TokioIo::new(json_errors::JsonErrors::new(conn::Watched::new(
-                        stream,
-                        activity.clone(),
-                    )));
+                    let io = TokioIo::new(json_errors::JsonErrors::new(stream, activity.clone()));
                     drive(http.serve_connection(io, svc), activity, deadlines, closing).await;
                 });
             }
