@@ -12,7 +12,6 @@ use crate::job::Status;
 #[utoipa::path(
     get,
     path = "/api/admin/stats",
-    tag = "admin",
     summary = "Job counts by status and queue",
     responses((status = 200, description = "The counters", body = openapi::Stats)),
 )]
@@ -25,7 +24,6 @@ pub async fn stats(State(st): State<AppState>) -> ApiResult<Response> {
 #[utoipa::path(
     delete,
     path = "/api/admin/clear",
-    tag = "admin",
     summary = "Cancel every pending and running job and forget the ended ones",
     params(("queue" = Option<String>, Query, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "Only this queue")),
     responses(
@@ -47,7 +45,6 @@ pub async fn clear(State(st): State<AppState>, params: Params) -> ApiResult<Resp
 #[utoipa::path(
     get,
     path = "/api/admin/next",
-    tag = "admin",
     summary = "The job a poll would get next, without taking it",
     params(("queue" = Option<String>, Query, pattern = "^[ \\t\\r\\n]*[A-Za-z0-9._:-]{1,128}[ \\t\\r\\n]*(,[ \\t\\r\\n]*[A-Za-z0-9._:-]{1,128}[ \\t\\r\\n]*)*$", description = "`a,b,…` as for a poll (default `default`)")),
     responses(
@@ -72,7 +69,6 @@ pub async fn next(State(st): State<AppState>, params: Params) -> ApiResult<Respo
 #[utoipa::path(
     get,
     path = "/api/admin/jobs",
-    tag = "admin",
     summary = "List jobs, newest first",
     params(openapi::ListQuery),
     responses(
@@ -111,7 +107,6 @@ pub async fn jobs(State(st): State<AppState>, params: Params) -> ApiResult<Respo
 #[utoipa::path(
     get,
     path = "/health",
-    tag = "meta",
     summary = "Liveness",
     responses(
         (status = 200, description = "`{\"status\": \"ok\"}`", body = openapi::Health),

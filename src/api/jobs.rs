@@ -92,7 +92,6 @@ fn finished(job: &Job) -> ApiResult<Response> {
 #[utoipa::path(
     post,
     path = "/api/submit",
-    tag = "client",
     summary = "Submit a job and wait for its result",
     params(openapi::SubmitQuery, openapi::SubmitHeaders),
     responses(
@@ -143,7 +142,6 @@ pub async fn submit(
 #[utoipa::path(
     post,
     path = "/api/jobs",
-    tag = "client",
     summary = "Submit a job without waiting",
     params(openapi::SubmitQuery, openapi::SubmitHeaders),
     responses(
@@ -174,7 +172,6 @@ pub async fn submit_async(
 #[utoipa::path(
     get,
     path = "/api/jobs/{id}",
-    tag = "client",
     summary = "Read a job",
     params(
         openapi::IdPath,
@@ -203,7 +200,6 @@ pub async fn get_job(
 #[utoipa::path(
     get,
     path = "/api/jobs/{id}/events",
-    tag = "client",
     summary = "Follow a job's progress events (Server-Sent Events)",
     params(
         openapi::IdPath,
@@ -301,7 +297,6 @@ fn sse_event(item: StreamItem) -> Event {
 #[utoipa::path(
     delete,
     path = "/api/jobs/{id}",
-    tag = "client",
     summary = "Cancel a pending or running job",
     params(openapi::IdPath),
     responses(

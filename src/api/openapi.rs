@@ -100,7 +100,6 @@ pub fn document_json(open: &[Role]) -> serde_json::Value {
 #[utoipa::path(
     get,
     path = "/openapi.json",
-    tag = "meta",
     summary = "This document",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = serde_json::Value)),
 )]
@@ -181,6 +180,48 @@ pub struct Error {
     error: String,
     #[schema(required = false)]
     job_id: Uuid,
+}
+
+/// What complete and fail answer besides their own `200`: they take the
+/// same parameters and refuse alike, so it is stated once for both.
+#[derive(utoipa::IntoResponses)]
+pub enum FinishAnswers {
+    #[response(
+        status = 204,
+        description = "With `next`: recorded, and no job came within `wait`"
+    )]
+    NoneNext,
+    #[response(
+        status = 400,
+        description = "Malformed id, lease, next, queue, wait or max"
+    )]
+    BadRequest(Error),
+    #[response(status = 404, description = "Unknown job", headers(("X-Job-Id" = String)))]
+    NotFound(Error),
+    #[response(
+        status = 409,
+        description = "The job is not running, or the lease is stale",
+        headers(("X-Job-Id" = String))
+    )]
+    Conflict(Error),
+    #[response(status = 413, description = "Body over --max-body")]
+    TooLarge(Error),
+    #[response(
+        status = 503,
+        description = "With `next` while shutting down (recorded); store unusable",
+        headers(("Retry-After" = String))
+    )]
+    Unavailable(Error),
+}
+
+/// The refusals heartbeat and progress share (their `409`s say different
+/// things).
+#[derive(utoipa::IntoResponses)]
+pub enum LeaseCallRefusals {
+    #[response(status = 400, description = "Malformed id or lease")]
+    BadRequest(Error),
+    #[response(status = 404, description = "Unknown job", headers(("X-Job-Id" = String)))]
+    NotFound(Error),
 }
 
 /// `502` of a submit whose job failed.
@@ -772,8 +813,8 @@ fn operations(item: &mut PathItem) -> Vec<(HttpMethod, &mut Operation)> {
     .collect()
 }
 
-/// Security schemes (a bearer token per role), and on each route of a
-/// role: its security requirement (the role's token or the admin's) and
+/// Security schemes (a bearer token per role), each route's tag (its
+/// role), and on each route of a role: its security requirement (the role's token or the admin's) and
 /// the answers of the auth middleware and of an unusable store.
 struct Roles;
 
@@ -799,6 +840,9 @@ impl Modify for Roles {
         for (path, item) in doc.paths.paths.iter_mut() {
             let role = Role::for_http_path(path);
             for (_, op) in operations(item) {
+                // A route's tag is the role whose token it needs, by the
+                // rule the auth layer applies (`meta`: open routes).
+                op.tags = Some(vec![role.map_or("meta", Role::name).to_owned()]);
                 let Some(role) = role else {
                     continue;
                 };

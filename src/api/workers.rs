@@ -1,6 +1,7 @@
 //! Worker endpoints: poll, complete, fail, heartbeat.
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -14,8 +15,7 @@ use super::{
 use crate::broker::{
     CompleteRequest, FailRequest, Finish, HeartbeatRequest, PollRequest, ProgressRequest, MAX_BATCH,
 };
-use crate::job::Job;
-use crate::job::LeaseId;
+use crate::job::{Job, JobId, LeaseId};
 
 /// The poll part of a request: `queue=a,b`, `wait=N`, and `max=N` (a
 /// batch poll, answered `{"jobs": [...]}`; without it one poll body).
@@ -86,7 +86,6 @@ async fn handout(
 #[utoipa::path(
     get,
     path = "/api/worker/poll",
-    tag = "worker",
     summary = "Take a job (or several with `max`)",
     params(openapi::PollQuery),
     responses(
@@ -116,6 +115,26 @@ pub async fn poll(
     handout(&st, peer, jobs, max.is_some(), asked).await
 }
 
+/// A worker's call about a job it holds: the job, the query, and the
+/// fencing token (`?lease=` or `X-Lease-Id`). Read from the request's parts:
+/// a `HeaderMap` argument would copy every header of the request.
+pub struct Fenced {
+    id: JobId,
+    params: Params,
+    lease: Option<LeaseId>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Fenced {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let PathId(id) = PathId::from_request_parts(parts, state).await?;
+        let params = Params::from_request_parts(parts, state).await?;
+        let lease = lease(&params, &parts.headers)?;
+        Ok(Fenced { id, params, lease })
+    }
+}
+
 /// The fencing token: `?lease=` or `X-Lease-Id`.
 pub(super) fn lease(params: &Params, headers: &HeaderMap) -> ApiResult<Option<LeaseId>> {
     let raw = match params.get("lease") {
@@ -134,35 +153,25 @@ pub(super) fn lease(params: &Params, headers: &HeaderMap) -> ApiResult<Option<Le
 #[utoipa::path(
     post,
     path = "/api/worker/complete/{id}",
-    tag = "worker",
     summary = "Post a job's result (any bytes; empty is stored as `{}`)",
     params(openapi::IdPath, openapi::LeaseQuery, openapi::LeaseHeader, openapi::NextQuery, openapi::PollQuery),
     responses(
         (status = 200, description = "Completed (or, with `next`, the next job as a poll answers)", body = openapi::CompletedOrNext, headers(("X-Job-Id" = String))),
-        (status = 204, description = "With `next`: recorded, and no job came within `wait`"),
-        (status = 400, description = "Malformed id, lease, next, queue, wait or max", body = openapi::Error),
-        (status = 404, description = "Unknown job", body = openapi::Error, headers(("X-Job-Id" = String))),
-        (status = 409, description = "The job is not running, or the lease is stale", body = openapi::Error, headers(("X-Job-Id" = String))),
-        (status = 413, description = "Body over --max-body", body = openapi::Error),
-        (status = 503, description = "With `next` while shutting down (recorded); store unusable", body = openapi::Error, headers(("Retry-After" = String))),
+        openapi::FinishAnswers,
     ),
 )]
 pub async fn complete(
     State(st): State<AppState>,
     peer: Option<Extension<Peer>>,
-    PathId(id): PathId,
-    params: Params,
-    headers: HeaderMap,
+    Fenced { id, params, lease }: Fenced,
     Body(body): Body,
 ) -> ApiResult<Response> {
     let asked = Instant::now();
     let done = CompleteRequest {
         id,
-        lease: lease(&params, &headers)?,
+        lease,
         result: body,
     };
-    // Not kept through a long-poll for the next job (see `jobs::submit`).
-    drop(headers);
     if wants_next(&params)? {
         let (next, max) = poll_request(&params)?;
         let (_, jobs) = st
@@ -191,31 +200,21 @@ struct FailBody {
 #[utoipa::path(
     post,
     path = "/api/worker/fail/{id}",
-    tag = "worker",
     summary = "Report a failure (retried while attempts remain, unless `retry` is false)",
     params(openapi::IdPath, openapi::LeaseQuery, openapi::LeaseHeader, openapi::NextQuery, openapi::PollQuery),
     request_body(content = openapi::FailReport, description = "`{\"error\": ..., \"retry\": ...}`; an empty body counts as `{}`"),
     responses(
         (status = 200, description = "Recorded (or, with `next`, the next job as a poll answers)", body = openapi::FailedOrNext, headers(("X-Job-Id" = String))),
-        (status = 204, description = "With `next`: recorded, and no job came within `wait`"),
-        (status = 400, description = "Malformed id, lease, next, queue, wait or max", body = openapi::Error),
-        (status = 404, description = "Unknown job", body = openapi::Error, headers(("X-Job-Id" = String))),
-        (status = 409, description = "The job is not running, or the lease is stale", body = openapi::Error, headers(("X-Job-Id" = String))),
-        (status = 413, description = "Body over --max-body", body = openapi::Error),
-        (status = 503, description = "With `next` while shutting down (recorded); store unusable", body = openapi::Error, headers(("Retry-After" = String))),
+        openapi::FinishAnswers,
     ),
 )]
 pub async fn fail(
     State(st): State<AppState>,
     peer: Option<Extension<Peer>>,
-    PathId(id): PathId,
-    params: Params,
-    headers: HeaderMap,
+    Fenced { id, params, lease }: Fenced,
     Body(body): Body,
 ) -> ApiResult<Response> {
     let asked = Instant::now();
-    let lease = lease(&params, &headers)?;
-    drop(headers);
     let parsed: FailBody = if body.iter().all(u8::is_ascii_whitespace) {
         FailBody {
             error: None,
@@ -260,29 +259,19 @@ pub async fn fail(
 #[utoipa::path(
     post,
     path = "/api/worker/heartbeat/{id}",
-    tag = "worker",
     summary = "Extend the lease",
     params(openapi::IdPath, openapi::LeaseQuery, openapi::LeaseHeader),
     responses(
         (status = 200, description = "Extended", body = openapi::HeartbeatDone, headers(("X-Job-Id" = String))),
-        (status = 400, description = "Malformed id or lease", body = openapi::Error),
-        (status = 404, description = "Unknown job", body = openapi::Error, headers(("X-Job-Id" = String))),
+        openapi::LeaseCallRefusals,
         (status = 409, description = "No longer this worker's job: stop working on it", body = openapi::Error, headers(("X-Job-Id" = String))),
     ),
 )]
 pub async fn heartbeat(
     State(st): State<AppState>,
-    PathId(id): PathId,
-    params: Params,
-    headers: HeaderMap,
+    Fenced { id, lease, .. }: Fenced,
 ) -> ApiResult<Response> {
-    let job = st
-        .broker
-        .heartbeat(HeartbeatRequest {
-            id,
-            lease: lease(&params, &headers)?,
-        })
-        .await?;
+    let job = st.broker.heartbeat(HeartbeatRequest { id, lease }).await?;
     let body = encode::Obj::with_capacity(96)
         .id("job_id", &id)
         .time("lease_expires_at", job.lease_expires_at)
@@ -295,29 +284,25 @@ pub async fn heartbeat(
 #[utoipa::path(
     post,
     path = "/api/worker/progress/{id}",
-    tag = "worker",
     summary = "Send a progress event to the job's streaming clients (extends the lease)",
     params(openapi::IdPath, openapi::LeaseQuery, openapi::LeaseHeader),
     responses(
         (status = 200, description = "Sent; the lease is extended", body = openapi::ProgressDone, headers(("X-Job-Id" = String))),
-        (status = 400, description = "Malformed id or lease", body = openapi::Error),
-        (status = 404, description = "Unknown job", body = openapi::Error, headers(("X-Job-Id" = String))),
+        openapi::LeaseCallRefusals,
         (status = 409, description = "Not running, or no longer this worker's job: stop working on it", body = openapi::Error, headers(("X-Job-Id" = String))),
         (status = 413, description = "An event over 64 KiB", body = openapi::Error),
     ),
 )]
 pub async fn progress(
     State(st): State<AppState>,
-    PathId(id): PathId,
-    params: Params,
-    headers: HeaderMap,
+    Fenced { id, lease, .. }: Fenced,
     Body(body): Body,
 ) -> ApiResult<Response> {
     let (job, seq) = st
         .broker
         .progress(ProgressRequest {
             id,
-            lease: lease(&params, &headers)?,
+            lease,
             data: body,
         })
         .await?;

@@ -74,7 +74,6 @@ pub fn asset_paths() -> impl Iterator<Item = (&'static str, &'static str)> {
 #[utoipa::path(
     get,
     path = "/",
-    tag = "meta",
     summary = "The dashboard page (its data calls are admin calls)",
     responses((status = 200, description = "The page", content_type = "text/html; charset=utf-8", body = String)),
 )]
@@ -95,7 +94,6 @@ fn page(body: &'static [u8], content_type: &'static str) -> Response {
 #[utoipa::path(
     get,
     path = "/metrics",
-    tag = "meta",
     summary = "Prometheus metrics (text format 0.0.4)",
     responses((status = 200, description = "The metrics", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)),
 )]
@@ -114,7 +112,6 @@ pub async fn metrics_text() -> Response {
 #[utoipa::path(
     get,
     path = "/api/admin/events",
-    tag = "admin",
     summary = "The dashboard's figures as Server-Sent Events (`history`, then a `snapshot` each second)",
     responses((status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String)),
 )]
@@ -156,7 +153,6 @@ pub async fn events(
 #[utoipa::path(
     get,
     path = "/api/admin/jobs/{id}",
-    tag = "admin",
     summary = "A job with its input, headers and lease (the dashboard's detail view)",
     params(crate::api::openapi::IdPath),
     responses(
