@@ -8,11 +8,10 @@ use super::{encode, job_json, json, openapi, ApiError, ApiResult, AppState, Para
 use crate::broker::ListRequest;
 use crate::job::Status;
 
-/// `GET /api/admin/stats`.
+/// Job counts by status and queue
 #[utoipa::path(
     get,
     path = "/api/admin/stats",
-    summary = "Job counts by status and queue",
     responses((status = 200, description = "The counters", body = openapi::Stats)),
 )]
 pub async fn stats(State(st): State<AppState>) -> ApiResult<Response> {
@@ -20,11 +19,10 @@ pub async fn stats(State(st): State<AppState>) -> ApiResult<Response> {
     Ok(json(StatusCode::OK, encode::stats(&s)))
 }
 
-/// `DELETE /api/admin/clear[?queue=q]`.
+/// Cancel every pending and running job and forget the ended ones
 #[utoipa::path(
     delete,
     path = "/api/admin/clear",
-    summary = "Cancel every pending and running job and forget the ended ones",
     params(("queue" = Option<String>, Query, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "Only this queue")),
     responses(
         (status = 200, description = "Cleared", body = openapi::Cleared),
@@ -41,11 +39,10 @@ pub async fn clear(State(st): State<AppState>, params: Params) -> ApiResult<Resp
     Ok(json(StatusCode::OK, body))
 }
 
-/// `GET /api/admin/next[?queue=a,b]`: peek.
+/// The job a poll would get next, without taking it
 #[utoipa::path(
     get,
     path = "/api/admin/next",
-    summary = "The job a poll would get next, without taking it",
     params(("queue" = Option<String>, Query, pattern = "^[ \\t\\r\\n]*[A-Za-z0-9._:-]{1,128}[ \\t\\r\\n]*(,[ \\t\\r\\n]*[A-Za-z0-9._:-]{1,128}[ \\t\\r\\n]*)*$", description = "`a,b,…` as for a poll (default `default`)")),
     responses(
         (status = 200, description = "The next job", body = openapi::JobWithInput, headers(("X-Job-Id" = String))),
@@ -65,11 +62,10 @@ pub async fn next(State(st): State<AppState>, params: Params) -> ApiResult<Respo
     }
 }
 
-/// `GET /api/admin/jobs?status=&queue=&limit=`.
+/// List jobs, newest first
 #[utoipa::path(
     get,
     path = "/api/admin/jobs",
-    summary = "List jobs, newest first",
     params(openapi::ListQuery),
     responses(
         (status = 200, description = "The jobs", body = openapi::JobList),
@@ -103,11 +99,10 @@ pub async fn jobs(State(st): State<AppState>, params: Params) -> ApiResult<Respo
     Ok(json(StatusCode::OK, body))
 }
 
-/// `GET /health`.
+/// Liveness
 #[utoipa::path(
     get,
     path = "/health",
-    summary = "Liveness",
     responses(
         (status = 200, description = "`{\"status\": \"ok\"}`", body = openapi::Health),
         (status = 503, description = "The store cannot be written, or the server is shutting down", body = openapi::Health),

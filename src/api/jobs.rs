@@ -86,13 +86,14 @@ fn finished(job: &Job) -> ApiResult<Response> {
     }
 }
 
+/// Submit a job and wait for its result
+///
 /// `POST /api/submit`: submit and wait for the result. A client that goes
-/// away drops this future, which cancels a job no worker has yet. With
+/// away cancels its job if no worker has it yet. With
 /// `Accept: text/event-stream` the answer is the job's event stream.
 #[utoipa::path(
     post,
     path = "/api/submit",
-    summary = "Submit a job and wait for its result",
     params(openapi::SubmitQuery, openapi::SubmitHeaders),
     responses(
         (status = 200, description = "A worker completed the job: its result; with `Accept: text/event-stream`, the job's events (`progress`, `gap`, then one of `result`, `failed`, `cancelled`, `accepted`)", headers(("X-Job-Id" = String)),
@@ -138,11 +139,10 @@ pub async fn submit(
     }
 }
 
-/// `POST /api/jobs`: submit without waiting.
+/// Submit a job without waiting
 #[utoipa::path(
     post,
     path = "/api/jobs",
-    summary = "Submit a job without waiting",
     params(openapi::SubmitQuery, openapi::SubmitHeaders),
     responses(
         (status = 202, description = "Stored (or, by idempotency key, the existing job)", body = openapi::Accepted, headers(("X-Job-Id" = String), ("Location" = String)),
@@ -168,11 +168,10 @@ pub async fn submit_async(
     Ok(accepted(&st.broker.enqueue(req).await?))
 }
 
-/// `GET /api/jobs/{id}[?wait=N]`.
+/// Read a job
 #[utoipa::path(
     get,
     path = "/api/jobs/{id}",
-    summary = "Read a job",
     params(
         openapi::IdPath,
         ("wait" = Option<f64>, Query, minimum = 0, description = "Hold up to N seconds until the job has ended (default 0; above 3600 counts as 3600)"),
@@ -195,12 +194,13 @@ pub async fn get_job(
     Ok(job_json(StatusCode::OK, id, body))
 }
 
+/// Follow a job's progress events (Server-Sent Events)
+///
 /// `GET /api/jobs/{id}/events`: the job's progress events (after
 /// `Last-Event-ID`, when given), then its outcome.
 #[utoipa::path(
     get,
     path = "/api/jobs/{id}/events",
-    summary = "Follow a job's progress events (Server-Sent Events)",
     params(
         openapi::IdPath,
         ("wait" = Option<f64>, Query, minimum = 0, description = "End with `accepted` after N seconds if the job has not ended by then (default and most: 3600; 0: replay what is buffered, then the outcome or `accepted` at once)"),
@@ -293,11 +293,10 @@ fn sse_event(item: StreamItem) -> Event {
     }
 }
 
-/// `DELETE /api/jobs/{id}`: cancel.
+/// Cancel a pending or running job
 #[utoipa::path(
     delete,
     path = "/api/jobs/{id}",
-    summary = "Cancel a pending or running job",
     params(openapi::IdPath),
     responses(
         (status = 200, description = "Cancelled: the job view", body = openapi::JobView, headers(("X-Job-Id" = String))),

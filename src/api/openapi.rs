@@ -96,11 +96,12 @@ pub fn document_json(open: &[Role]) -> serde_json::Value {
     doc
 }
 
+/// This document
+///
 /// `GET /openapi.json`: the document as it holds for this server's tokens.
 #[utoipa::path(
     get,
     path = "/openapi.json",
-    summary = "This document",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = serde_json::Value)),
 )]
 pub async fn openapi_json(State(st): State<super::AppState>) -> Response {

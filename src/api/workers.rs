@@ -82,11 +82,10 @@ async fn handout(
     Ok(super::json(StatusCode::OK, body))
 }
 
-/// `GET /api/worker/poll[?queue=a,b][&wait=N][&max=N]`.
+/// Take a job (or several with `max`)
 #[utoipa::path(
     get,
     path = "/api/worker/poll",
-    summary = "Take a job (or several with `max`)",
     params(openapi::PollQuery),
     responses(
         (status = 200, description = "A job, now leased to this worker; with `max`, `{\"jobs\": [...]}`", body = openapi::HandoutOrBatch, headers(("X-Job-Id" = String)),
@@ -149,11 +148,12 @@ pub(super) fn lease(params: &Params, headers: &HeaderMap) -> ApiResult<Option<Le
     .transpose()
 }
 
+/// Post a job's result (any bytes; empty is stored as `{}`)
+///
 /// `POST /api/worker/complete/{id}`: the body is the result.
 #[utoipa::path(
     post,
     path = "/api/worker/complete/{id}",
-    summary = "Post a job's result (any bytes; empty is stored as `{}`)",
     params(openapi::IdPath, openapi::LeaseQuery, openapi::LeaseHeader, openapi::NextQuery, openapi::PollQuery),
     responses(
         (status = 200, description = "Completed (or, with `next`, the next job as a poll answers)", body = openapi::CompletedOrNext, headers(("X-Job-Id" = String))),
@@ -196,11 +196,12 @@ struct FailBody {
     retry: Option<bool>,
 }
 
+/// Report a failure (retried while attempts remain, unless `retry` is false)
+///
 /// `POST /api/worker/fail/{id}` with `{"error": "...", "retry": true}`.
 #[utoipa::path(
     post,
     path = "/api/worker/fail/{id}",
-    summary = "Report a failure (retried while attempts remain, unless `retry` is false)",
     params(openapi::IdPath, openapi::LeaseQuery, openapi::LeaseHeader, openapi::NextQuery, openapi::PollQuery),
     request_body(content = openapi::FailReport, description = "`{\"error\": ..., \"retry\": ...}`; an empty body counts as `{}`"),
     responses(
@@ -255,11 +256,10 @@ pub async fn fail(
     Ok(job_json(StatusCode::OK, id, body))
 }
 
-/// `POST /api/worker/heartbeat/{id}`: extend the lease.
+/// Extend the lease
 #[utoipa::path(
     post,
     path = "/api/worker/heartbeat/{id}",
-    summary = "Extend the lease",
     params(openapi::IdPath, openapi::LeaseQuery, openapi::LeaseHeader),
     responses(
         (status = 200, description = "Extended", body = openapi::HeartbeatDone, headers(("X-Job-Id" = String))),
@@ -279,12 +279,13 @@ pub async fn heartbeat(
     Ok(job_json(StatusCode::OK, id, body))
 }
 
+/// Send a progress event to the job's streaming clients (extends the lease)
+///
 /// `POST /api/worker/progress/{id}`: one progress event (any body) for the
 /// job's streaming clients; fenced and extending the lease like a heartbeat.
 #[utoipa::path(
     post,
     path = "/api/worker/progress/{id}",
-    summary = "Send a progress event to the job's streaming clients (extends the lease)",
     params(openapi::IdPath, openapi::LeaseQuery, openapi::LeaseHeader),
     responses(
         (status = 200, description = "Sent; the lease is extended", body = openapi::ProgressDone, headers(("X-Job-Id" = String))),

@@ -70,11 +70,10 @@ pub fn asset_paths() -> impl Iterator<Item = (&'static str, &'static str)> {
     ASSETS.iter().map(|a| (a.path, a.content_type))
 }
 
-/// `GET /`: the dashboard page.
+/// The dashboard page (its data calls are admin calls)
 #[utoipa::path(
     get,
     path = "/",
-    summary = "The dashboard page (its data calls are admin calls)",
     responses((status = 200, description = "The page", content_type = "text/html; charset=utf-8", body = String)),
 )]
 pub async fn page_index() -> Response {
@@ -90,11 +89,10 @@ fn page(body: &'static [u8], content_type: &'static str) -> Response {
     resp
 }
 
-/// `GET /metrics`.
+/// Prometheus metrics (text format 0.0.4)
 #[utoipa::path(
     get,
     path = "/metrics",
-    summary = "Prometheus metrics (text format 0.0.4)",
     responses((status = 200, description = "The metrics", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)),
 )]
 pub async fn metrics_text() -> Response {
@@ -106,13 +104,14 @@ pub async fn metrics_text() -> Response {
     resp
 }
 
+/// The dashboard's figures as Server-Sent Events (`history`, then a `snapshot` each second)
+///
 /// `GET /api/admin/events`: `history` (the ring, oldest first) at once,
 /// then a `snapshot` each second, and a keep-alive comment every 15 s,
 /// until the client goes away or shutdown begins.
 #[utoipa::path(
     get,
     path = "/api/admin/events",
-    summary = "The dashboard's figures as Server-Sent Events (`history`, then a `snapshot` each second)",
     responses((status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String)),
 )]
 pub async fn events(
@@ -147,13 +146,14 @@ pub async fn events(
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
+/// A job with its input, headers and lease (the dashboard's detail view)
+///
 /// `GET /api/admin/jobs/{id}`: the job view plus what the detail view
 /// shows: its input (while it is kept: an ended job drops it), headers,
 /// lease and how each payload is encoded.
 #[utoipa::path(
     get,
     path = "/api/admin/jobs/{id}",
-    summary = "A job with its input, headers and lease (the dashboard's detail view)",
     params(crate::api::openapi::IdPath),
     responses(
         (status = 200, description = "The job", body = crate::api::openapi::JobDetail, headers(("X-Job-Id" = String, description = "The job's id"))),
