@@ -170,6 +170,7 @@ async fn grpc_worker(
 }
 
 /// What the clients counted.
+#[derive(Default)]
 struct Tally {
     /// Results that matched their request.
     ok: AtomicU64,
@@ -266,12 +267,70 @@ pub async fn run(a: BenchArgs) -> ExitCode {
     }
 
     let stop_workers = CancellationToken::new();
-    let mut workers = tokio::task::JoinSet::new();
     let grpc_failed = Arc::new(Mutex::new(None::<String>));
-    let http_workers = if a.grpc { 0 } else { a.workers };
-    for _ in 0..http_workers {
+    let mut workers = if a.grpc {
+        spawn_grpc_workers(&a, grpc_url, &stop_workers, &grpc_failed)
+    } else {
+        spawn_http_workers(&a, &client, &stop_workers)
+    };
+    let cpu_before = a.server_pid.and_then(cpu_time);
+    let tally = Arc::new(Tally::default());
+    let start = Instant::now();
+    let clients = spawn_clients(&a, &client, &tally, start + a.duration);
+    let hist = follow(&a, clients, &tally, start).await;
+    let elapsed = start.elapsed();
+    let cpu_after = a.server_pid.and_then(cpu_time);
+    stop_workers.cancel();
+    while workers.join_next().await.is_some() {}
+    if let Some(e) = embedded {
+        let _ = e.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), e.handle).await;
+    }
+
+    let ok = tally.ok.load(Ordering::Relaxed);
+    let report = Report {
+        ok,
+        errors: tally.errors.load(Ordering::Relaxed),
+        mismatches: tally.mismatches.load(Ordering::Relaxed),
+        elapsed,
+        hist,
+        first_error: tally
+            .first_error
+            .lock()
+            .clone()
+            .or_else(|| grpc_failed.lock().clone()),
+        cpu_us_per_job: match (cpu_before, cpu_after) {
+            (Some(b), Some(e)) if ok > 0 => {
+                Some(e.saturating_sub(b).as_secs_f64() * 1e6 / ok as f64)
+            }
+            _ => None,
+        },
+    };
+    report.print(&a, &url);
+    if report.mismatches > 0 {
+        eprintln!(
+            "jobq: error: {} result(s) did not belong to their request",
+            report.mismatches
+        );
+        return ExitCode::from(exit::ERROR);
+    }
+    if ok == 0 || report.errors > 0 {
+        return ExitCode::from(exit::ERROR);
+    }
+    ExitCode::from(exit::OK)
+}
+
+/// `--workers` HTTP workers, each long-polling and echoing every payload
+/// back as its result until `stop`.
+fn spawn_http_workers(
+    a: &BenchArgs,
+    client: &crate::client::Client,
+    stop: &CancellationToken,
+) -> tokio::task::JoinSet<()> {
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..a.workers {
         let w = client.worker(vec![a.queue.clone()]).long_poll(a.long_poll);
-        let stop = stop_workers.clone();
+        let stop = stop.clone();
         workers.spawn(async move {
             loop {
                 let polled = tokio::select! {
@@ -293,29 +352,39 @@ pub async fn run(a: BenchArgs) -> ExitCode {
             }
         });
     }
+    workers
+}
 
-    if a.grpc {
-        for _ in 0..a.workers {
-            let (url, queue, token) = (grpc_url.clone(), a.queue.clone(), a.token.clone());
-            let (stop, failed) = (stop_workers.clone(), grpc_failed.clone());
-            let credits = a.credits;
-            workers.spawn(async move {
-                if let Err(e) = grpc_worker(url, queue, credits, token, stop).await {
-                    failed.lock().get_or_insert(e);
-                }
-            });
-        }
+/// `--workers` gRPC stream workers (see [`grpc_worker`]); the first one to
+/// fail leaves its error in `failed`.
+fn spawn_grpc_workers(
+    a: &BenchArgs,
+    url: String,
+    stop: &CancellationToken,
+    failed: &Arc<Mutex<Option<String>>>,
+) -> tokio::task::JoinSet<()> {
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..a.workers {
+        let (url, queue, token) = (url.clone(), a.queue.clone(), a.token.clone());
+        let (stop, failed) = (stop.clone(), failed.clone());
+        let credits = a.credits;
+        workers.spawn(async move {
+            if let Err(e) = grpc_worker(url, queue, credits, token, stop).await {
+                failed.lock().get_or_insert(e);
+            }
+        });
     }
-    let cpu_before = a.server_pid.and_then(cpu_time);
+    workers
+}
 
-    let tally = Arc::new(Tally {
-        ok: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        mismatches: AtomicU64::new(0),
-        first_error: Mutex::new(None),
-    });
-    let start = Instant::now();
-    let deadline = start + a.duration;
+/// `--clients` clients, each submitting unique payloads synchronously until
+/// `deadline` and checking every result; each returns its latencies.
+fn spawn_clients(
+    a: &BenchArgs,
+    client: &crate::client::Client,
+    tally: &Arc<Tally>,
+    deadline: Instant,
+) -> tokio::task::JoinSet<Histogram<u64>> {
     let opts = SubmitOptions {
         queue: Some(a.queue.clone()),
         timeout: Some(SUBMIT_TIMEOUT),
@@ -356,7 +425,17 @@ pub async fn run(a: BenchArgs) -> ExitCode {
             hist
         });
     }
+    clients
+}
 
+/// Shows progress (unless `--json`) until every client is done; their
+/// latencies merged.
+async fn follow(
+    a: &BenchArgs,
+    mut clients: tokio::task::JoinSet<Histogram<u64>>,
+    tally: &Tally,
+    start: Instant,
+) -> Histogram<u64> {
     let bar = if a.json {
         ProgressBar::hidden()
     } else {
@@ -368,85 +447,89 @@ pub async fn run(a: BenchArgs) -> ExitCode {
         b
     };
     let mut hist = new_histogram();
-    {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        let (mut last_n, mut last_t) = (0u64, Instant::now());
-        loop {
-            tokio::select! {
-                done = clients.join_next() => match done {
-                    Some(Ok(h)) => { let _ = hist.add(&h); }
-                    Some(Err(e)) => { tally.first_error.lock().get_or_insert_with(|| e.to_string()); }
-                    None => break,
-                },
-                _ = tick.tick() => {
-                    let n = tally.ok.load(Ordering::Relaxed);
-                    let now = Instant::now();
-                    let rate = (n - last_n) as f64 / now.duration_since(last_t).as_secs_f64().max(1e-3);
-                    (last_n, last_t) = (n, now);
-                    bar.set_position((now.duration_since(start).as_millis() as u64).min(a.duration.as_millis() as u64));
-                    bar.set_message(format!("{n} jobs, {rate:.0} jobs/s"));
-                }
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let (mut last_n, mut last_t) = (0u64, Instant::now());
+    loop {
+        tokio::select! {
+            done = clients.join_next() => match done {
+                Some(Ok(h)) => { let _ = hist.add(&h); }
+                Some(Err(e)) => { tally.first_error.lock().get_or_insert_with(|| e.to_string()); }
+                None => break,
+            },
+            _ = tick.tick() => {
+                let n = tally.ok.load(Ordering::Relaxed);
+                let now = Instant::now();
+                let rate = (n - last_n) as f64 / now.duration_since(last_t).as_secs_f64().max(1e-3);
+                (last_n, last_t) = (n, now);
+                bar.set_position((now.duration_since(start).as_millis() as u64).min(a.duration.as_millis() as u64));
+                bar.set_message(format!("{n} jobs, {rate:.0} jobs/s"));
             }
         }
     }
-    let elapsed = start.elapsed();
-    let cpu_after = a.server_pid.and_then(cpu_time);
     bar.finish_and_clear();
-    stop_workers.cancel();
-    while workers.join_next().await.is_some() {}
-    if let Some(e) = embedded {
-        let _ = e.stop.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(10), e.handle).await;
-    }
+    hist
+}
 
-    let ok = tally.ok.load(Ordering::Relaxed);
-    let errors = tally.errors.load(Ordering::Relaxed);
-    let mismatches = tally.mismatches.load(Ordering::Relaxed);
-    let rate = ok as f64 / elapsed.as_secs_f64();
-    let ms = |us: u64| us as f64 / 1000.0;
-    let (p50, p90, p99, max) = if ok == 0 {
-        (0.0, 0.0, 0.0, 0.0)
-    } else {
-        (
-            ms(hist.value_at_quantile(0.50)),
-            ms(hist.value_at_quantile(0.90)),
-            ms(hist.value_at_quantile(0.99)),
-            ms(hist.max()),
-        )
-    };
-    let first_error = tally
-        .first_error
-        .lock()
-        .clone()
-        .or_else(|| grpc_failed.lock().clone());
-    let cpu_us_per_job = match (cpu_before, cpu_after) {
-        (Some(b), Some(e)) if ok > 0 => Some(e.saturating_sub(b).as_secs_f64() * 1e6 / ok as f64),
-        _ => None,
-    };
-    if a.json {
-        let report = json!({
-            "url": url,
-            "embedded": a.embedded,
-            "clients": a.clients,
-            "workers": a.workers,
-            "worker_transport": if a.grpc { "grpc-stream" } else { "http" },
-            "credits": a.grpc.then_some(a.credits),
-            "server_cpu_us_per_job": cpu_us_per_job,
-            "duration_s": elapsed.as_secs_f64(),
-            "payload_bytes": a.payload_bytes,
-            "jobs": ok,
-            "errors": errors,
-            "mismatches": mismatches,
-            "jobs_per_s": rate,
-            "latency_ms": {"p50": p50, "p90": p90, "p99": p99, "max": max},
-            "first_error": first_error,
-        });
-        println!("{report}");
-    } else {
+/// What a bench measured.
+struct Report {
+    ok: u64,
+    errors: u64,
+    mismatches: u64,
+    elapsed: Duration,
+    hist: Histogram<u64>,
+    first_error: Option<String>,
+    cpu_us_per_job: Option<f64>,
+}
+
+impl Report {
+    /// Prints the report, as JSON with `--json`.
+    fn print(&self, a: &BenchArgs, url: &str) {
+        let Report {
+            ok,
+            errors,
+            mismatches,
+            elapsed,
+            ref hist,
+            ref first_error,
+            cpu_us_per_job,
+        } = *self;
+        let rate = ok as f64 / elapsed.as_secs_f64();
+        let ms = |us: u64| us as f64 / 1000.0;
+        let (p50, p90, p99, max) = if ok == 0 {
+            (0.0, 0.0, 0.0, 0.0)
+        } else {
+            (
+                ms(hist.value_at_quantile(0.50)),
+                ms(hist.value_at_quantile(0.90)),
+                ms(hist.value_at_quantile(0.99)),
+                ms(hist.max()),
+            )
+        };
+        if a.json {
+            let report = json!({
+                "url": url,
+                "embedded": a.embedded,
+                "clients": a.clients,
+                "workers": a.workers,
+                "worker_transport": if a.grpc { "grpc-stream" } else { "http" },
+                "credits": a.grpc.then_some(a.credits),
+                "server_cpu_us_per_job": cpu_us_per_job,
+                "duration_s": elapsed.as_secs_f64(),
+                "payload_bytes": a.payload_bytes,
+                "jobs": ok,
+                "errors": errors,
+                "mismatches": mismatches,
+                "jobs_per_s": rate,
+                "latency_ms": {"p50": p50, "p90": p90, "p99": p99, "max": max},
+                "first_error": first_error,
+            });
+            println!("{report}");
+            return;
+        }
         let what = if a.embedded {
             format!("{url} (embedded, memory storage)")
         } else {
-            url.clone()
+            url.to_owned()
         };
         let workers = if a.grpc {
             format!("gRPC stream workers ({} credits each)", a.credits)
@@ -468,18 +551,10 @@ pub async fn run(a: BenchArgs) -> ExitCode {
         if let Some(cpu) = cpu_us_per_job {
             println!("server CPU:  {cpu:.1} µs/job");
         }
-        if let Some(e) = &first_error {
+        if let Some(e) = first_error {
             println!("first error: {e}");
         }
     }
-    if mismatches > 0 {
-        eprintln!("jobq: error: {mismatches} result(s) did not belong to their request");
-        return ExitCode::from(exit::ERROR);
-    }
-    if ok == 0 || errors > 0 {
-        return ExitCode::from(exit::ERROR);
-    }
-    ExitCode::from(exit::OK)
 }
 
 #[cfg(test)]

@@ -214,10 +214,6 @@ pub async fn run_with_grpc(
     let sampler = crate::metrics::dash::run(broker.clone(), dash.clone(), stop_maintenance.clone());
     tokio::spawn(sampler);
     warn_if_open(&listener, &cfg.auth, cfg.tls.is_some());
-    let tls = cfg
-        .tls
-        .as_ref()
-        .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config()));
     let app = api::router(AppState::new(api::Shared {
         broker: broker.clone(),
         max_body: cfg.max_body,
@@ -227,21 +223,7 @@ pub async fn run_with_grpc(
         sse_keepalive: cfg.sse_keepalive,
     }));
 
-    let drained = CancellationToken::new();
-    {
-        let (broker, drained, grace) = (broker.clone(), drained.clone(), cfg.shutdown_grace);
-        tokio::spawn(async move {
-            shutdown.await;
-            tracing::info!(
-                grace_s = grace.as_secs_f64(),
-                "shutting down: no new jobs; draining running ones"
-            );
-            broker.begin_shutdown();
-            broker.drain(grace).await;
-            drained.cancel();
-        });
-    }
-
+    let drained = drain_on(shutdown, broker.clone(), cfg.shutdown_grace);
     // Long-polls end when shutdown begins; streams end once the drain is over.
     let grpc = grpc.map(|l| {
         tokio::spawn(crate::grpc::serve(
@@ -252,45 +234,122 @@ pub async fn run_with_grpc(
             drained.clone(),
         ))
     });
-
-    let mut http = hyper::server::conn::http1::Builder::new();
-    // No hyper header timer: [`conn`] keeps the header and idle deadlines.
-    http.header_read_timeout(None)
-        .max_header_size(cfg.max_header_bytes)
-        .keep_alive(true);
-    if cfg.max_headers != HYPER_MAX_HEADERS {
-        // Only when changed: hyper then keeps headers on the heap (slower).
-        http.max_headers(cfg.max_headers);
-    }
-    let deadlines = conn::Deadlines {
-        idle: cfg.idle_timeout,
-        header: cfg.header_read_timeout,
-    };
-    let keepalive = cfg.tcp_keepalive.map(|t| {
-        socket2::TcpKeepalive::new()
-            .with_time(t)
-            .with_interval((t / 3).max(Duration::from_secs(1)))
-            .with_retries(TCP_KEEPALIVE_RETRIES)
-    });
-    // Cancelled once the drain is over: connections finish their answer
-    // in progress and close.
-    let closing = CancellationToken::new();
-    let connections = TaskTracker::new();
-
+    let connections = Connections::new(&cfg, app);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = accept(&listener, "accept failed") => accepted,
             _ = drained.cancelled() => break,
         };
+        connections.serve(stream, peer);
+    }
+    drop(listener);
+    let connections = connections.close();
+    let grpc_abort = grpc.as_ref().map(|t| t.abort_handle());
+    let grpc_done = async {
+        if let Some(task) = grpc {
+            match task.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server failed"),
+                Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
+    };
+    tokio::select! {
+        _ = async { tokio::join!(connections.wait(), grpc_done) } => {}
+        _ = tokio::time::sleep(CONNECTION_DRAIN) => tracing::warn!("connections still open after the drain; closing"),
+    }
+    if let Some(a) = grpc_abort {
+        a.abort();
+    }
+    stop_maintenance.cancel();
+    let _ = maintenance.await;
+    broker.close().await?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// Begins the shutdown once `shutdown` resolves: new submits and polls are
+/// refused, running jobs get `grace` to finish. The token is cancelled
+/// once that drain is over.
+fn drain_on(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    broker: Broker,
+    grace: Duration,
+) -> CancellationToken {
+    let drained = CancellationToken::new();
+    let done = drained.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!(
+            grace_s = grace.as_secs_f64(),
+            "shutting down: no new jobs; draining running ones"
+        );
+        broker.begin_shutdown();
+        broker.drain(grace).await;
+        done.cancel();
+    });
+    drained
+}
+
+/// What every accepted HTTP connection is served with, and the tasks
+/// serving them.
+struct Connections {
+    app: axum::Router,
+    http: hyper::server::conn::http1::Builder,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    deadlines: conn::Deadlines,
+    keepalive: Option<socket2::TcpKeepalive>,
+    max_body: usize,
+    /// Cancelled once the drain is over: connections finish their answer
+    /// in progress and close.
+    closing: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Connections {
+    fn new(cfg: &ServerConfig, app: axum::Router) -> Self {
+        let mut http = hyper::server::conn::http1::Builder::new();
+        // No hyper header timer: [`conn`] keeps the header and idle deadlines.
+        http.header_read_timeout(None)
+            .max_header_size(cfg.max_header_bytes)
+            .keep_alive(true);
+        if cfg.max_headers != HYPER_MAX_HEADERS {
+            // Only when changed: hyper then keeps headers on the heap (slower).
+            http.max_headers(cfg.max_headers);
+        }
+        Connections {
+            app,
+            http,
+            tls: cfg
+                .tls
+                .as_ref()
+                .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config())),
+            deadlines: conn::Deadlines {
+                idle: cfg.idle_timeout,
+                header: cfg.header_read_timeout,
+            },
+            keepalive: cfg.tcp_keepalive.map(|t| {
+                socket2::TcpKeepalive::new()
+                    .with_time(t)
+                    .with_interval((t / 3).max(Duration::from_secs(1)))
+                    .with_retries(TCP_KEEPALIVE_RETRIES)
+            }),
+            max_body: cfg.max_body,
+            closing: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Serves one accepted connection on a task of its own.
+    fn serve(&self, stream: tokio::net::TcpStream, peer: std::net::SocketAddr) {
         let _ = stream.set_nodelay(true);
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-        if let Some(ka) = &keepalive {
+        if let Some(ka) = &self.keepalive {
             // A long-poll whose peer vanished is noticed by the probes.
             let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(ka);
         }
         let activity = conn::Activity::new();
-        let app = app.clone();
-        let max_body = cfg.max_body;
+        let (app, max_body) = (self.app.clone(), self.max_body);
         let svc_activity = activity.clone();
         let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let app = app.clone();
@@ -318,11 +377,11 @@ pub async fn run_with_grpc(
                 Ok(api::limits::hold_until_sent(resp, in_flight))
             }
         });
-        let (http, closing) = (http.clone(), closing.clone());
-        match &tls {
+        let (http, closing, deadlines) = (self.http.clone(), self.closing.clone(), self.deadlines);
+        match &self.tls {
             None => {
                 let io = TokioIo::new(json_errors::JsonErrors::new(stream, activity.clone()));
-                connections.spawn(drive(
+                self.tasks.spawn(drive(
                     http.serve_connection(io, svc),
                     activity,
                     deadlines,
@@ -331,7 +390,7 @@ pub async fn run_with_grpc(
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
-                connections.spawn(async move {
+                self.tasks.spawn(async move {
                     // A failed or stalled handshake just ends the connection.
                     let Ok(Ok(stream)) =
                         tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
@@ -344,29 +403,12 @@ pub async fn run_with_grpc(
             }
         }
     }
-    drop(listener);
-    closing.cancel();
-    connections.close();
-    let grpc_abort = grpc.as_ref().map(|t| t.abort_handle());
-    let grpc_done = async {
-        if let Some(task) = grpc {
-            match task.await {
-                Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server failed"),
-                Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
-                Ok(Ok(())) => {}
-            }
-        }
-    };
-    tokio::select! {
-        _ = async { tokio::join!(connections.wait(), grpc_done) } => {}
-        _ = tokio::time::sleep(CONNECTION_DRAIN) => tracing::warn!("connections still open after the drain; closing"),
+
+    /// Tells every connection to close once its answer in progress is out;
+    /// wait on the tracker for them to be gone.
+    fn close(self) -> TaskTracker {
+        self.closing.cancel();
+        self.tasks.close();
+        self.tasks
     }
-    if let Some(a) = grpc_abort {
-        a.abort();
-    }
-    stop_maintenance.cancel();
-    let _ = maintenance.await;
-    broker.close().await?;
-    tracing::info!("shut down cleanly");
-    Ok(())
 }
