@@ -266,23 +266,7 @@ async fn run_command(spec: Arc<ExecSpec>, job: Job, lost: CancellationToken) -> 
         error,
         retry: spec.retry,
     };
-    let mut cmd = tokio::process::Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(&spec.command)
-        .env("JOBQ_JOB_ID", &job.id)
-        .env("JOBQ_ATTEMPT", job.attempt.to_string())
-        .env("JOBQ_QUEUE", &job.queue)
-        .env("JOBQ_LEASE_ID", &job.lease_id)
-        .env(
-            "JOBQ_HEADERS",
-            serde_json::Value::Object(job.headers.clone()).to_string(),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
+    let mut child = match command(&spec, &job).spawn() {
         Ok(c) => c,
         Err(e) => return failed(format!("cannot start `{}`: {e}", spec.command)),
     };
@@ -338,6 +322,41 @@ async fn run_command(spec: Arc<ExecSpec>, job: Job, lost: CancellationToken) -> 
             (out.await.unwrap_or_default(), err.await.unwrap_or_default())
         }
     };
+    outcome(end, &job, stdout, &stderr, failed)
+}
+
+/// `--exec`'s command for `job`: its payload on stdin, its id, attempt,
+/// queue, lease and headers in the environment, in a process group of its
+/// own (killed as one).
+fn command(spec: &ExecSpec, job: &Job) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(&spec.command)
+        .env("JOBQ_JOB_ID", &job.id)
+        .env("JOBQ_ATTEMPT", job.attempt.to_string())
+        .env("JOBQ_QUEUE", &job.queue)
+        .env("JOBQ_LEASE_ID", &job.lease_id)
+        .env(
+            "JOBQ_HEADERS",
+            serde_json::Value::Object(job.headers.clone()).to_string(),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd
+}
+
+/// What a command's end makes of its job: its stdout as the result, or a
+/// failure saying why (with the tail of its stderr).
+fn outcome(
+    end: End,
+    job: &Job,
+    stdout: Vec<u8>,
+    stderr: &[u8],
+    failed: impl Fn(String) -> Outcome,
+) -> Outcome {
     match end {
         End::Exited(Ok(st)) if st.success() => {
             tracing::debug!(job.id = %job.id, bytes = stdout.len(), "command succeeded");
@@ -353,7 +372,7 @@ async fn run_command(spec: Arc<ExecSpec>, job: Job, lost: CancellationToken) -> 
                 _ => "command failed".to_owned(),
             };
             tracing::info!(job.id = %job.id, "{how}");
-            failed(with_tail(how, &stderr))
+            failed(with_tail(how, stderr))
         }
         End::Exited(Err(e)) => failed(format!("could not wait for the command: {e}")),
         End::TimedOut(t) => {
@@ -363,7 +382,7 @@ async fn run_command(spec: Arc<ExecSpec>, job: Job, lost: CancellationToken) -> 
                     "command timed out after {}s and was killed",
                     t.as_secs_f64()
                 ),
-                &stderr,
+                stderr,
             ))
         }
         End::Lost => {

@@ -246,23 +246,9 @@ impl StreamWorker {
         self
     }
 
-    /// Runs `handler` on every job until `stop` is cancelled, then tells
-    /// the server to push no more (`drain`), lets the jobs in hand finish,
-    /// posts their outcomes, and returns. Semantics as [`crate::client::Worker::run`].
-    ///
-    /// # Errors
-    /// [`StreamError::BadUrl`]; [`StreamError::Refused`] when the server
-    /// refuses the stream for a reason waiting will not fix.
-    pub async fn run<H, F>(
-        self,
-        opts: RunOptions,
-        stop: CancellationToken,
-        handler: H,
-    ) -> Result<(), StreamError>
-    where
-        H: Fn(Job, CancellationToken) -> F + Send + Sync + 'static,
-        F: Future<Output = Outcome> + Send + 'static,
-    {
+    /// The endpoint (TLS for `https://`, checked now rather than at each
+    /// connect) and the token, as every call of this worker uses them.
+    fn connection(&self) -> Result<Arc<Shared>, StreamError> {
         let bad = |message: String| StreamError::BadUrl {
             url: self.url.clone(),
             message,
@@ -297,7 +283,7 @@ impl StreamWorker {
             ),
             None => None,
         };
-        let shared = Arc::new(Shared {
+        Ok(Arc::new(Shared {
             client: WorkerServiceClient::new(
                 endpoint
                     .tcp_nodelay(true)
@@ -307,7 +293,27 @@ impl StreamWorker {
             token,
             link: Mutex::new(None),
             seq: AtomicU64::new(0),
-        });
+        }))
+    }
+
+    /// Runs `handler` on every job until `stop` is cancelled, then tells
+    /// the server to push no more (`drain`), lets the jobs in hand finish,
+    /// posts their outcomes, and returns. Semantics as [`crate::client::Worker::run`].
+    ///
+    /// # Errors
+    /// [`StreamError::BadUrl`]; [`StreamError::Refused`] when the server
+    /// refuses the stream for a reason waiting will not fix.
+    pub async fn run<H, F>(
+        self,
+        opts: RunOptions,
+        stop: CancellationToken,
+        handler: H,
+    ) -> Result<(), StreamError>
+    where
+        H: Fn(Job, CancellationToken) -> F + Send + Sync + 'static,
+        F: Future<Output = Outcome> + Send + 'static,
+    {
+        let shared = self.connection()?;
         let handler = Arc::new(handler);
         let concurrency = opts.concurrency.max(1);
         let mut tasks: JoinSet<Done> = JoinSet::new();
@@ -370,20 +376,9 @@ impl StreamWorker {
                         }
                     }
                     m = inbound.message() => match m {
-                        Ok(Some(pb::WorkResponse { event: Some(event) })) => match event {
-                            Event::Job(j) => {
-                                let (shared, handler) = (shared.clone(), handler.clone());
-                                let stop = stop.clone();
-                                tasks.spawn(async move { handle(shared, to_job(j), &*handler, stop).await });
-                            }
-                            Event::Ack(pb::WorkAck { seq, .. }) | Event::Error(pb::WorkError { seq, .. }) => {
-                                let waiter = shared.link.lock().as_mut().and_then(|l| l.waiting.remove(&seq));
-                                if let Some(w) = waiter {
-                                    let _ = w.send(event);
-                                }
-                            }
-                            Event::KeepAlive(_) => {}
-                        },
+                        Ok(Some(pb::WorkResponse { event: Some(event) })) => {
+                            dispatch(event, &shared, &handler, &mut tasks, &stop);
+                        }
                         Ok(Some(_)) => {}
                         Ok(None) => break,
                         Err(s) => {
@@ -417,6 +412,37 @@ impl StreamWorker {
         *shared.link.lock() = None;
         finish_jobs_in_hand(&mut tasks).await;
         result
+    }
+}
+
+/// One event of the stream: a job starts a task running `handler`; an ack
+/// or a refusal goes to the call waiting for it.
+fn dispatch<H, F>(
+    event: Event,
+    shared: &Arc<Shared>,
+    handler: &Arc<H>,
+    tasks: &mut JoinSet<Done>,
+    stop: &CancellationToken,
+) where
+    H: Fn(Job, CancellationToken) -> F + Send + Sync + 'static,
+    F: Future<Output = Outcome> + Send + 'static,
+{
+    match event {
+        Event::Job(j) => {
+            let (shared, handler, stop) = (shared.clone(), handler.clone(), stop.clone());
+            tasks.spawn(async move { handle(shared, to_job(j), &*handler, stop).await });
+        }
+        Event::Ack(pb::WorkAck { seq, .. }) | Event::Error(pb::WorkError { seq, .. }) => {
+            let waiter = shared
+                .link
+                .lock()
+                .as_mut()
+                .and_then(|l| l.waiting.remove(&seq));
+            if let Some(w) = waiter {
+                let _ = w.send(event);
+            }
+        }
+        Event::KeepAlive(_) => {}
     }
 }
 

@@ -129,6 +129,34 @@ impl Default for Dash {
 }
 
 impl Dash {
+    /// Adds one second to the ring: its slot and its bucket differences
+    /// (queue wait, run time). Returns the last minute's buckets summed.
+    fn push(
+        &self,
+        slot: Slot,
+        dq: Buckets,
+        dr: Buckets,
+    ) -> ([u64; LOG_BUCKETS], [u64; LOG_BUCKETS]) {
+        let mut mq = [0u64; LOG_BUCKETS];
+        let mut mr = [0u64; LOG_BUCKETS];
+        let mut ring = self.ring.lock();
+        if ring.slots.len() == SLOTS {
+            ring.slots.pop_front();
+        }
+        ring.slots.push_back(slot);
+        if ring.minute.len() == MINUTE {
+            ring.minute.pop_front();
+        }
+        ring.minute.push_back((dq, dr));
+        for (a, b) in &ring.minute {
+            for i in 0..LOG_BUCKETS {
+                mq[i] += a[i];
+                mr[i] += b[i];
+            }
+        }
+        (mq, mr)
+    }
+
     /// An empty ring.
     pub fn new() -> Self {
         Dash {
@@ -188,6 +216,27 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Each queue's figures of `a`, its pending and running jobs added to
+/// `slot`'s totals.
+fn queue_views(a: &crate::broker::Activity, slot: &mut Slot) -> BTreeMap<String, QueueView> {
+    let mut queues = BTreeMap::new();
+    for (name, qa) in &a.queues {
+        slot.pending += qa.pending;
+        slot.running += qa.running;
+        queues.insert(
+            name.clone(),
+            QueueView {
+                pending: qa.pending,
+                running: qa.running,
+                oldest_pending_s: qa
+                    .oldest_pending
+                    .map(|o| ((a.now.0 - o.0).max(0) as f64) / 1e6),
+            },
+        );
+    }
+    queues
+}
+
 /// Samples `broker` into `dash` every second until `stop` is cancelled.
 pub async fn run(broker: Broker, dash: Dash, stop: CancellationToken) {
     let (totals, qw, rt) = dash_sources();
@@ -241,20 +290,7 @@ pub async fn run(broker: Broker, dash: Dash, stop: CancellationToken) {
         if let Some(a) = &activity {
             // Waiting clients and polling workers are this node's, read now.
             (waiting, polling, uptime) = (a.waiting_clients, a.polling_workers, a.uptime_s);
-            for (name, qa) in &a.queues {
-                slot.pending += qa.pending;
-                slot.running += qa.running;
-                queues.insert(
-                    name.clone(),
-                    QueueView {
-                        pending: qa.pending,
-                        running: qa.running,
-                        oldest_pending_s: qa
-                            .oldest_pending
-                            .map(|o| ((a.now.0 - o.0).max(0) as f64) / 1e6),
-                    },
-                );
-            }
+            queues = queue_views(a, &mut slot);
         }
         super::set_queue_gauges(
             queues
@@ -263,25 +299,7 @@ pub async fn run(broker: Broker, dash: Dash, stop: CancellationToken) {
             waiting,
             polling,
         );
-        let mut mq = [0u64; LOG_BUCKETS];
-        let mut mr = [0u64; LOG_BUCKETS];
-        {
-            let mut ring = dash.ring.lock();
-            if ring.slots.len() == SLOTS {
-                ring.slots.pop_front();
-            }
-            ring.slots.push_back(slot);
-            if ring.minute.len() == MINUTE {
-                ring.minute.pop_front();
-            }
-            ring.minute.push_back((dq, dr));
-            for (a, b) in &ring.minute {
-                for i in 0..LOG_BUCKETS {
-                    mq[i] += a[i];
-                    mr[i] += b[i];
-                }
-            }
-        }
+        let (mq, mr) = dash.push(slot, dq, dr);
         let pct = |c: &[u64; LOG_BUCKETS]| {
             percentiles(c).map_or_else(Percentiles::default, |p| Percentiles {
                 p50: Some(p[0]),
