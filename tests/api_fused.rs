@@ -68,7 +68,7 @@ async fn complete_with_next_answers_the_next_job(kind: Kind) {
     assert_eq!(id_of(&r.body), d);
 }
 
-async fn a_refused_complete_takes_no_job(kind: Kind) {
+async fn a_refused_complete_or_fail_applies_nothing(kind: Kind) {
     let srv = TestServer::start(kind).await;
     let a = srv.submit_async("", "a").await;
     srv.take("").await;
@@ -80,10 +80,19 @@ async fn a_refused_complete_takes_no_job(kind: Kind) {
         (&unknown, "?next=1".to_owned(), 404),
         (&a, "?next=maybe".to_owned(), 400),
         (&a, "?next=1&max=0".to_owned(), 400),
+        // The poll's parameters are checked without `next` too.
+        (&a, "?wait=soon".to_owned(), 400),
+        (&a, "?max=0".to_owned(), 400),
+        (&a, "?queue=no%20spaces".to_owned(), 400),
     ] {
         let r = srv.complete(id, &query, "x").await;
         assert_eq!(r.status, status, "complete {id}{query}: {r:?}");
         r.assert_error(status);
+    }
+    for query in ["?wait=soon", "?max=0", "?next=maybe"] {
+        let r = srv.fail(&a, query, "").await;
+        assert_eq!(r.status, 400, "fail {a}{query}: {r:?}");
+        r.assert_error(400);
     }
     assert_eq!(
         srv.job(&a).await.body["status"],
@@ -161,7 +170,7 @@ async fn batch_poll_hands_out_up_to_max(kind: Kind) {
 
 backend_tests!(
     complete_with_next_answers_the_next_job,
-    a_refused_complete_takes_no_job,
+    a_refused_complete_or_fail_applies_nothing,
     fail_with_next_answers_the_next_job,
     batch_poll_hands_out_up_to_max,
 );

@@ -172,8 +172,10 @@ pub async fn complete(
         lease,
         result: body,
     };
+    // The poll's parameters are checked with or without `next`: a
+    // malformed one is refused before anything is applied.
+    let (next, max) = poll_request(&params)?;
     if wants_next(&params)? {
-        let (next, max) = poll_request(&params)?;
         let (_, jobs) = st
             .broker
             .finish_and_next(Finish::Complete(done), next, max.unwrap_or(1))
@@ -239,8 +241,10 @@ pub async fn fail(
         error,
         retry: parsed.retry,
     };
+    // The poll's parameters are checked with or without `next`: a
+    // malformed one is refused before anything is applied.
+    let (next, max) = poll_request(&params)?;
     if wants_next(&params)? {
-        let (next, max) = poll_request(&params)?;
         let (_, jobs) = st
             .broker
             .finish_and_next(Finish::Fail(failed), next, max.unwrap_or(1))
